@@ -1,0 +1,57 @@
+"""sam_core: Segment Anything in pure PyTorch, equal to the official implementation.
+
+Data flows one way: image -> embedding -> prompts -> masks -> labels or polygons::
+
+    from sam_core import Predictor
+    predictor = Predictor("demo")
+    embedding = predictor.encode(image)                   # once per image (cached)
+    result = predictor.predict(embedding, points=[(120, 80)], labels=[1])
+    result.masks[0]                                      # best candidate, (H, W) bool
+
+Names are imported lazily so that ``import sam_core`` stays cheap (no torch until it is needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # errors and progress protocol
+    "SamError": "sam_core.errors",
+    "Cancelled": "sam_core.progress",
+    "CancelToken": "sam_core.progress",
+    # models and weights
+    "SamConfig": "sam_core.models.config",
+    "build_sam": "sam_core.models.build",
+    "load_model": "sam_core.zoo",
+    "list_models": "sam_core.zoo",
+    "ensure_checkpoint": "sam_core.weights",
+    # image preparation, prediction, cache
+    "prepare_image": "sam_core.imaging",
+    "Preparation": "sam_core.imaging",
+    "Predictor": "sam_core.predictor",
+    "Embedding": "sam_core.predictor",
+    "Prediction": "sam_core.predictor",
+    "EmbeddingCache": "sam_core.cache",
+    # automatic masks
+    "AutomaticMaskGenerator": "sam_core.automask",
+    "masks_to_labels": "sam_core.automask",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sam_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,3 @@
+from sam_core.cli import main
+
+raise SystemExit(main())

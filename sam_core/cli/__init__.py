@@ -1,0 +1,51 @@
+"""``python -m sam_core COMMAND ...``: a thin layer over sam_core's public functions.
+
+Each sub-command lives in its own module of this package, which defines ``register(subparsers)``
+(adds its parser and sets ``func``). ``func(args)`` returns the exit code. A :class:`SamError`
+becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from sam_core.errors import SamError
+from sam_core.progress import Cancelled
+
+# Sub-command modules, in the order ``--help`` lists them.
+COMMANDS = (
+    "sam_core.cli.models_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sam_core",
+        description="Segment Anything from the command line.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except SamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

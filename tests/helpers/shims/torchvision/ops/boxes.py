@@ -1,0 +1,38 @@
+"""torchvision.ops box functions in plain torch, with torchvision's semantics (IoU > threshold suppresses)."""
+
+import torch
+
+
+def box_area(boxes):
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _box_iou(boxes1, boxes2):
+    area1 = box_area(boxes1)
+    area2 = box_area(boxes2)
+    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[:, None] + area2 - inter)
+
+
+def nms(boxes, scores, iou_threshold):
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes = boxes[order].float()
+    iou = _box_iou(boxes, boxes)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if keep[i]:
+            suppressed = iou[i] > iou_threshold
+            suppressed[: i + 1] = False
+            keep &= ~suppressed
+    return order[keep]
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    max_coordinate = boxes.max()
+    offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
