@@ -1,0 +1,311 @@
+"""The engine process: sam_core behind a small JSON-lines protocol on standard streams.
+
+The QGIS plugin keeps QGIS's own Python free of torch, rasterio and numpy by running all model work in
+this process (``python -m sam_core engine``). The same protocol can run over any pair of byte streams
+(a pipe, an SSH session, a socket), so an engine can also live on another machine.
+
+Protocol (version :data:`PROTOCOL_VERSION`), one UTF-8 JSON object per line:
+
+Requests (stdin)::
+
+    {"id": "7", "cmd": "segment_at", "lane": "interactive", "params": {...}}
+    {"id": "8", "cmd": "cancel", "params": {"target": "7"}}
+    {"id": "9", "cmd": "shutdown"}
+
+Events (stdout)::
+
+    {"id": null, "event": "ready", "protocol": 1, "version": "0.1.0", "pid": 123}   (once, at start)
+    {"id": "7", "event": "progress", "done": 2, "total": 9, "message": "tile 2/9"}
+    {"id": "7", "event": "result", "result": {...}}
+    {"id": "7", "event": "error", "kind": "user" | "cancelled" | "internal", "message": "..."}
+
+Every request ends with exactly one ``result`` or ``error`` event. ``kind: "user"`` carries a
+:class:`~sam_core.errors.SamError` message written for the user; ``"cancelled"`` means the request
+stopped between tiles after a ``cancel``; ``"internal"`` is a bug (its traceback goes to stderr).
+``cancel`` and ``shutdown`` are handled at once; other requests run in order within their ``lane``
+(default ``"main"``), and lanes run side by side, so a long Processing job does not hold back map clicks.
+
+The engine keeps one :class:`~sam_core.predictor.Predictor` per (model, checkpoint, device), with its
+embedding cache, so the clicks after the first on an encoded tile only run the mask decoder.
+End of input (the client went away) cancels running requests and stops the engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import IO, Any, Callable, Optional
+
+from sam_core.errors import SamError
+from sam_core.progress import CancelToken, Cancelled
+
+PROTOCOL_VERSION = 1
+
+Params = dict[str, Any]
+Emit = Callable[[dict], None]
+
+# Parameters each geo command accepts, from JSON names to the geo function's keyword arguments.
+_RASTER_OPTIONS = ("bands", "tile_size", "overlap", "model", "checkpoint", "device")
+_COMMAND_PARAMS = {
+    "automask_raster": ("raster", "output", "resolution", "extent", "generator_params", "min_area",
+                        "simplify") + _RASTER_OPTIONS,
+    "segment_prompts": ("raster", "prompts", "output", "label_field") + _RASTER_OPTIONS,
+    "encode_raster": ("raster", "cache_dir") + _RASTER_OPTIONS,
+    "segment_at": ("raster", "points", "labels", "box", "crs") + _RASTER_OPTIONS,
+    "models": (),
+    "hello": (),
+    "info": (),
+}
+_REQUIRED = {
+    "automask_raster": ("raster", "output"),
+    "segment_prompts": ("raster", "prompts", "output"),
+    "encode_raster": ("raster",),
+    "segment_at": ("raster", "points", "labels"),
+}
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn results (dataclasses, paths, tuples, numpy scalars) into JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    if hasattr(value, "tolist") and callable(value.tolist):  # small arrays
+        return value.tolist()
+    return value
+
+
+def _check_params(cmd: str, params: Params) -> Params:
+    allowed = _COMMAND_PARAMS[cmd]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise SamError(f"{cmd}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(allowed) or 'none'}")
+    missing = [name for name in _REQUIRED.get(cmd, ()) if params.get(name) in (None, "")]
+    if missing:
+        raise SamError(f"{cmd}: missing parameter(s) {', '.join(missing)}")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+class Engine:
+    """Runs requests; keeps predictors (and their embedding caches) between requests."""
+
+    def __init__(self) -> None:
+        self._predictors: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- commands -------------------------------------------------------------------------------
+    def run(self, cmd: str, params: Params, progress: Callable[[int, int, str], None],
+            cancel: CancelToken) -> Any:
+        """Run one request and return its JSON-able result; raises SamError / Cancelled."""
+        if cmd not in _COMMAND_PARAMS:
+            raise SamError(f"unknown command {cmd!r}; known: {', '.join(sorted(_COMMAND_PARAMS))}, cancel, shutdown")
+        params = _check_params(cmd, params)
+        return _jsonable(getattr(self, f"_cmd_{cmd}")(params, progress, cancel))
+
+    def _cmd_hello(self, params: Params, progress, cancel) -> dict:
+        import sam_core
+
+        return {"protocol": PROTOCOL_VERSION, "version": sam_core.__version__, "pid": os.getpid(),
+                "python": sys.executable}
+
+    def _cmd_info(self, params: Params, progress, cancel) -> dict:
+        import torch
+
+        devices = ["cpu"]
+        if torch.cuda.is_available():
+            devices.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+        info = self._cmd_hello(params, progress, cancel)
+        info.update(torch=torch.__version__, devices=devices, models=self._cmd_models(params, progress, cancel))
+        return info
+
+    def _cmd_models(self, params: Params, progress, cancel) -> Any:
+        from sam_core.zoo import list_models
+
+        return list_models()
+
+    def _cmd_automask_raster(self, params: Params, progress, cancel) -> Any:
+        from sam_core import geo
+
+        if "extent" in params:
+            params["extent"] = tuple(float(v) for v in params["extent"])
+        return geo.automask_raster(params.pop("raster"), params.pop("output"), progress=progress,
+                                   cancel=cancel, **params)
+
+    def _cmd_segment_prompts(self, params: Params, progress, cancel) -> Any:
+        from sam_core import geo
+
+        return geo.segment_prompts(params.pop("raster"), params.pop("prompts"), params.pop("output"),
+                                   progress=progress, cancel=cancel, **params)
+
+    def _cmd_encode_raster(self, params: Params, progress, cancel) -> dict:
+        from sam_core import geo
+
+        tiles = geo.encode_raster(params.pop("raster"), progress=progress, cancel=cancel, **params)
+        return {"tiles": tiles}
+
+    def _cmd_segment_at(self, params: Params, progress, cancel) -> dict:
+        from sam_core import geo
+
+        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+                                   params.pop("device", None))
+        box = params.pop("box", None)
+        polygons = geo.segment_at(params.pop("raster"), params.pop("points"), params.pop("labels"),
+                                  None if box is None else tuple(float(v) for v in box),
+                                  predictor=predictor, **params)
+        return {"polygons": polygons}
+
+    # -- state ----------------------------------------------------------------------------------
+    def predictor(self, model: str, checkpoint: Optional[str], device: Optional[str]) -> Any:
+        """The predictor for (model, checkpoint, device), built once and kept with its cache."""
+        from sam_core.predictor import Predictor
+
+        key = (model, str(checkpoint) if checkpoint else None, device)
+        with self._lock:
+            if key not in self._predictors:
+                self._predictors[key] = Predictor(model, checkpoint=checkpoint, device=device)
+            return self._predictors[key]
+
+
+class _Server:
+    """Reads requests, runs them in per-lane worker threads and writes events (thread-safe)."""
+
+    def __init__(self, engine: Engine, instream: IO[bytes], outstream: IO[bytes]) -> None:
+        self.engine = engine
+        self.instream = instream
+        self.outstream = outstream
+        self._write_lock = threading.Lock()
+        self._tokens: dict[str, CancelToken] = {}
+        self._lanes: dict[str, queue.Queue] = {}
+        self._threads: list[threading.Thread] = []
+
+    def emit(self, event: dict) -> None:
+        line = json.dumps(event, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+        with self._write_lock:
+            try:
+                self.outstream.write(line)
+                self.outstream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the client is gone; end of input will stop the engine
+
+    def _error(self, request_id: Any, kind: str, message: str) -> None:
+        self.emit({"id": request_id, "event": "error", "kind": kind, "message": message})
+
+    def _execute(self, request_id: Any, cmd: str, params: Params) -> None:
+        token = self._tokens.setdefault(str(request_id), CancelToken())
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            self.emit({"id": request_id, "event": "progress", "done": int(done), "total": int(total),
+                       "message": str(message)})
+
+        try:
+            if token.cancelled:
+                raise Cancelled("cancelled by the user")
+            result = self.engine.run(cmd, params, progress, token)
+        except SamError as error:
+            self._error(request_id, "user", str(error))
+        except Cancelled:
+            self._error(request_id, "cancelled", "cancelled by the user")
+        except Exception as error:  # a bug: keep serving, report it, log the traceback
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self._error(request_id, "internal", f"internal error in the engine: {type(error).__name__}: {error}")
+        else:
+            try:
+                self.emit({"id": request_id, "event": "result", "result": result})
+            except ValueError as error:  # NaN or other non-JSON value in the result
+                self._error(request_id, "internal", f"internal error in the engine: result is not JSON: {error}")
+        finally:
+            self._tokens.pop(str(request_id), None)
+
+    def _lane_worker(self, lane: queue.Queue) -> None:
+        while True:
+            item = lane.get()
+            if item is None:
+                return
+            self._execute(*item)
+
+    def _submit(self, lane_name: str, request_id: Any, cmd: str, params: Params) -> None:
+        lane = self._lanes.get(lane_name)
+        if lane is None:
+            lane = self._lanes[lane_name] = queue.Queue()
+            thread = threading.Thread(target=self._lane_worker, args=(lane,), name=f"lane-{lane_name}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._tokens.setdefault(str(request_id), CancelToken())
+        lane.put((request_id, cmd, params))
+
+    def _cancel_all(self) -> None:
+        for token in list(self._tokens.values()):
+            token.cancel()
+
+    def serve(self) -> None:
+        import sam_core
+
+        self.emit({"id": None, "event": "ready", "protocol": PROTOCOL_VERSION, "version": sam_core.__version__,
+                   "pid": os.getpid()})
+        try:
+            for raw in self.instream:
+                if not raw.strip():
+                    continue
+                try:
+                    request = json.loads(raw.decode("utf-8"))
+                    if not isinstance(request, dict):
+                        raise ValueError("a request is a JSON object")
+                except ValueError as error:
+                    self._error(None, "user", f"bad request line (not a JSON object): {error}")
+                    continue
+                request_id = request.get("id")
+                cmd = request.get("cmd")
+                params = request.get("params") or {}
+                if not isinstance(params, dict):
+                    self._error(request_id, "user", "'params' must be a JSON object")
+                elif cmd == "cancel":
+                    token = self._tokens.get(str(params.get("target")))
+                    if token is not None:
+                        token.cancel()
+                    self.emit({"id": request_id, "event": "result", "result": {"cancelled": token is not None}})
+                elif cmd == "shutdown":
+                    self.emit({"id": request_id, "event": "result", "result": {"shutdown": True}})
+                    break
+                else:
+                    self._submit(str(request.get("lane") or "main"), request_id, str(cmd), params)
+        finally:
+            self._cancel_all()
+            for lane in self._lanes.values():
+                lane.put(None)
+            for thread in self._threads:
+                thread.join()
+
+
+def serve(instream: IO[bytes], outstream: IO[bytes], engine: Optional[Engine] = None) -> None:
+    """Serve requests from ``instream`` until end of input or ``shutdown``; events go to ``outstream``."""
+    _Server(engine or Engine(), instream, outstream).serve()
+
+
+def main() -> int:
+    """Entry point of ``python -m sam_core engine``: the protocol on the process's stdin and stdout.
+
+    Anything else that prints to stdout (libraries, warnings) is sent to stderr, so that stdout carries
+    protocol lines only.
+    """
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    serve(sys.stdin.buffer, protocol_out)
+    return 0
