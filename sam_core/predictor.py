@@ -1,0 +1,397 @@
+"""Encode an image once, decode prompts many times (the official ``SamPredictor``, plus cache and batches).
+
+Coordinates: points are (x, y) pixels of the ORIGINAL image (x = column, y = row), boxes are
+(x0, y0, x1, y1) in the same frame; masks are (..., H, W). A point is on the image when
+-0.5 <= x <= W and -0.5 <= y <= H (this covers both the pixel-centre and the pixel-corner conventions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from sam_core.cache import EmbeddingCache, cache_key
+from sam_core.errors import SamError
+from sam_core.imaging import Preparation, prepare_image, resize_image, to_input_boxes, to_input_coords
+from sam_core.progress import CancelToken, ProgressFn, check, report
+
+if TYPE_CHECKING:
+    import os
+
+    from sam_core.models.sam import Sam
+
+# Upscaled float logits of one decode chunk are kept under about this many bytes.
+_CHUNK_BYTES = 256 << 20
+
+
+@dataclass
+class Embedding:
+    """The image encoder's output for one image, with what is needed to map prompts and masks.
+
+    features: (1, C, h, w) tensor. original_size: (H, W) of the image. input_size: (h, w) of the image
+    resized for the model (before padding). valid: (H, W) bool mask of valid pixels, or None if all are.
+    """
+
+    features: torch.Tensor
+    original_size: Tuple[int, int]
+    input_size: Tuple[int, int]
+    model_id: str
+    preparation: Preparation
+    key: str
+    valid: Optional[np.ndarray] = None
+
+
+@dataclass
+class Prediction:
+    """Candidate masks, best first.
+
+    masks: bool (K, H, W) (or (B, K, H, W) from a batched call). scores: float32 (K,) predicted IoU.
+    logits: float32 (K, low, low) low-resolution logits, usable as the next ``mask_input``.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+
+
+class Predictor:
+    """SAM on one model: ``encode`` images (cached) and ``predict`` masks from prompts.
+
+    ``model`` is a loaded ``Sam`` or a zoo name (with an optional ``checkpoint`` file, then loaded by
+    :func:`sam_core.zoo.load_model`). ``cache`` defaults to an in-memory :class:`EmbeddingCache`; pass
+    ``EmbeddingCache(directory=...)`` to keep embeddings on disk across processes. ``encoder_runs``
+    counts how often the image encoder really ran.
+    """
+
+    def __init__(
+        self,
+        model: Union["Sam", str, None] = "demo",
+        *,
+        checkpoint: Union[str, "os.PathLike[str]", None] = None,
+        device: Union[str, torch.device, None] = None,
+        cache: Optional[EmbeddingCache] = None,
+    ) -> None:
+        from sam_core import zoo
+
+        if model is None or isinstance(model, str):
+            model = zoo.load_model(model, checkpoint, device=device)
+        elif checkpoint is not None:
+            raise SamError("give either a loaded model or a checkpoint file, not both")
+        elif device is not None:
+            model = model.to(zoo.resolve_device(device))
+        self.model = model.eval()
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.encoder_runs = 0
+        self.model_id = getattr(model, "model_id", None) or _weights_id(model)
+        self._dense_pe: Optional[torch.Tensor] = None
+
+    # --- properties ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.pixel_mean.device
+
+    @property
+    def image_size(self) -> int:
+        """The model's square input size in pixels."""
+        return int(self.model.image_encoder.img_size)
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-resolution mask logits (and of ``mask_input``)."""
+        return int(self.model.prompt_encoder.mask_input_size[0])
+
+    # --- encoding -----------------------------------------------------------------------------------
+
+    def encode(
+        self,
+        image: np.ndarray,
+        preparation: Optional[Preparation] = None,
+        *,
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Embedding:
+        """The embedding of ``image`` (any array ``prepare_image`` accepts), from the cache when present."""
+        prep = preparation or Preparation()
+        array = np.asarray(image)
+        key = cache_key(array, self.model_id, prep)
+        cached = self.cache.get(key)
+        if cached is not None:
+            report(progress, 1, 1, "embedding from cache")
+            return self._on_device(cached)
+        check(cancel)
+        report(progress, 0, 1, "encoding image")
+        rgb, valid = prepare_image(array, prep)
+        features, input_size = self.encode_rgb(rgb)
+        embedding = Embedding(
+            features=features,
+            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            input_size=input_size,
+            model_id=self.model_id,
+            preparation=prep,
+            key=key,
+            valid=None if valid.all() else valid,
+        )
+        self.cache.put(key, embedding)
+        report(progress, 1, 1, "encoded")
+        return embedding
+
+    def encode_rgb(self, rgb: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Run the encoder on an (H, W, 3) uint8 image (no cache): (features (1, C, h, w), input size)."""
+        resized = resize_image(rgb, self.image_size)
+        with torch.inference_mode():
+            tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+            features = self.model.image_encoder(self.model.preprocess(tensor))
+        self.encoder_runs += 1
+        # A normal tensor (not an inference tensor), so that training code may use it as an input.
+        return features.clone(), (int(resized.shape[0]), int(resized.shape[1]))
+
+    def _on_device(self, embedding: Embedding) -> Embedding:
+        features = embedding.features
+        if features.device != self.device or features.dtype != torch.float32:
+            return replace(embedding, features=features.to(self.device, torch.float32))
+        return embedding
+
+    # --- decoding -----------------------------------------------------------------------------------
+
+    def predict(
+        self,
+        embedding: Embedding,
+        points: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
+        box: Optional[Sequence[float]] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask: Optional[bool] = None,
+    ) -> Prediction:
+        """Candidate masks for one object, best first.
+
+        points: (N, 2) (x, y) pixels of the original image; labels: (N,) 1 positive, 0 negative
+        (default: all positive). box: (x0, y0, x1, y1). mask_input: logits (low, low) or (1, low, low)
+        of a previous Prediction. multimask None follows the official advice: three candidates when the
+        prompt is one point alone, else one. Masks are cleared on invalid pixels of the embedding.
+        """
+        coords, point_labels = self._check_points(embedding, points, labels)
+        boxes = self._check_boxes(embedding, None if box is None else np.asarray(box, dtype=float).reshape(1, -1))
+        masks_in = self._check_mask_inputs(mask_input, batched=False)
+        if coords is None and boxes is None and masks_in is None:
+            raise SamError("give at least one point, a box or a mask input")
+        if multimask is None:
+            multimask = coords is not None and coords.shape[0] == 1 and boxes is None and masks_in is None
+        batch = self._decode_sorted(
+            embedding,
+            None if coords is None else coords[None],
+            None if point_labels is None else point_labels[None],
+            boxes,
+            masks_in,
+            bool(multimask),
+        )
+        return Prediction(masks=batch.masks[0], scores=batch.scores[0], logits=batch.logits[0])
+
+    def predict_batch(
+        self,
+        embedding: Embedding,
+        points: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
+        boxes: Optional[np.ndarray] = None,
+        mask_inputs: Optional[np.ndarray] = None,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Many objects in one call: points (B, N, 2), labels (B, N), boxes (B, 4), mask_inputs (B, low, low).
+
+        Returns masks (B, K, H, W), scores (B, K), logits (B, K, low, low), each row best first.
+        """
+        coords = point_labels = None
+        if points is not None:
+            pts = np.asarray(points, dtype=float)
+            if pts.ndim != 3 or pts.shape[-1] != 2:
+                raise SamError(f"batched points must have shape (B, N, 2), got {pts.shape}")
+            lab = None if labels is None else np.asarray(labels)
+            if lab is not None and lab.shape != pts.shape[:2]:
+                raise SamError(f"batched labels must have shape {pts.shape[:2]}, got {lab.shape}")
+            checked = [self._check_points(embedding, p, None if lab is None else l) for p, l in
+                       zip(pts, lab if lab is not None else [None] * len(pts))]
+            coords = np.stack([c for c, _ in checked])
+            point_labels = np.stack([l for _, l in checked])
+        box_arr = None
+        if boxes is not None:
+            box_arr = np.asarray(boxes, dtype=float)
+            if box_arr.ndim != 2 or box_arr.shape[1] != 4:
+                raise SamError(f"batched boxes must have shape (B, 4), got {box_arr.shape}")
+        box_arr = self._check_boxes(embedding, box_arr)
+        masks_in = self._check_mask_inputs(mask_inputs, batched=True)
+        sizes = {len(a) for a in (coords, box_arr, masks_in) if a is not None}
+        if not sizes:
+            raise SamError("give points, boxes or mask inputs")
+        if len(sizes) > 1:
+            raise SamError(f"points, boxes and mask inputs must describe the same number of objects, got {sorted(sizes)}")
+        return self._decode_sorted(embedding, coords, point_labels, box_arr, masks_in, bool(multimask))
+
+    def decode_torch(
+        self,
+        embedding: Embedding,
+        coords: Optional[torch.Tensor],
+        labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        multimask: bool = True,
+        upscale: bool = True,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Low-level batched decoding, as the official ``predict_torch`` with ``return_logits=True``.
+
+        coords (B, N, 2) and boxes (B, 4) are in the MODEL-INPUT frame (see ``to_input_coords``);
+        labels (B, N); mask_input (B, 1, low, low). Returns (mask logits (B, K, H, W) at the original
+        size, or the low-res logits when ``upscale`` is False; IoU predictions (B, K); low-res logits
+        (B, K, low, low)), unsorted, on the model's device.
+        """
+        features = self._on_device(embedding).features
+        with torch.inference_mode():
+            points = None if coords is None else (coords.to(self.device), labels.to(self.device))
+            sparse, dense = self.model.prompt_encoder(
+                points=points,
+                boxes=None if boxes is None else boxes.to(self.device),
+                masks=None if mask_input is None else mask_input.to(self.device),
+            )
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=features,
+                image_pe=self.dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            if upscale:
+                masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
+            else:
+                masks = low_res
+        return masks, iou, low_res
+
+    def dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's dense positional encoding, computed once (it is the same for every image)."""
+        pe = self._dense_pe
+        if pe is None or pe.device != self.device:
+            with torch.inference_mode():
+                pe = self.model.prompt_encoder.get_dense_pe()
+            self._dense_pe = pe
+        return pe
+
+    # --- helpers ------------------------------------------------------------------------------------
+
+    def _decode_sorted(
+        self,
+        embedding: Embedding,
+        coords: Optional[np.ndarray],
+        labels: Optional[np.ndarray],
+        boxes: Optional[np.ndarray],
+        masks_in: Optional[np.ndarray],
+        multimask: bool,
+    ) -> Prediction:
+        """Decode B objects from original-frame prompts, in chunks, each row sorted best first."""
+        size = embedding.original_size
+        batch = len(next(a for a in (coords, boxes, masks_in) if a is not None))
+        candidates = 3 if multimask else 1
+        chunk = max(1, _CHUNK_BYTES // (candidates * size[0] * size[1] * 4))
+        masks_out, scores_out, logits_out = [], [], []
+        for start in range(0, batch, chunk):
+            part = slice(start, start + chunk)
+            c = l = b = m = None
+            if coords is not None:
+                c = torch.as_tensor(to_input_coords(coords[part], size, self.image_size), dtype=torch.float)
+                l = torch.as_tensor(labels[part], dtype=torch.int)
+            if boxes is not None:
+                b = torch.as_tensor(to_input_boxes(boxes[part], size, self.image_size), dtype=torch.float)
+            if masks_in is not None:
+                m = torch.as_tensor(masks_in[part], dtype=torch.float)
+            logits, iou, low_res = self.decode_torch(embedding, c, l, b, m, multimask=multimask)
+            with torch.inference_mode():
+                order = torch.argsort(iou, dim=1, descending=True, stable=True)
+                iou = torch.gather(iou, 1, order)
+                index = order[:, :, None, None]
+                low_res = torch.gather(low_res, 1, index.expand(-1, -1, *low_res.shape[-2:]))
+                masks = torch.gather(logits, 1, index.expand(-1, -1, *logits.shape[-2:])) > self.model.mask_threshold
+            masks_out.append(masks.cpu().numpy())
+            scores_out.append(iou.float().cpu().numpy())
+            logits_out.append(low_res.float().cpu().numpy())
+        masks_np = np.concatenate(masks_out)
+        if embedding.valid is not None:
+            masks_np &= embedding.valid
+        return Prediction(masks=masks_np, scores=np.concatenate(scores_out), logits=np.concatenate(logits_out))
+
+    def _check_points(
+        self, embedding: Embedding, points: Optional[np.ndarray], labels: Optional[np.ndarray]
+    ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        if points is None:
+            if labels is not None:
+                raise SamError("labels were given without points")
+            return None, None
+        coords = np.asarray(points, dtype=float)
+        if coords.ndim == 1 and coords.size == 2:
+            coords = coords[None]
+        if coords.ndim != 2 or coords.shape[1] != 2 or len(coords) == 0:
+            raise SamError(f"points must be (x, y) pairs, shape (N, 2); got shape {coords.shape}")
+        if not np.isfinite(coords).all():
+            raise SamError("points must be finite numbers")
+        if labels is None:
+            point_labels = np.ones(len(coords), dtype=np.int64)
+        else:
+            point_labels = np.asarray(labels).reshape(-1)
+            if point_labels.shape != (len(coords),):
+                raise SamError(f"give one label per point: {len(coords)} points, {point_labels.size} labels")
+            if not np.isin(point_labels, (0, 1)).all():
+                raise SamError(f"point labels must be 1 (positive) or 0 (negative), got {np.unique(point_labels).tolist()}")
+            point_labels = point_labels.astype(np.int64)
+        height, width = embedding.original_size
+        outside = (coords[:, 0] < -0.5) | (coords[:, 0] > width) | (coords[:, 1] < -0.5) | (coords[:, 1] > height)
+        if outside.any():
+            x, y = coords[np.argmax(outside)]
+            raise SamError(f"point ({x:g}, {y:g}) is outside the image ({width} x {height} pixels, x across, y down)")
+        return coords, point_labels
+
+    def _check_boxes(self, embedding: Embedding, boxes: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """Boxes (B, 4): corners ordered, clipped to the image; a box off the image or empty is an error."""
+        if boxes is None:
+            return None
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise SamError(f"a box is four numbers x0, y0, x1, y1; got shape {boxes.shape[1:]}")
+        if not np.isfinite(boxes).all():
+            raise SamError("box corners must be finite numbers")
+        height, width = embedding.original_size
+        x0 = np.clip(np.minimum(boxes[:, 0], boxes[:, 2]), 0, width)
+        x1 = np.clip(np.maximum(boxes[:, 0], boxes[:, 2]), 0, width)
+        y0 = np.clip(np.minimum(boxes[:, 1], boxes[:, 3]), 0, height)
+        y1 = np.clip(np.maximum(boxes[:, 1], boxes[:, 3]), 0, height)
+        bad = (x1 <= x0) | (y1 <= y0)
+        if bad.any():
+            raise SamError(
+                f"box {boxes[np.argmax(bad)].tolist()} is empty or outside the image ({width} x {height} pixels)"
+            )
+        return np.stack([x0, y0, x1, y1], axis=1)
+
+    def _check_mask_inputs(self, mask_input: Optional[np.ndarray], batched: bool) -> Optional[np.ndarray]:
+        """Mask inputs as (B, 1, low, low) float32."""
+        if mask_input is None:
+            return None
+        if isinstance(mask_input, torch.Tensor):
+            mask_input = mask_input.detach().cpu().numpy()
+        array = np.asarray(mask_input, dtype=np.float32)
+        low = self.low_res_size
+        if batched:
+            ok = array.ndim in (3, 4) and array.shape[-2:] == (low, low) and (array.ndim == 3 or array.shape[1] == 1)
+            expected = f"(B, {low}, {low})"
+        else:
+            ok = array.ndim in (2, 3, 4) and array.shape[-2:] == (low, low) and int(np.prod(array.shape[:-2])) == 1
+            expected = f"({low}, {low}) or (1, {low}, {low})"
+        if not ok:
+            raise SamError(f"mask input must be low-resolution logits of shape {expected}, got {array.shape}")
+        return array.reshape(-1, 1, low, low)
+
+
+def _weights_id(model: torch.nn.Module) -> str:
+    """An id for a model without ``model_id``: a hash of the image encoder's weights (what embeddings depend on)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.image_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"weights:{digest.hexdigest()}"
