@@ -18,6 +18,7 @@ from sam_core.progress import Cancelled
 # Sub-command modules, in the order ``--help`` lists them.
 COMMANDS = (
     "sam_core.cli.models_cmd",
+    "sam_core.cli.segment_cmd",
     "sam_core.cli.engine_cmd",
 )
 
