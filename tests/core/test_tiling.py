@@ -1,0 +1,195 @@
+"""Tile grids, seam merging and tiled decoding, checked against images of known objects."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.deterministic import ColourComponents, ColourPredictor  # noqa: E402
+
+from sam_core.errors import SamError  # noqa: E402
+from sam_core.tiling import (  # noqa: E402
+    MaskPiece,
+    TiledPredictor,
+    TileGrid,
+    automask_tiled,
+    merge_tile_masks,
+    pieces_to_labels,
+    records_to_pieces,
+    remove_overlaps,
+)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def scene(shape=(300, 340)):
+    """Known objects: one crossing a 4-tile corner, two touching across a seam, one in a tile's middle,
+    a long bar across three tiles, a ring with a hole."""
+    image = np.zeros(shape + (3,), dtype=np.uint8)
+    objects = {}
+    objects["corner_disk"] = disk(shape, 112, 112, 40)
+    left = np.zeros(shape, bool)
+    left[20:70, 180:212] = True
+    right = np.zeros(shape, bool)
+    right[20:70, 212:250] = True
+    objects["touch_left"], objects["touch_right"] = left, right
+    objects["small"] = disk(shape, 250, 40, 12)
+    bar = np.zeros(shape, bool)
+    bar[200:215, 60:330] = True
+    objects["bar"] = bar
+    objects["ring"] = disk(shape, 255, 200, 30) & ~disk(shape, 255, 200, 12)
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+    for (name, mask), colour in zip(objects.items(), colours):
+        image[mask] = colour
+    return image, objects
+
+
+def test_grid_covers_image_last_tiles_flush_and_cores_partition():
+    grid = TileGrid(1000, 700, tile_size=256, overlap=64)
+    assert grid.shape == (5, 4)
+    cover = np.zeros((1000, 700), int)
+    owners = np.zeros((1000, 700), int)
+    for tile in grid:
+        assert tile.height == 256 and tile.width == 256
+        cover[tile.slices] += 1
+        cy0, cx0, cy1, cx1 = tile.core
+        assert tile.y0 <= cy0 < cy1 <= tile.y1 and tile.x0 <= cx0 < cx1 <= tile.x1
+        owners[cy0:cy1, cx0:cx1] += 1
+    assert cover.min() >= 1
+    assert (owners == 1).all()
+    assert max(t.y1 for t in grid) == 1000 and max(t.x1 for t in grid) == 700
+    # neighbours overlap by at least the overlap
+    assert grid[1].x0 == 192 and grid[0].x1 - grid[1].x0 == 64
+    assert grid[0].inner_edges == (False, False, True, True)
+
+
+def test_small_image_is_one_tile_and_bad_parameters_are_user_errors():
+    grid = TileGrid(100, 80, tile_size=1024, overlap=128)
+    assert len(grid) == 1 and (grid[0].height, grid[0].width) == (100, 80)
+    assert grid[0].inner_edges == (False, False, False, False)
+    with pytest.raises(SamError, match="overlap"):
+        TileGrid(100, 100, tile_size=64, overlap=64)
+    with pytest.raises(SamError, match="tile size"):
+        TileGrid(100, 100, tile_size=4, overlap=0)
+
+
+def test_prompt_goes_to_the_most_centred_tile():
+    grid = TileGrid(600, 600, tile_size=256, overlap=128)
+    # a point at x=200 lies in tiles starting at 0 and 128; it is more centred in the second
+    tile = grid.best_tile(200, 40, 201, 41)
+    assert (tile.x0, tile.y0) == (128, 0)
+    assert tile.margin(200, 40, 201, 41) == pytest.approx(72 - 1 + 1)
+    assert grid.best_tile(10, 10, 500, 20) is None  # wider than any tile
+
+
+def test_tiled_automask_joins_objects_cut_by_seams_and_keeps_neighbours_apart():
+    image, objects = scene()
+    generator = ColourComponents()
+    pieces = automask_tiled(image, generator, tile_size=128, overlap=32)
+    assert generator.calls == len(TileGrid(300, 340, 128, 32))
+    assert len(pieces) == len(objects)
+    full = [p.window(0, 0, 300, 340) for p in pieces]
+    for name, mask in objects.items():
+        best = max(iou(mask, f) for f in full)
+        assert best >= 0.99, name
+    # the corner disk was seen by four tiles and is one object; the bar by several tiles
+    corner = max(pieces, key=lambda p: iou(p.window(0, 0, 300, 340), objects["corner_disk"]))
+    assert len(corner.tiles) == 4
+    # the ring keeps its hole
+    ring = max(full, key=lambda f: iou(f, objects["ring"]))
+    assert not ring[255, 200]
+
+
+def test_seam_merging_does_not_depend_on_tile_or_record_order():
+    image, _ = scene()
+    grid = TileGrid(300, 340, 128, 32)
+    generator = ColourComponents()
+    per_tile = {t.index: records_to_pieces(t, generator.generate(image[t.slices])) for t in grid}
+    reference = merge_tile_masks(grid, per_tile)
+    rng = random.Random(0)
+    for _ in range(3):
+        keys = list(per_tile)
+        rng.shuffle(keys)
+        shuffled = {}
+        for k in keys:
+            pieces = list(per_tile[k])
+            rng.shuffle(pieces)
+            shuffled[k] = pieces
+        result = merge_tile_masks(grid, shuffled)
+        assert len(result) == len(reference)
+        for a, b in zip(result, reference):
+            assert (a.y0, a.x0, a.tiles) == (b.y0, b.x0, b.tiles)
+            assert np.array_equal(a.mask, b.mask)
+
+
+def test_duplicate_in_overlap_is_dropped_and_distinct_masks_of_one_tile_never_chain():
+    grid = TileGrid(100, 200, tile_size=120, overlap=40)
+    assert len(grid) == 2
+    a, b = grid[0], grid[1]
+    obj = np.zeros((100, 200), bool)
+    obj[40:60, 85:110] = True  # entirely inside the overlap [80, 120)
+    # tile b sees it as two masks (split), tile a as one: the one of a matches only its best partner
+    left = obj.copy()
+    left[:, 98:] = False
+    right = obj & ~left
+
+    def piece(tile, mask):
+        return MaskPiece(tile.y0, tile.x0, mask[tile.slices].copy(), 0.9, 0.9, (tile.index,)).trimmed()
+
+    merged = merge_tile_masks(grid, {a.index: [piece(a, obj)], b.index: [piece(b, left), piece(b, right)]})
+    assert len(merged) == 2  # one of b's parts joined with a's whole, the other stays separate
+    assert sum(len(m.tiles) == 2 for m in merged) == 1
+    merged = merge_tile_masks(grid, {a.index: [piece(a, obj)], b.index: [piece(b, obj)]})
+    assert len(merged) == 1 and merged[0].area == obj.sum()
+
+
+def test_overlaps_go_to_the_smaller_object_in_label_images():
+    big = MaskPiece(0, 0, np.ones((50, 50), bool), 0.9)
+    small = MaskPiece(10, 10, np.ones((10, 10), bool), 0.8)
+    labels = pieces_to_labels([big, small], (60, 60))
+    assert (labels[10:20, 10:20] == 2).all()
+    assert (labels == 1).sum() == 2500 - 100
+    disjoint = remove_overlaps([big, small])
+    assert disjoint[0].area == 2400 and disjoint[1].area == 100
+
+
+def test_tiled_predictor_routes_prompts_and_joins_objects_larger_than_a_tile():
+    image, objects = scene()
+    predictor = ColourPredictor()
+    tiled = TiledPredictor(predictor, image, tile_size=128, overlap=32)
+    # a small object inside one tile: one tile is encoded (lazily)
+    result = tiled.predict(points=[(40, 250)], labels=[1])
+    assert len(result.tiles) == 1 and predictor.encoded == 1
+    assert iou(result.piece.window(0, 0, 300, 340), objects["small"]) == 1.0
+    # the bar spans three tiles: decoding grows across the seams and joins
+    result = tiled.predict(points=[(100, 207)], labels=[1])
+    assert len(result.tiles) >= 3
+    assert iou(result.piece.window(0, 0, 300, 340), objects["bar"]) >= 0.99
+    # a box larger than a tile
+    result = tiled.predict(box=(55, 195, 335, 220))
+    assert iou(result.piece.window(0, 0, 300, 340), objects["bar"]) >= 0.99
+    with pytest.raises(SamError, match="outside"):
+        tiled.predict(points=[(400, 10)], labels=[1])
+
+
+def test_encode_all_encodes_every_tile_and_reports_progress():
+    image, _ = scene()
+    predictor = ColourPredictor()
+    tiled = TiledPredictor(predictor, image, tile_size=128, overlap=32)
+    seen = []
+    assert tiled.encode_all(progress=lambda d, t, m: seen.append((d, t))) == len(tiled.grid)
+    assert predictor.encoded == len(tiled.grid)
+    assert seen[-1] == (len(tiled.grid), len(tiled.grid))
