@@ -19,6 +19,7 @@ from sam_core.progress import Cancelled
 COMMANDS = (
     "sam_core.cli.models_cmd",
     "sam_core.cli.segment_cmd",
+    "sam_core.cli.automask_cmd",
     "sam_core.cli.engine_cmd",
 )
 
