@@ -123,13 +123,11 @@ class Engine:
     def _cmd_info(self, params: Params, progress, cancel) -> dict:
         import torch
 
-        devices = ["cpu"]
-        if torch.cuda.is_available():
-            devices.append("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            devices.append("mps")
+        from sam_core.zoo import available_devices
+
         info = self._cmd_hello(params, progress, cancel)
-        info.update(torch=torch.__version__, devices=devices, models=self._cmd_models(params, progress, cancel))
+        info.update(torch=torch.__version__, devices=available_devices(),
+                    models=self._cmd_models(params, progress, cancel))
         return info
 
     def _cmd_models(self, params: Params, progress, cancel) -> Any:

@@ -1,0 +1,110 @@
+"""sam:automask_raster: every object of a raster as polygons (tiled automatic masks, seams merged)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+)
+
+from .base import SamAlgorithm, remove_files
+
+
+def add_tiling_parameters(algorithm: SamAlgorithm) -> None:
+    algorithm.addParameter(QgsProcessingParameterBand(
+        "BANDS", "Bands (one or three; empty: the first three, or the only one)", None, "INPUT", True, True))
+    algorithm.addParameter(QgsProcessingParameterNumber(
+        "TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 1024, False, 64, 8192))
+    algorithm.addParameter(QgsProcessingParameterNumber(
+        "OVERLAP", "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer, 128, False, 0, 4096))
+
+
+def tiling_params(algorithm: SamAlgorithm, parameters: dict, context) -> dict:
+    bands = algorithm.parameterAsInts(parameters, "BANDS", context)
+    return {
+        "bands": [int(band) for band in bands] or None,
+        "tile_size": algorithm.parameterAsInt(parameters, "TILE_SIZE", context),
+        "overlap": algorithm.parameterAsInt(parameters, "OVERLAP", context),
+    }
+
+
+class AutomaskRasterAlgorithm(SamAlgorithm):
+    def name(self) -> str:
+        return "automask_raster"
+
+    def displayName(self) -> str:
+        return "Segment everything in a raster (automatic masks)"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Finds every object of the raster with Segment Anything's automatic mask generator, tile by tile, "
+            "joins objects cut by tile seams, and writes them as polygons in the raster's CRS with the "
+            "attributes id, predicted_iou, stability_score, area and tile.\n\n"
+            "RESOLUTION resamples to a ground resolution (map units per pixel; empty: native). EXTENT limits "
+            "the area. MIN_AREA (map units²) drops small polygons, SIMPLIFY (map units) simplifies outlines. "
+            "POINTS_PER_SIDE, PRED_IOU_THRESH and STABILITY_THRESH are the generator's parameters.\n\n"
+            "The work runs in the Segment Anything engine process; cancel stops between tiles and writes nothing."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
+        add_tiling_parameters(self)
+        self.addParameter(QgsProcessingParameterNumber(
+            "RESOLUTION", "Resolution (map units per pixel; empty: native)", QgsProcessingParameterNumber.Double,
+            None, True, 0.0))
+        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole raster)", None, True))
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterNumber(
+            "POINTS_PER_SIDE", "Points per side (grid of prompts per tile)", QgsProcessingParameterNumber.Integer,
+            32, False, 1, 256))
+        self.addParameter(QgsProcessingParameterNumber(
+            "PRED_IOU_THRESH", "Predicted IoU threshold", QgsProcessingParameterNumber.Double, 0.88, False, 0.0, 1.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "STABILITY_THRESH", "Stability score threshold", QgsProcessingParameterNumber.Double, 0.95, False,
+            0.0, 1.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "MIN_AREA", "Minimum area (map units²)", QgsProcessingParameterNumber.Double, 0.0, False, 0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SIMPLIFY", "Simplification tolerance (map units; 0: none)", QgsProcessingParameterNumber.Double, 0.0,
+            False, 0.0))
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            "OUTPUT", "Segments", QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layer = self.raster(parameters, context)
+        extent = None
+        if parameters.get("EXTENT") not in (None, ""):
+            extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+        resolution = None
+        if parameters.get("RESOLUTION") not in (None, ""):
+            resolution = self.parameterAsDouble(parameters, "RESOLUTION", context) or None
+        path, exported = self.raster_file(layer, context, feedback, extent, resolution)
+        output = QgsProcessingUtils.generateTempFilename("sam_automask.gpkg")
+        params = {
+            "raster": path,
+            "output": output,
+            "resolution": None if exported else resolution,
+            "extent": None if exported or extent is None or extent.isEmpty() else
+            [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+            "generator_params": {
+                "points_per_side": self.parameterAsInt(parameters, "POINTS_PER_SIDE", context),
+                "pred_iou_thresh": self.parameterAsDouble(parameters, "PRED_IOU_THRESH", context),
+                "stability_score_thresh": self.parameterAsDouble(parameters, "STABILITY_THRESH", context),
+            },
+            "min_area": self.parameterAsDouble(parameters, "MIN_AREA", context),
+            "simplify": self.parameterAsDouble(parameters, "SIMPLIFY", context),
+        }
+        params.update(tiling_params(self, parameters, context))
+        params.update(self.model_params(parameters, context))
+        try:
+            result = self.run_engine("automask_raster", params, feedback)
+            feedback.pushInfo(f"{result.get('count')} polygons from {result.get('tiles_done')} tiles")
+            dest_id = self.copy_to_sink(output, layer, parameters, context, feedback)
+        finally:
+            remove_files(output, path if exported else None)
+        return {"OUTPUT": dest_id}

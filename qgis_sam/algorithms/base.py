@@ -1,0 +1,144 @@
+"""What the three Segment Anything algorithms share: model parameters, the raster file, engine calls."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsFields,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from .. import settings
+from ..engine_client import EngineCancelled, EngineError
+from ..export import ExportError, export_raster, local_raster_path, native_resolution
+
+ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icon.png")
+LANE = "batch"
+
+
+class SamAlgorithm(QgsProcessingAlgorithm):
+    """Base class: subclasses define ``name``, ``displayName``, ``initAlgorithm`` and ``processAlgorithm``."""
+
+    def createInstance(self) -> "SamAlgorithm":
+        return type(self)()
+
+    def icon(self) -> QIcon:
+        return QIcon(ICON)
+
+    def group(self) -> str:
+        return ""
+
+    def groupId(self) -> str:
+        return ""
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def add_model_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterEnum(
+            "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
+        self.addParameter(QgsProcessingParameterFile(
+            "CHECKPOINT", "Checkpoint file (optional; replaces the model's own weights)",
+            QgsProcessingParameterFile.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
+
+    def model_params(self, parameters: dict, context: QgsProcessingContext) -> dict:
+        model = self.parameterAsEnumString(parameters, "MODEL", context) or "demo"
+        checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
+        return {"model": model, "checkpoint": checkpoint, "device": settings.device()}
+
+    # -- raster -------------------------------------------------------------------------------------
+    def raster(self, parameters: dict, context: QgsProcessingContext) -> QgsRasterLayer:
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        if layer is None or not layer.isValid():
+            raise QgsProcessingException("INPUT: choose a valid raster layer")
+        return layer
+
+    def raster_file(self, layer: QgsRasterLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback,
+                    extent: Optional[QgsRectangle] = None, resolution: Optional[float] = None) -> tuple[str, bool]:
+        """(path, exported): the layer's own file, or a temporary GeoTIFF of ``extent`` at ``resolution``."""
+        path = local_raster_path(layer)
+        if path is not None:
+            return path, False
+        resolution = resolution or native_resolution(layer)
+        if resolution is None:
+            raise QgsProcessingException(
+                f"'{layer.name()}' is not a local file and has no pixel size: set RESOLUTION (map units per pixel) "
+                "and EXTENT so that it can be exported for segmentation")
+        area = extent if extent is not None and not extent.isEmpty() else layer.extent()
+        feedback.pushInfo(f"Exporting '{layer.name()}' at {resolution:g} map units per pixel to a temporary GeoTIFF")
+        try:
+            path = export_raster(layer, area, resolution, QgsProcessingUtils.generateTempFilename("sam_input.tif"),
+                                 context.transformContext())
+        except ExportError as error:
+            raise QgsProcessingException(str(error)) from error
+        return path, True
+
+    # -- engine -------------------------------------------------------------------------------------
+    def run_engine(self, cmd: str, params: dict, feedback: QgsProcessingFeedback) -> Any:
+        """Run ``cmd`` in the engine with progress on ``feedback``; cancel stops it between tiles."""
+
+        def progress(done: int, total: int, message: str) -> None:
+            if total > 0:
+                feedback.setProgress(100.0 * done / total)
+            if message:
+                feedback.setProgressText(message)
+
+        try:
+            return settings.client().request(cmd, params, lane=LANE, progress=progress,
+                                             is_cancelled=feedback.isCanceled)
+        except EngineCancelled as error:
+            raise QgsProcessingException("Cancelled: no output was written.") from error
+        except EngineError as error:
+            raise QgsProcessingException(str(error)) from error
+
+    def copy_to_sink(self, path: str, raster: QgsRasterLayer, parameters: dict, context: QgsProcessingContext,
+                     feedback: QgsProcessingFeedback) -> str:
+        """Copy the polygons the engine wrote to ``path`` into the OUTPUT sink; return its destination id."""
+        source = QgsVectorLayer(path, "sam", "ogr")
+        fields = QgsFields()
+        if source.isValid():
+            for field in source.fields():
+                if field.name().lower() != "fid":
+                    fields.append(field)
+            crs, wkb_type = source.crs(), source.wkbType()
+        else:
+            crs, wkb_type = raster.crs(), QgsWkbTypes.MultiPolygon
+        sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, fields, wkb_type, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, "OUTPUT"))
+        if source.isValid():
+            names = fields.names()
+            for feature in source.getFeatures():
+                if feedback.isCanceled():
+                    break
+                copy = QgsFeature(fields)
+                copy.setGeometry(feature.geometry())
+                copy.setAttributes([feature[name] for name in names])
+                sink.addFeature(copy, QgsFeatureSink.FastInsert)
+        del source
+        return dest_id
+
+
+def remove_files(*paths: Optional[str]) -> None:
+    """Delete temporary files (and a GeoPackage's -wal/-shm companions), ignoring missing ones."""
+    for path in paths:
+        if not path:
+            continue
+        for candidate in (path, path + "-wal", path + "-shm", path + ".aux.xml"):
+            try:
+                os.unlink(candidate)
+            except OSError:
+                pass

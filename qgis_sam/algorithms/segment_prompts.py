@@ -1,0 +1,88 @@
+"""sam:segment_prompts: polygons from prompt points and boxes of a vector layer (any CRS)."""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsFeature,
+    QgsFeatureSink,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+    QgsVectorFileWriter,
+)
+
+from .base import SamAlgorithm, remove_files
+
+
+class SegmentPromptsAlgorithm(SamAlgorithm):
+    def name(self) -> str:
+        return "segment_prompts"
+
+    def displayName(self) -> str:
+        return "Segment objects from prompt points and boxes"
+
+    def shortHelpString(self) -> str:
+        return (
+            "Segments one object per prompt group of PROMPTS: points (positive or negative, chosen by "
+            "LABEL_FIELD: 1 or true is positive, 0 or false negative; all positive when empty) and boxes "
+            "(polygons, taken as their bounds). PROMPTS may be in any CRS; the polygons come out in the "
+            "raster's CRS."
+        )
+
+    def initAlgorithm(self, config=None) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "PROMPTS", "Prompts (points or polygons)",
+            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterField(
+            "LABEL_FIELD", "Positive/negative field (1 positive, 0 negative)", None, "PROMPTS",
+            QgsProcessingParameterField.Any, False, True))
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterFeatureSink(
+            "OUTPUT", "Segments", QgsProcessing.TypeVectorPolygon))
+
+    def _write_prompts(self, parameters, context, feedback) -> str:
+        """Write the prompt features (selection and filters applied) to a temporary GeoPackage in their CRS."""
+        source = self.parameterAsSource(parameters, "PROMPTS", context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, "PROMPTS"))
+        if source.featureCount() == 0:
+            raise QgsProcessingException("PROMPTS has no features: add points or boxes to segment")
+        path = QgsProcessingUtils.generateTempFilename("sam_prompts.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = "prompts"
+        writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
+                                            context.transformContext(), options)
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"could not write the prompts to a temporary file: {writer.errorMessage()}")
+        for feature in source.getFeatures():
+            copy = QgsFeature(feature)
+            writer.addFeature(copy, QgsFeatureSink.FastInsert)
+        del writer
+        return path
+
+    def processAlgorithm(self, parameters, context, feedback):
+        layer = self.raster(parameters, context)
+        prompts = self._write_prompts(parameters, context, feedback)
+        path, exported = None, False
+        output = QgsProcessingUtils.generateTempFilename("sam_segments.gpkg")
+        try:
+            path, exported = self.raster_file(layer, context, feedback)
+            params = {
+                "raster": path,
+                "prompts": prompts,
+                "output": output,
+                "label_field": self.parameterAsString(parameters, "LABEL_FIELD", context) or None,
+            }
+            params.update(self.model_params(parameters, context))
+            result = self.run_engine("segment_prompts", params, feedback)
+            feedback.pushInfo(f"{result.get('count')} polygons")
+            dest_id = self.copy_to_sink(output, layer, parameters, context, feedback)
+        finally:
+            remove_files(output, prompts, path if exported else None)
+        return {"OUTPUT": dest_id}

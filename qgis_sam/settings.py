@@ -1,0 +1,79 @@
+"""The plugin's settings (QgsSettings under ``qgis_sam/``) and the one engine client they configure."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Optional
+
+from qgis.core import Qgis, QgsMessageLog, QgsSettings
+
+from .engine_client import ENV_VAR, EngineClient
+
+LOG_TAG = "Segment Anything"
+MODEL_NAMES = ("demo", "vit_t", "vit_b", "vit_l", "vit_h")
+
+_PREFIX = "qgis_sam/"
+DEFAULTS: dict[str, Any] = {
+    "engine_python": "",   # interpreter that has sam_core installed
+    "model": "demo",       # model of the map tool
+    "checkpoint": "",      # optional checkpoint file of the map tool
+    "device": "",          # "" = the engine's default (CPU); "cuda", "mps"
+    "tile_size": 1024,     # pixels
+    "overlap": 128,        # pixels
+    "output_gpkg": "",     # "" = commit into a scratch layer
+    "export_resolution": 0.0,  # map units per pixel for non-file rasters; 0 = the canvas's
+}
+
+
+def value(key: str) -> Any:
+    """A setting, converted to the type of its default."""
+    default = DEFAULTS[key]
+    raw = QgsSettings().value(_PREFIX + key, default)
+    if raw is None:
+        return default
+    try:
+        return type(default)(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def set_value(key: str, new: Any) -> None:
+    if key not in DEFAULTS:
+        raise KeyError(key)
+    QgsSettings().setValue(_PREFIX + key, new)
+
+
+def engine_python() -> Optional[str]:
+    """The engine interpreter: ``SAM_ENGINE_PYTHON`` if set, else the configured one, else None."""
+    return os.environ.get(ENV_VAR, "").strip() or value("engine_python") or None
+
+
+def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
+    """Write to QGIS's log panel (thread-safe)."""
+    QgsMessageLog.logMessage(message, LOG_TAG, level)
+
+
+def device() -> Optional[str]:
+    return value("device") or None
+
+
+_client: Optional[EngineClient] = None
+_client_lock = threading.Lock()
+
+
+def client() -> EngineClient:
+    """The plugin's engine client (shared by the map tool and the Processing algorithms)."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = EngineClient(python=lambda: value("engine_python"), log=lambda text: log(text))
+        return _client
+
+
+def stop_client() -> None:
+    """Stop the engine process, if any (plugin unload, settings change)."""
+    with _client_lock:
+        current = _client
+    if current is not None:
+        current.stop()
