@@ -1,0 +1,109 @@
+"""Build a SAM network and read / write checkpoints in the official format (a plain state dict)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Mapping, Union
+
+import torch
+from torch import nn
+
+from sam_core.errors import SamError
+from sam_core.fileio import atomic_write
+from sam_core.models.config import SamConfig, get_config, infer_config
+from sam_core.models.sam import Sam
+
+PathLike = Union[str, "os.PathLike[str]"]
+StateDict = Mapping[str, torch.Tensor]
+
+
+def build_sam(config: SamConfig | str) -> Sam:
+    """A SAM network (random weights, eval mode) for a configuration or a configuration name."""
+    if isinstance(config, str):
+        config = get_config(config)
+    return Sam(config).eval()
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """The state dict stored in a checkpoint file (plain, or wrapped as ``{"model": state_dict}``).
+
+    Raises :class:`SamError` naming the file when it is missing or not a SAM checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SamError(f"checkpoint file not found: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise SamError(f"{path} is not a SAM checkpoint (cannot read it as a PyTorch state dict: {exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(v, torch.Tensor) for v in data.values())
+        and any(str(k).startswith("image_encoder.") for k in data)
+        and any(str(k).startswith("mask_decoder.") for k in data)
+    ):
+        raise SamError(f"{path} is not a SAM checkpoint (it holds no image_encoder / mask_decoder weights)")
+    return data
+
+
+def _describe(state_dict: StateDict) -> str:
+    try:
+        config = infer_config(state_dict)
+    except SamError:
+        return "it does not look like a SAM checkpoint"
+    if config.name != "custom":
+        return f"it looks like {config.name!r}"
+    if config.encoder == "vit":
+        return (f"it looks like a custom ViT model (image_size {config.image_size}, embed_dim {config.embed_dim}, "
+                f"depth {config.depth})")
+    return f"it looks like a custom TinyViT model (embed dims {config.tiny_embed_dims})"
+
+
+def _examples(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (", ..." if len(keys) > 3 else "")
+
+
+def load_checkpoint(sam: Sam, checkpoint: PathLike | StateDict) -> Sam:
+    """Load weights (a file path or a state dict) into ``sam`` with strict key and shape matching.
+
+    Raises :class:`SamError` summarising missing, unexpected and mis-shaped tensors, and which model
+    the checkpoint looks like.
+    """
+    source = f"checkpoint {checkpoint}" if isinstance(checkpoint, (str, os.PathLike)) else "the state dict"
+    state_dict = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    expected = sam.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing tensors ({_examples(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors ({_examples(unexpected)})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} tensors of another shape ({_examples(mismatched)})")
+        raise SamError(
+            f"{source} does not fit the model {sam.config.name!r}: {'; '.join(problems)}; "
+            f"{_describe(state_dict)}. Choose the matching model."
+        )
+    sam.load_state_dict(state_dict, strict=True)
+    return sam
+
+
+def save_checkpoint(model: nn.Module | StateDict, path: PathLike) -> Path:
+    """Write weights in the official format (a plain state dict of CPU tensors), atomically."""
+    state_dict = model.state_dict() if isinstance(model, nn.Module) else model
+    state_dict = {k: v.detach().cpu() for k, v in state_dict.items()}
+    with atomic_write(path, "wb") as handle:
+        torch.save(state_dict, handle)
+    return Path(path)

@@ -1,0 +1,87 @@
+"""SAM's mask decoder: the two-way transformer, upscaling, hypernetwork masks and the IoU head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sam_core.models.common import MLP, LayerNorm2d
+from sam_core.models.transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    """Predicts mask logits at 4x the embedding resolution and their IoU, one token per candidate.
+
+    Token 0 is the single-mask output; tokens 1..num_multimask_outputs are the ambiguity-aware ones.
+    """
+
+    def __init__(self, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
+                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode B prompts.
+
+        ``image_embeddings`` is (1, C, h, w), shared by all prompts, or (B, C, h, w), one per prompt;
+        ``image_pe`` (1, C, h, w); sparse (B, N, C); dense (B, C, h, w). Returns low-res logits
+        (B, K, 4h, 4w) and IoU predictions (B, K), K = num_multimask_outputs or 1.
+        """
+        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and IoU of every mask token (single-mask token first): (B, K+1, 4h, 4w), (B, K+1)."""
+        bs = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings), dim=1)
+
+        if image_embeddings.shape[0] not in (1, bs):
+            raise ValueError("image_embeddings must have batch size 1 or one per prompt")
+        src = image_embeddings + dense_prompt_embeddings
+        src = src.expand(bs, -1, -1, -1) if src.shape[0] != bs else src
+        pos_src = image_pe.expand(bs, -1, -1, -1)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
