@@ -1,0 +1,141 @@
+"""napari readers for medical volumes: NIfTI files (nibabel) and DICOM series folders (pydicom).
+
+Both keep the voxel spacing as the layer's ``scale`` (millimetres), in napari's axis order:
+(z, y, x) for volumes and (t, z, y, x) for 4D NIfTI. NIfTI stores voxels as (i, j, k[, t]) = (x, y,
+z[, t]); the reader transposes to (z, y, x) without resampling or reorienting. DICOM values are
+converted to their physical unit with RescaleSlope/RescaleIntercept (Hounsfield units for CT).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple, Union
+
+import numpy as np
+
+LayerData = Tuple[np.ndarray, dict, str]
+PathOrPaths = Union[str, List[str]]
+
+
+def _is_nifti(path: str) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and _is_dicom_file(p))
+
+
+def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], List[LayerData]]]:
+    """npe2 reader hook: a reader for a NIfTI file or a folder of DICOM files, else ``None``."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = str(path)
+    if _is_nifti(path):
+        return read_nifti
+    if os.path.isdir(path) and _dicom_files(Path(path)):
+        return read_dicom_series
+    return None
+
+
+def read_nifti(path: PathOrPaths) -> List[LayerData]:
+    """Read a NIfTI file (``.nii`` or ``.nii.gz``) as one image layer with voxel spacing as scale."""
+    import nibabel as nib
+
+    from sam_core.errors import SamError
+
+    if isinstance(path, list):
+        path = path[0]
+    try:
+        image = nib.load(str(path))
+    except Exception as error:  # nibabel raises several types for bad files
+        raise SamError(f"cannot read NIfTI file {path}: {error}") from error
+    data = np.asanyarray(image.dataobj)
+    if data.ndim not in (2, 3, 4):
+        raise SamError(f"{path}: NIfTI data with {data.ndim} dimensions is not supported (2 to 4 are)")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[: data.ndim])
+    data = np.ascontiguousarray(data.T)
+    scale = tuple(reversed(zooms))
+    if data.ndim == 4:
+        scale = (1.0,) + scale[1:]
+    name = Path(str(path)).name
+    for suffix in (".gz", ".nii"):
+        name = name[: -len(suffix)] if name.lower().endswith(suffix) else name
+    return [(data, {"name": name, "scale": scale, "metadata": {"path": str(path)}}, "image")]
+
+
+def read_dicom_series(path: PathOrPaths) -> List[LayerData]:
+    """Read a folder of DICOM files (one series) as a (z, y, x) volume with spacing as scale.
+
+    Slices are ordered by their position along the slice normal (ImagePositionPatient and
+    ImageOrientationPatient), else by InstanceNumber. The slice spacing is the median distance
+    between neighbouring positions (else SpacingBetweenSlices or SliceThickness); the in-plane
+    spacing is PixelSpacing (row, column).
+    """
+    import pydicom
+
+    from sam_core.errors import SamError
+
+    if isinstance(path, list):
+        path = path[0]
+    folder = Path(str(path))
+    files = _dicom_files(folder)
+    if not files:
+        raise SamError(f"{folder} holds no DICOM files")
+    datasets = [pydicom.dcmread(str(f)) for f in files]
+    datasets = [d for d in datasets if "PixelData" in d]
+    if not datasets:
+        raise SamError(f"{folder}: the DICOM files hold no images")
+    uids = {str(d.get("SeriesInstanceUID", "")) for d in datasets}
+    if len(uids) > 1:
+        raise SamError(f"{folder} holds {len(uids)} DICOM series; put each series in its own folder")
+
+    positions = None
+    first = datasets[0]
+    if all("ImagePositionPatient" in d for d in datasets) and "ImageOrientationPatient" in first:
+        orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions = np.array([np.dot(normal, np.asarray(d.ImagePositionPatient, dtype=float)) for d in datasets])
+        order = np.argsort(positions, kind="stable")
+    else:
+        order = np.argsort([int(d.get("InstanceNumber", i)) for i, d in enumerate(datasets)], kind="stable")
+    datasets = [datasets[i] for i in order]
+
+    shapes = {d.pixel_array.shape for d in datasets}
+    if len(shapes) != 1:
+        raise SamError(f"{folder}: the slices have different sizes {sorted(shapes)}")
+    slices = []
+    for d in datasets:
+        pixels = d.pixel_array
+        slope = float(d.get("RescaleSlope", 1.0))
+        intercept = float(d.get("RescaleIntercept", 0.0))
+        if slope != 1.0 or intercept != 0.0:
+            pixels = pixels.astype(np.float32) * slope + intercept
+        slices.append(pixels)
+    volume = np.stack(slices)
+    if volume.dtype == np.float32 and np.all(np.mod(volume, 1) == 0) and np.abs(volume).max() < 32768:
+        volume = volume.astype(np.int16)
+
+    row_spacing, col_spacing = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
+    slice_spacing = None
+    if positions is not None and len(datasets) > 1:
+        steps = np.diff(np.sort(positions))
+        steps = steps[steps > 1e-6]
+        if steps.size:
+            slice_spacing = float(np.median(steps))
+    if slice_spacing is None:
+        slice_spacing = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)))
+    name = str(first.get("SeriesDescription", "") or folder.name)
+    meta = {"path": str(folder), "modality": str(first.get("Modality", ""))}
+    return [(volume, {"name": name, "scale": (slice_spacing, row_spacing, col_spacing), "metadata": meta}, "image")]

@@ -1,0 +1,382 @@
+"""The Segment Anything dock widget: layout only; every action goes to :class:`SamSession`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from napari.layers import Image
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_sam.session import KEYS, ModelChoice, SamSession
+from napari_sam.windows import CT_WINDOWS, window_range
+
+_LOCAL_FILE = "local checkpoint file…"
+_NO_WINDOW = "layer contrast"
+
+
+def _default_cache_dir() -> str:
+    from platformdirs import user_cache_dir
+
+    return os.environ.get("SAM_EMBEDDING_CACHE", os.path.join(user_cache_dir("sam-suite"), "embeddings"))
+
+
+class SamWidget(QWidget):
+    """Set-up, prompts, volume, automatic segmentation and fine-tuning panels for one viewer."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = SamSession(napari_viewer)
+        self.session.on_candidates.append(self._show_scores)
+        self.choices: list = []
+        self._job = None
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._setup_panel())
+        layout.addWidget(self._prompt_panel())
+        layout.addWidget(self._volume_panel())
+        layout.addWidget(self._automatic_panel())
+        layout.addWidget(self._finetune_panel())
+        keys = "\n".join(f"{key}: {what}" for key, what in KEYS.items())
+        help_text = QLabel(
+            "Mouse: click on the image with 'SAM points' selected adds a point (positive green, negative red); "
+            "draw rectangles on 'SAM boxes'.\nKeys:\n" + keys
+        )
+        help_text.setWordWrap(True)
+        layout.addWidget(help_text)
+        layout.addStretch(1)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self._refresh_layers()
+        self.session.bind_keys()
+
+    # ----------------------------------------------------------------------------------- panels
+
+    def _setup_panel(self) -> QGroupBox:
+        box = QGroupBox("Set-up")
+        form = QFormLayout(box)
+        self.image_combo = QComboBox()
+        form.addRow("Image", self.image_combo)
+        self.model_combo = QComboBox()
+        self._fill_models()
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
+        form.addRow("Model", self.model_combo)
+        self.device_combo = QComboBox()
+        try:
+            from sam_core.zoo import available_devices
+
+            self.device_combo.addItems(available_devices())
+        except Exception:  # torch missing or broken: CPU is still the choice
+            self.device_combo.addItem("cpu")
+        form.addRow("Device", self.device_combo)
+        row = QHBoxLayout()
+        self.cache_edit = QLineEdit(_default_cache_dir())
+        browse = QPushButton("…")
+        browse.clicked.connect(self._browse_cache)
+        row.addWidget(self.cache_edit)
+        row.addWidget(browse)
+        form.addRow("Cache folder", row)
+        self.channel_axis_spin = QSpinBox()
+        self.channel_axis_spin.setRange(-1, 8)
+        self.channel_axis_spin.setValue(-1)
+        self.channel_axis_spin.setSpecialValueText("none")
+        form.addRow("Channel axis", self.channel_axis_spin)
+        self.channels_edit = QLineEdit()
+        self.channels_edit.setPlaceholderText("e.g. 0 or 2,1,0 (empty: all of RGB)")
+        form.addRow("Channels", self.channels_edit)
+        self.window_combo = QComboBox()
+        self.window_combo.addItems([_NO_WINDOW] + [f"CT {name}" for name in CT_WINDOWS])
+        self.window_combo.currentIndexChanged.connect(self._apply_window)
+        form.addRow("Intensity window", self.window_combo)
+        self.start_button = QPushButton("Start / reset session")
+        self.start_button.clicked.connect(self.start)
+        form.addRow(self.start_button)
+        self.all_slices_check = QCheckBox("all slices")
+        self.compute_button = QPushButton("Compute embeddings")
+        self.compute_button.clicked.connect(self.compute_embeddings)
+        row2 = QHBoxLayout()
+        row2.addWidget(self.compute_button)
+        row2.addWidget(self.all_slices_check)
+        form.addRow(row2)
+        self.progress_bar = QProgressBar()
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.session.cancel_all)
+        row3 = QHBoxLayout()
+        row3.addWidget(self.progress_bar)
+        row3.addWidget(self.cancel_button)
+        form.addRow(row3)
+        return box
+
+    def _prompt_panel(self) -> QGroupBox:
+        box = QGroupBox("Prompts")
+        layout = QVBoxLayout(box)
+        self.label_button = QPushButton("New points: positive (Shift-T)")
+        self.label_button.clicked.connect(self._toggle)
+        self.candidate_label = QLabel("candidates: none")
+        self.next_button = QPushButton("Next candidate (Shift-N)")
+        self.next_button.clicked.connect(self.session.next_candidate)
+        self.commit_button = QPushButton("Commit (Shift-C)")
+        self.commit_button.clicked.connect(self.session.commit)
+        self.undo_button = QPushButton("Undo commit (Shift-Z)")
+        self.undo_button.clicked.connect(self.session.undo)
+        self.clear_button = QPushButton("Clear prompts (Shift-X)")
+        self.clear_button.clicked.connect(self.session.clear)
+        self.overwrite_check = QCheckBox("commit may overwrite other objects")
+        self.overwrite_check.toggled.connect(lambda on: setattr(self.session, "overwrite", on))
+        for widget in (self.label_button, self.candidate_label, self.next_button, self.commit_button,
+                       self.undo_button, self.clear_button, self.overwrite_check):
+            layout.addWidget(widget)
+        return box
+
+    def _volume_panel(self) -> QGroupBox:
+        box = QGroupBox("Volume / time series")
+        form = QFormLayout(box)
+        self.first_spin = QSpinBox()
+        self.last_spin = QSpinBox()
+        for spin in (self.first_spin, self.last_spin):
+            spin.setRange(-1, 100000)
+            spin.setValue(-1)
+            spin.setSpecialValueText("end")
+        form.addRow("From slice", self.first_spin)
+        form.addRow("To slice", self.last_spin)
+        self.stop_iou_spin = QDoubleSpinBox()
+        self.stop_iou_spin.setRange(0.0, 1.0)
+        self.stop_iou_spin.setSingleStep(0.05)
+        self.stop_iou_spin.setValue(0.5)
+        form.addRow("Stop below predicted IoU", self.stop_iou_spin)
+        self.propagate_button = QPushButton("Propagate through stack")
+        self.propagate_button.clicked.connect(self.propagate)
+        form.addRow(self.propagate_button)
+        return box
+
+    def _automatic_panel(self) -> QGroupBox:
+        box = QGroupBox("Automatic segmentation")
+        layout = QVBoxLayout(box)
+        params = QCollapsible("Parameters")
+        inner = QWidget()
+        form = QFormLayout(inner)
+        self.points_per_side_spin = QSpinBox()
+        self.points_per_side_spin.setRange(1, 128)
+        self.points_per_side_spin.setValue(32)
+        self.pred_iou_spin = QDoubleSpinBox()
+        self.pred_iou_spin.setRange(0.0, 1.0)
+        self.pred_iou_spin.setSingleStep(0.01)
+        self.pred_iou_spin.setValue(0.88)
+        self.stability_spin = QDoubleSpinBox()
+        self.stability_spin.setRange(0.0, 1.0)
+        self.stability_spin.setSingleStep(0.01)
+        self.stability_spin.setValue(0.95)
+        self.min_area_spin = QSpinBox()
+        self.min_area_spin.setRange(0, 1_000_000)
+        self.link_iou_spin = QDoubleSpinBox()
+        self.link_iou_spin.setRange(0.0, 1.0)
+        self.link_iou_spin.setValue(0.3)
+        form.addRow("Points per side", self.points_per_side_spin)
+        form.addRow("Predicted IoU threshold", self.pred_iou_spin)
+        form.addRow("Stability threshold", self.stability_spin)
+        form.addRow("Min. region area (px)", self.min_area_spin)
+        form.addRow("Link slices at IoU", self.link_iou_spin)
+        params.addWidget(inner)
+        layout.addWidget(params)
+        self.auto_button = QPushButton("Segment image / slice")
+        self.auto_button.clicked.connect(lambda: self.automatic(False))
+        self.auto_volume_button = QPushButton("Segment whole stack (3D labels)")
+        self.auto_volume_button.clicked.connect(lambda: self.automatic(True))
+        layout.addWidget(self.auto_button)
+        layout.addWidget(self.auto_volume_button)
+        return box
+
+    def _finetune_panel(self) -> QGroupBox:
+        box = QGroupBox("Fine-tune on committed objects")
+        form = QFormLayout(box)
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 1000)
+        self.epochs_spin.setValue(5)
+        form.addRow("Epochs", self.epochs_spin)
+        self.finetune_button = QPushButton("Fine-tune and add to model list")
+        self.finetune_button.clicked.connect(self.finetune)
+        form.addRow(self.finetune_button)
+        return box
+
+    # ----------------------------------------------------------------------------------- models
+
+    def _fill_models(self) -> None:
+        from sam_core.zoo import list_models
+
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.choices = []
+        for status in list_models():
+            mark = "" if status.present else " (download on first use)"
+            self.choices.append(ModelChoice(status.name))
+            self.model_combo.addItem(status.name + mark)
+        self.choices.append(None)
+        self.model_combo.addItem(_LOCAL_FILE)
+        self.model_combo.blockSignals(False)
+        self.model_combo.setCurrentIndex(0)
+
+    def add_model(self, choice: ModelChoice, select: bool = True) -> None:
+        """Add a model (for example a fine-tuned checkpoint) before the 'local file' entry."""
+        position = len(self.choices) - 1
+        self.choices.insert(position, choice)
+        self.model_combo.insertItem(position, choice.label)
+        if select:
+            self.model_combo.setCurrentIndex(position)
+
+    def _on_model_changed(self, index: int) -> None:
+        if index >= 0 and self.choices[index] is None:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt);;All files (*)")
+            if path:
+                self.add_model(ModelChoice(None, path))
+            else:
+                self.model_combo.setCurrentIndex(0)
+
+    def _browse_cache(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Embedding cache folder", self.cache_edit.text())
+        if path:
+            self.cache_edit.setText(path)
+
+    # ----------------------------------------------------------------------------------- actions
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        current = self.image_combo.currentText()
+        self.image_combo.clear()
+        names = [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
+        self.image_combo.addItems(names)
+        if current in names:
+            self.image_combo.setCurrentText(current)
+
+    def _channels(self) -> Optional[Tuple[int, ...]]:
+        text = self.channels_edit.text().strip()
+        if not text:
+            return None
+        try:
+            return tuple(int(part) for part in text.replace(" ", "").split(","))
+        except ValueError:
+            return ()
+
+    def apply_settings(self) -> bool:
+        """Copy the set-up panel into the session; False (with a notification) for a bad entry."""
+        from napari.utils.notifications import show_error
+
+        s = self.session.settings
+        index = self.model_combo.currentIndex()
+        choice = self.choices[index] if 0 <= index < len(self.choices) else None
+        if choice is None:
+            show_error("Choose a model (or a checkpoint file).")
+            return False
+        s.model = choice
+        s.device = self.device_combo.currentText() or "cpu"
+        s.cache_dir = self.cache_edit.text().strip() or None
+        s.channel_axis = None if self.channel_axis_spin.value() < 0 else self.channel_axis_spin.value()
+        channels = self._channels()
+        if channels == () or (channels is not None and len(channels) not in (1, 3)):
+            show_error("Channels: give one index or three, separated by commas (e.g. 0 or 2,1,0).")
+            return False
+        s.channels = channels
+        return True
+
+    def _image_layer(self) -> Optional[Image]:
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name in self.viewer.layers else None
+
+    def start(self) -> bool:
+        """Start (or restart) a session on the chosen image layer; creates the prompt and output layers."""
+        if not self.apply_settings():
+            return False
+        if not self.session.set_image(self._image_layer()):
+            return False
+        self.viewer.layers.selection.active = self.session.points_layer
+        stack = self.session.access.stack_shape
+        if stack:
+            self.first_spin.setMaximum(stack[-1] - 1)
+            self.last_spin.setMaximum(stack[-1] - 1)
+        return True
+
+    def _ensure_started(self) -> bool:
+        if self.session.access is not None and self.session.access.layer is self._image_layer():
+            return self.apply_settings()
+        return self.start()
+
+    def _watch(self, job: Any) -> Any:
+        if job is not None:
+            self.progress_bar.setValue(0)
+            job.listeners.append(self._on_progress)
+            job.worker.finished.connect(lambda: self.progress_bar.setValue(self.progress_bar.maximum()))
+        self._job = job
+        return job
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.setMaximum(max(total, 1))
+        self.progress_bar.setValue(done)
+        self.progress_bar.setFormat(f"%v/%m {message}")
+
+    def compute_embeddings(self) -> Any:
+        if not self._ensure_started():
+            return None
+        return self._watch(self.session.compute_embeddings(self.all_slices_check.isChecked()))
+
+    def _toggle(self) -> None:
+        label = self.session.toggle_label()
+        self.label_button.setText(f"New points: {label} (Shift-T)")
+
+    def _show_scores(self, scores: Any, index: int) -> None:
+        if scores is None:
+            self.candidate_label.setText("candidates: none")
+            return
+        text = ", ".join(f"[{s:.3f}]" if i == index else f"{s:.3f}" for i, s in enumerate(scores))
+        self.candidate_label.setText(f"candidate {index + 1}/{len(scores)}, predicted IoU: {text}")
+
+    def propagate(self) -> Any:
+        if not self._ensure_started():
+            return None
+        first = self.first_spin.value()
+        last = self.last_spin.value()
+        return self._watch(self.session.propagate(
+            None if first < 0 else first, None if last < 0 else last, stop_iou=self.stop_iou_spin.value()
+        ))
+
+    def automatic(self, whole_stack: bool) -> Any:
+        if not self._ensure_started():
+            return None
+        params = {
+            "points_per_side": self.points_per_side_spin.value(),
+            "pred_iou_thresh": self.pred_iou_spin.value(),
+            "stability_score_thresh": self.stability_spin.value(),
+            "min_mask_region_area": self.min_area_spin.value(),
+        }
+        return self._watch(self.session.automatic(whole_stack, params, link_iou=self.link_iou_spin.value()))
+
+    def finetune(self, output: Optional[str] = None) -> Any:
+        if not self._ensure_started():
+            return None
+        if output is None:
+            folder = Path(self.cache_edit.text() or ".").expanduser().parent / "finetuned"
+            output = str(folder / f"finetuned-{len(self.choices)}.pt")
+        return self._watch(self.session.finetune(output, epochs=self.epochs_spin.value(), on_done=self.add_model))
+
+    def _apply_window(self, index: int) -> None:
+        name = self.window_combo.currentText()
+        layer = self._image_layer()
+        if name == _NO_WINDOW or layer is None:
+            return
+        lo, hi = window_range(name[len("CT "):])
+        layer.contrast_limits_range = (min(lo, layer.contrast_limits_range[0]), max(hi, layer.contrast_limits_range[1]))
+        layer.contrast_limits = (lo, hi)
