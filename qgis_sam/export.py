@@ -44,48 +44,62 @@ def _is_image_service(layer: QgsRasterLayer) -> bool:
     return provider.dataType(1) in (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
 
 
+class RasterExport:
+    """An export of ``extent`` (layer CRS) of a layer at ``resolution`` (layer CRS units per pixel) to GeoTIFF.
+
+    Created in the thread that owns the layer (it clones the provider and renderer there); :meth:`write`
+    may then run in a worker thread. Image services (WMS, XYZ) are written as their rendered RGBA image,
+    data providers as raw bands.
+    """
+
+    def __init__(self, layer: QgsRasterLayer, extent: QgsRectangle, resolution: float,
+                 transform_context: Optional[QgsCoordinateTransformContext] = None) -> None:
+        if resolution is None or not resolution > 0:
+            raise ExportError("choose a resolution (map units per pixel) greater than 0 to export this raster")
+        self.name = layer.name()
+        self.extent = QgsRectangle(extent).intersect(layer.extent())
+        if self.extent.isEmpty():
+            raise ExportError(f"the area to segment does not overlap the raster layer '{self.name}'")
+        self.width = max(int(math.ceil(self.extent.width() / resolution)), 1)
+        self.height = max(int(math.ceil(self.extent.height() / resolution)), 1)
+        if max(self.width, self.height) > MAX_EXPORT_SIDE:
+            raise ExportError(
+                f"exporting '{self.name}' at {resolution:g} map units per pixel gives {self.width} x {self.height} "
+                f"pixels (at most {MAX_EXPORT_SIDE} per side): zoom in or choose a coarser resolution"
+            )
+        self.crs = layer.crs()
+        self.transform_context = transform_context or QgsCoordinateTransformContext()
+        self.pipe = QgsRasterPipe()
+        if not self.pipe.set(layer.dataProvider().clone()):
+            raise ExportError(f"the raster layer '{self.name}' cannot be read for export")
+        if _is_image_service(layer) and layer.renderer() is not None:
+            self.pipe.set(layer.renderer().clone())
+
+    def write(self, path: Optional[str] = None, feedback: Optional[QgsRasterBlockFeedback] = None) -> str:
+        """Write the GeoTIFF to ``path`` (a new temporary file when None) and return the path."""
+        if path is None:
+            handle, path = tempfile.mkstemp(prefix="sam_export_", suffix=".tif")
+            os.close(handle)
+        writer = QgsRasterFileWriter(path)
+        writer.setOutputFormat("GTiff")
+        writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+        error = writer.writeRaster(self.pipe, self.width, self.height, self.extent, self.crs,
+                                   self.transform_context, feedback)
+        if error != QgsRasterFileWriter.NoError:
+            if os.path.exists(path):
+                os.unlink(path)
+            raise ExportError(f"exporting the raster layer '{self.name}' failed (QGIS raster writer error {int(error)})")
+        return path
+
+
 def export_raster(layer: QgsRasterLayer, extent: QgsRectangle, resolution: float, path: Optional[str] = None,
                   transform_context: Optional[QgsCoordinateTransformContext] = None,
                   feedback: Optional[QgsRasterBlockFeedback] = None) -> str:
-    """Write ``extent`` (in the layer's CRS) of ``layer`` at ``resolution`` (layer CRS units per pixel) to a GeoTIFF.
+    """Write ``extent`` (layer CRS) of ``layer`` at ``resolution`` (layer CRS units per pixel) to a GeoTIFF.
 
-    Image services (WMS, XYZ) are written as their rendered RGBA image; data providers as raw bands.
     Returns the path (a new temporary file when ``path`` is None).
     """
-    if resolution is None or not resolution > 0:
-        raise ExportError("choose a resolution (map units per pixel) greater than 0 to export this raster")
-    extent = QgsRectangle(extent).intersect(layer.extent())
-    if extent.isEmpty():
-        raise ExportError(f"the area to segment does not overlap the raster layer '{layer.name()}'")
-    width = int(math.ceil(extent.width() / resolution))
-    height = int(math.ceil(extent.height() / resolution))
-    if max(width, height) > MAX_EXPORT_SIDE:
-        raise ExportError(
-            f"exporting '{layer.name()}' at {resolution:g} map units per pixel gives {width} x {height} pixels "
-            f"(at most {MAX_EXPORT_SIDE} per side): zoom in or choose a coarser resolution"
-        )
-    width, height = max(width, 1), max(height, 1)
-    if path is None:
-        handle, path = tempfile.mkstemp(prefix="sam_export_", suffix=".tif")
-        os.close(handle)
-    provider = layer.dataProvider()
-    pipe = QgsRasterPipe()
-    if not pipe.set(provider.clone()):
-        raise ExportError(f"the raster layer '{layer.name()}' cannot be read for export")
-    if _is_image_service(layer):
-        renderer = layer.renderer().clone() if layer.renderer() is not None else None
-        if renderer is not None:
-            pipe.set(renderer)
-    writer = QgsRasterFileWriter(path)
-    writer.setOutputFormat("GTiff")
-    writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
-    error = writer.writeRaster(pipe, width, height, extent, layer.crs(),
-                               transform_context or QgsCoordinateTransformContext(), feedback)
-    if error != QgsRasterFileWriter.NoError:
-        if os.path.exists(path):
-            os.unlink(path)
-        raise ExportError(f"exporting the raster layer '{layer.name()}' failed (QGIS raster writer error {int(error)})")
-    return path
+    return RasterExport(layer, extent, resolution, transform_context).write(path, feedback)
 
 
 def native_resolution(layer: QgsRasterLayer) -> Optional[float]:

@@ -112,6 +112,8 @@ class Engine:
         if cmd not in _COMMAND_PARAMS:
             raise SamError(f"unknown command {cmd!r}; known: {', '.join(sorted(_COMMAND_PARAMS))}, cancel, shutdown")
         params = _check_params(cmd, params)
+        if params.get("checkpoint") and "model" in _COMMAND_PARAMS[cmd] and "model" not in params:
+            params["model"] = None  # the configuration is inferred from the checkpoint's weights
         return _jsonable(getattr(self, f"_cmd_{cmd}")(params, progress, cancel))
 
     def _cmd_hello(self, params: Params, progress, cancel) -> dict:
@@ -158,8 +160,9 @@ class Engine:
     def _cmd_segment_at(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
 
-        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
-                                   params.pop("device", None))
+        checkpoint = params.pop("checkpoint", None)
+        model = params.pop("model", None if checkpoint else "demo")
+        predictor = self.predictor(model, checkpoint, params.pop("device", None))
         box = params.pop("box", None)
         polygons = geo.segment_at(params.pop("raster"), params.pop("points"), params.pop("labels"),
                                   None if box is None else tuple(float(v) for v in box),
@@ -167,7 +170,7 @@ class Engine:
         return {"polygons": polygons}
 
     # -- state ----------------------------------------------------------------------------------
-    def predictor(self, model: str, checkpoint: Optional[str], device: Optional[str]) -> Any:
+    def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str]) -> Any:
         """The predictor for (model, checkpoint, device), built once and kept with its cache."""
         from sam_core.predictor import Predictor
 

@@ -51,12 +51,13 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
         self.addParameter(QgsProcessingParameterFile(
-            "CHECKPOINT", "Checkpoint file (optional; replaces the model's own weights)",
+            "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, MODEL is then ignored)",
             QgsProcessingParameterFile.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
 
     def model_params(self, parameters: dict, context: QgsProcessingContext) -> dict:
-        model = self.parameterAsEnumString(parameters, "MODEL", context) or "demo"
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
+        # With a checkpoint the engine infers the configuration from its weights.
+        model = None if checkpoint else (self.parameterAsEnumString(parameters, "MODEL", context) or "demo")
         return {"model": model, "checkpoint": checkpoint, "device": settings.device()}
 
     # -- raster -------------------------------------------------------------------------------------

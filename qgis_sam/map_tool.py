@@ -1,0 +1,427 @@
+"""The map tool: click and drag on the canvas, see the object's polygon, Enter to keep it.
+
+Gestures: left click adds a positive point, right click a negative point, a left drag draws a box;
+Enter commits the previewed polygon into the output layer, Esc clears the prompts, Backspace removes
+the last point or box. Clicks arrive in the canvas (project) CRS and are sent to the engine in the
+raster's CRS; the engine answers polygons in the raster's CRS, shown on the canvas after a transform.
+
+The first request for a raster runs in a ``QgsTask`` (with progress) because it encodes the tile under
+the click (and exports non-file rasters); the following ones go to the engine asynchronously and only
+run the mask decoder. Answers to outdated prompts are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsTask,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand, QgsVertexMarker
+from qgis.PyQt.QtCore import QPoint, QRect, Qt, QVariant, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+
+from . import settings
+from .engine_client import EngineClient, EngineError
+from .export import ExportError, RasterExport, local_raster_path
+
+LANE = "interactive"
+OUTPUT_PROPERTY = "qgis_sam/output"
+DRAG_PIXELS = 5
+
+
+def output_fields() -> list[QgsField]:
+    return [
+        QgsField("id", QVariant.Int),
+        QgsField("predicted_iou", QVariant.Double),
+        QgsField("area", QVariant.Double),
+        QgsField("points", QVariant.Int),
+        QgsField("box", QVariant.Int),
+        QgsField("model", QVariant.String),
+        QgsField("raster", QVariant.String),
+    ]
+
+
+def output_layer(crs: QgsCoordinateReferenceSystem, gpkg: str = "") -> QgsVectorLayer:
+    """The layer committed polygons go to: a scratch layer, or layer ``sam_segments`` of GeoPackage ``gpkg``.
+
+    An output layer already in the project (same CRS, same GeoPackage) is reused.
+    """
+    project = QgsProject.instance()
+    key = f"{crs.toWkt()}|{gpkg}"
+    for layer in project.mapLayers().values():
+        if isinstance(layer, QgsVectorLayer) and layer.customProperty(OUTPUT_PROPERTY) == key and layer.isValid():
+            return layer
+    if gpkg:
+        uri = f"{gpkg}|layername=sam_segments"
+        layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
+        if not layer.isValid():
+            options = QgsVectorFileWriter.SaveVectorOptions()
+            options.driverName = "GPKG"
+            options.layerName = "sam_segments"
+            if os.path.exists(gpkg):
+                options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+            fields = QgsVectorLayer("MultiPolygon", "tmp", "memory").fields()
+            for field in output_fields():
+                fields.append(field)
+            writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.MultiPolygon, crs,
+                                                project.transformContext(), options)
+            if writer.hasError() != QgsVectorFileWriter.NoError:
+                raise EngineError(f"could not create the output GeoPackage {gpkg}: {writer.errorMessage()}")
+            del writer
+            layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
+    else:
+        layer = QgsVectorLayer("MultiPolygon", "Segment Anything", "memory")
+        layer.setCrs(crs)
+        layer.dataProvider().addAttributes(output_fields())
+        layer.updateFields()
+    layer.setCustomProperty(OUTPUT_PROPERTY, key)
+    symbol = layer.renderer().symbol() if layer.renderer() is not None else None
+    if symbol is not None:
+        symbol.setColor(QColor(255, 170, 0, 90))
+    project.addMapLayer(layer)
+    return layer
+
+
+class SegmentTask(QgsTask):
+    """Runs one engine request (and the export of a non-file raster) in QGIS's task manager."""
+
+    def __init__(self, description: str, client: EngineClient, params: dict,
+                 prepare: Optional[Callable[[], None]] = None) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.client = client
+        self.params = params
+        self.prepare = prepare
+        self.result_value: Any = None
+        self.error: Optional[str] = None
+        self.on_finished: Optional[Callable[["SegmentTask"], None]] = None
+
+    def run(self) -> bool:
+        try:
+            if self.prepare is not None:
+                self.prepare()
+            self.result_value = self.client.request(
+                "segment_at", self.params, lane=LANE, is_cancelled=self.isCanceled,
+                progress=lambda done, total, message: self.setProgress(100.0 * done / total) if total else None)
+            return True
+        except (EngineError, ExportError) as error:
+            self.error = str(error)
+            return False
+
+    def finished(self, ok: bool) -> None:
+        if not ok and self.error is None:
+            self.error = "cancelled"
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+
+class SamMapTool(QgsMapTool):
+    """Click/box prompts on one raster layer; preview and commit of the segmented polygon."""
+
+    resultReady = pyqtSignal(int, object)
+    requestFailed = pyqtSignal(int, str)
+    previewChanged = pyqtSignal()
+    committed = pyqtSignal(object)
+
+    def __init__(self, canvas: QgsMapCanvas, layer: QgsRasterLayer, client: Optional[EngineClient] = None,
+                 message: Optional[Callable[[str, int], None]] = None) -> None:
+        super().__init__(canvas)
+        self.layer = layer
+        self.client = client or settings.client()
+        self.message = message or (lambda text, level: settings.log(text, level))
+        self.points: list[tuple[float, float, int]] = []  # (x, y, label) in the raster's CRS
+        self.box: Optional[tuple[float, float, float, float]] = None  # (x0, y0, x1, y1) in the raster's CRS
+        self.history: list[str] = []  # "point" or "box", for Backspace
+        self.polygons: list[dict] = []  # the engine's answer for the current prompts
+        self.geometry: Optional[QgsGeometry] = None  # preview in the raster's CRS
+        self.busy = False
+        self.task: Optional[SegmentTask] = None
+        self._sequence = 0
+        self._ready = False  # the tile under the prompts was encoded once (later requests go direct)
+        self._raster_path: Optional[str] = local_raster_path(layer)
+        self._exported: Optional[str] = None
+        self._exported_extent: Optional[QgsRectangle] = None
+        self._press: Optional[QPoint] = None
+        self._press_button = Qt.NoButton
+        self._markers: list[QgsVertexMarker] = []
+        self._preview = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self._preview.setColor(QColor(255, 170, 0, 200))
+        self._preview.setFillColor(QColor(255, 170, 0, 70))
+        self._preview.setWidth(2)
+        self._box_band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self._box_band.setColor(QColor(30, 110, 255, 220))
+        self._box_band.setFillColor(QColor(30, 110, 255, 0))
+        self._box_band.setWidth(2)
+        self.resultReady.connect(self._on_result)
+        self.requestFailed.connect(self._on_failure)
+        self.setCursor(Qt.CrossCursor)
+
+    # -- coordinates --------------------------------------------------------------------------------
+    def _to_raster(self) -> QgsCoordinateTransform:
+        return QgsCoordinateTransform(self.canvas().mapSettings().destinationCrs(), self.layer.crs(),
+                                      QgsProject.instance())
+
+    def _to_canvas(self) -> QgsCoordinateTransform:
+        return QgsCoordinateTransform(self.layer.crs(), self.canvas().mapSettings().destinationCrs(),
+                                      QgsProject.instance())
+
+    def raster_point(self, pixel: QPoint) -> QgsPointXY:
+        """The raster-CRS map coordinates (x, y) of a canvas pixel."""
+        canvas_point = self.toMapCoordinates(pixel)
+        return self._to_raster().transform(canvas_point)
+
+    # -- mouse and keys -----------------------------------------------------------------------------
+    def canvasPressEvent(self, event) -> None:
+        self._press = event.pos()
+        self._press_button = event.button()
+
+    def canvasMoveEvent(self, event) -> None:
+        if self._press is None or self._press_button != Qt.LeftButton:
+            return
+        if (event.pos() - self._press).manhattanLength() >= DRAG_PIXELS:
+            start = self.toMapCoordinates(self._press)
+            end = self.toMapCoordinates(event.pos())
+            self._box_band.setToGeometry(QgsGeometry.fromRect(QgsRectangle(start, end)), None)
+
+    def canvasReleaseEvent(self, event) -> None:
+        if self._press is None:
+            return
+        press, button = self._press, self._press_button
+        self._press, self._press_button = None, Qt.NoButton
+        if button == Qt.LeftButton and (event.pos() - press).manhattanLength() >= DRAG_PIXELS:
+            self.add_box(press, event.pos())
+        elif button in (Qt.LeftButton, Qt.RightButton):
+            self.add_point(event.pos(), 1 if button == Qt.LeftButton else 0)
+
+    def keyPressEvent(self, event) -> None:
+        key = event.key()
+        if key in (Qt.Key_Return, Qt.Key_Enter):
+            self.commit()
+        elif key == Qt.Key_Escape:
+            self.clear()
+        elif key == Qt.Key_Backspace:
+            self.remove_last()
+        else:
+            event.ignore()
+            return
+        event.accept()
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def add_point(self, pixel: QPoint, label: int) -> None:
+        """Add a point at canvas pixel ``pixel`` (label 1 positive, 0 negative) and segment."""
+        point = self.raster_point(pixel)
+        self.points.append((point.x(), point.y(), int(label)))
+        self.history.append("point")
+        marker = QgsVertexMarker(self.canvas())
+        marker.setCenter(self.toMapCoordinates(pixel))
+        marker.setColor(QColor(0, 170, 0) if label else QColor(220, 0, 0))
+        marker.setIconType(QgsVertexMarker.ICON_CIRCLE if label else QgsVertexMarker.ICON_X)
+        marker.setIconSize(12)
+        marker.setPenWidth(3)
+        self._markers.append(marker)
+        self.segment()
+
+    def add_box(self, start: QPoint, end: QPoint) -> None:
+        """Set the box spanned by two canvas pixels (replaces an earlier box) and segment."""
+        canvas_rect = QgsRectangle(self.toMapCoordinates(start), self.toMapCoordinates(end))
+        rect = self._to_raster().transformBoundingBox(canvas_rect)
+        self.box = (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum())
+        self.history = [item for item in self.history if item != "box"] + ["box"]
+        self._box_band.setToGeometry(QgsGeometry.fromRect(canvas_rect), None)
+        self.segment()
+
+    def remove_last(self) -> None:
+        """Remove the last point or box (Backspace)."""
+        if not self.history:
+            return
+        if self.history.pop() == "box":
+            self.box = None
+            self._box_band.reset(QgsWkbTypes.PolygonGeometry)
+        else:
+            self.points.pop()
+            self.canvas().scene().removeItem(self._markers.pop())
+        if self.points or self.box is not None:
+            self.segment()
+        else:
+            self._set_preview([])
+
+    def clear(self) -> None:
+        """Forget all prompts and the preview (Esc)."""
+        self._sequence += 1
+        self.points, self.box, self.history = [], None, []
+        for marker in self._markers:
+            self.canvas().scene().removeItem(marker)
+        self._markers = []
+        self._box_band.reset(QgsWkbTypes.PolygonGeometry)
+        self._set_preview([])
+
+    # -- engine -------------------------------------------------------------------------------------
+    def _params(self) -> dict:
+        checkpoint = settings.value("checkpoint") or None
+        return {
+            "raster": self._raster_path or self._exported,
+            "points": [[x, y] for x, y, _ in self.points],
+            "labels": [label for _, _, label in self.points],
+            "box": list(self.box) if self.box is not None else None,
+            "model": None if checkpoint else (settings.value("model") or "demo"),
+            "checkpoint": checkpoint,
+            "device": settings.device(),
+            "tile_size": settings.value("tile_size"),
+            "overlap": settings.value("overlap"),
+        }
+
+    def _prompt_extent(self) -> QgsRectangle:
+        xs = [x for x, _, _ in self.points] + ([self.box[0], self.box[2]] if self.box else [])
+        ys = [y for _, y, _ in self.points] + ([self.box[1], self.box[3]] if self.box else [])
+        return QgsRectangle(min(xs), min(ys), max(xs), max(ys))
+
+    def _needs_export(self) -> bool:
+        if self._raster_path is not None:
+            return False
+        return self._exported_extent is None or not self._exported_extent.contains(self._prompt_extent())
+
+    def _visible_export(self) -> RasterExport:
+        """The export of the visible extent of a non-file raster (prepared here, written in the task)."""
+        extent = self._to_raster().transformBoundingBox(self.canvas().extent())
+        resolution = settings.value("export_resolution") or extent.width() / max(self.canvas().width(), 1)
+        return RasterExport(self.layer, extent, resolution, QgsProject.instance().transformContext())
+
+    def segment(self) -> None:
+        """Ask the engine for the object under the current prompts (never blocks the GUI thread)."""
+        if not self.points and self.box is None:
+            self._set_preview([])
+            return
+        self._sequence += 1
+        sequence = self._sequence
+        needs_export = self._needs_export()
+        if self._ready and not needs_export:
+            self.busy = True
+            self.client.submit(
+                "segment_at", self._params(), lane=LANE,
+                on_done=lambda job: (self.requestFailed.emit(sequence, str(job.error)) if job.error is not None
+                                     else self.resultReady.emit(sequence, job.result)))
+            return
+        if self.task is not None:
+            return  # the task in flight decodes the newest prompts when it ends
+        params = self._params()
+        prepare = None
+        if needs_export:
+            try:
+                export = self._visible_export()
+            except ExportError as error:
+                self.message(str(error), Qgis.Warning)
+                return
+
+            def prepare() -> None:
+                path = export.write()
+                if self._exported and os.path.exists(self._exported):
+                    os.unlink(self._exported)
+                self._exported, self._exported_extent = path, export.extent
+                params["raster"] = path
+
+        self.busy = True
+        self.task = SegmentTask(f"Segment Anything: encoding '{self.layer.name()}'", self.client, params, prepare)
+        self.task.on_finished = lambda task, sequence=sequence: self._on_task_finished(task, sequence)
+        QgsApplication.taskManager().addTask(self.task)
+
+    def _on_task_finished(self, task: SegmentTask, sequence: int) -> None:
+        self.task = None
+        if task.error is not None:
+            self._on_failure(sequence, task.error)
+            return
+        self._ready = True
+        if sequence == self._sequence:
+            self._on_result(sequence, task.result_value)
+        elif self.points or self.box is not None:
+            self.segment()  # prompts changed while encoding: decode the newest ones (now fast)
+
+    def _on_result(self, sequence: int, result: Any) -> None:
+        if sequence != self._sequence:
+            return  # an answer to prompts that have changed since
+        self.busy = False
+        self._set_preview((result or {}).get("polygons", []))
+
+    def _on_failure(self, sequence: int, message: str) -> None:
+        if sequence == self._sequence:
+            self.busy = False
+        if message != "cancelled":
+            self.message(message, Qgis.Critical)
+
+    def _set_preview(self, polygons: list[dict]) -> None:
+        self.polygons = list(polygons)
+        parts = [QgsGeometry.fromWkt(item["wkt"]) for item in self.polygons if item.get("wkt")]
+        parts = [part for part in parts if not part.isNull() and not part.isEmpty()]
+        self.geometry = QgsGeometry.unaryUnion(parts) if parts else None
+        if self.geometry is None:
+            self._preview.reset(QgsWkbTypes.PolygonGeometry)
+        else:
+            shown = QgsGeometry(self.geometry)
+            shown.transform(self._to_canvas())
+            self._preview.setToGeometry(shown, None)
+        self.previewChanged.emit()
+
+    # -- commit -------------------------------------------------------------------------------------
+    def commit(self) -> Optional[QgsFeature]:
+        """Write the previewed polygon into the output layer and clear the prompts (Enter)."""
+        if self.geometry is None or self.busy:
+            if self.busy:
+                self.message("Segment Anything is still computing; press Enter again when the preview shows.",
+                             Qgis.Info)
+            return None
+        try:
+            layer = output_layer(self.layer.crs(), settings.value("output_gpkg"))
+        except EngineError as error:
+            self.message(str(error), Qgis.Critical)
+            return None
+        feature = QgsFeature(layer.fields())
+        geometry = QgsGeometry(self.geometry)
+        geometry.convertToMultiType()
+        feature.setGeometry(geometry)
+        index = layer.fields().indexOf("id")
+        current = layer.maximumValue(index) if layer.featureCount() else None
+        next_id = int(current) + 1 if isinstance(current, (int, float)) else 1
+        scores = [float(item.get("predicted_iou", 0.0)) for item in self.polygons]
+        values = {
+            "id": next_id,
+            "predicted_iou": max(scores) if scores else None,
+            "area": geometry.area(),
+            "points": len(self.points),
+            "box": 1 if self.box is not None else 0,
+            "model": settings.value("model") or "demo",
+            "raster": self.layer.name(),
+        }
+        for name, value in values.items():
+            feature[name] = value
+        layer.dataProvider().addFeatures([feature])
+        layer.updateExtents()
+        layer.triggerRepaint()
+        self.committed.emit(feature)
+        self.clear()
+        return feature
+
+    # -- lifetime -----------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Remove everything this tool drew on the canvas and its temporary export (plugin unload)."""
+        self.clear()
+        for band in (self._preview, self._box_band):
+            self.canvas().scene().removeItem(band)
+        if self.task is not None:
+            self.task.cancel()
+        if self._exported and os.path.exists(self._exported):
+            os.unlink(self._exported)
+            self._exported = None

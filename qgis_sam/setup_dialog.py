@@ -1,0 +1,311 @@
+"""Engine settings and first-run dialog: choose a Python with sam_core, or create one with pip.
+
+Creating an environment runs, with live output and progress (never blocking QGIS):
+``BASE_PYTHON -m venv FOLDER``, ``VENV_PYTHON -m pip install --upgrade pip`` and
+``VENV_PYTHON -m pip install PACKAGE`` (default ``sam-suite[geo]``; a local folder or wheel also works).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Optional
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QProcess, QProcessEnvironment
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from . import settings
+from .engine_client import ENV_VAR, engine_environment
+
+CHECK_SCRIPT = "import sam_core, torch, rasterio; print('sam_core', sam_core.__version__, '| torch', torch.__version__)"
+
+
+def venv_python(folder: str) -> str:
+    """The interpreter inside a virtual environment folder."""
+    if os.name == "nt":
+        return os.path.join(folder, "Scripts", "python.exe")
+    return os.path.join(folder, "bin", "python")
+
+
+def default_base_python() -> str:
+    """A Python to create the environment with: QGIS's own interpreter if it is a real one, else python3."""
+    for name in ("python.exe", "python3", "python"):
+        candidate = os.path.join(sys.exec_prefix, name if os.name == "nt" else os.path.join("bin", name))
+        if os.path.isfile(candidate):
+            return candidate
+    return shutil.which("python3") or shutil.which("python") or ""
+
+
+def default_package() -> str:
+    """What pip installs: this source tree when the plugin runs from a checkout, else the published package."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "sam_core")):
+        return f"{root}[geo]"
+    return "sam-suite[geo]"
+
+
+def install_steps(base_python: str, folder: str, package: str) -> list[tuple[str, list[str]]]:
+    """(description, command) for each step of creating the environment."""
+    python = venv_python(folder)
+    return [
+        ("Creating the virtual environment", [base_python, "-m", "venv", folder]),
+        ("Updating pip", [python, "-m", "pip", "install", "--upgrade", "pip"]),
+        (f"Installing {package} (torch and friends: this can take several minutes)",
+         [python, "-m", "pip", "install", package]),
+        ("Checking the engine", [python, "-c", CHECK_SCRIPT]),
+    ]
+
+
+def _path_row(edit: QLineEdit, browse) -> QWidget:
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(edit)
+    button = QPushButton("…")
+    button.setMaximumWidth(32)
+    button.clicked.connect(browse)
+    layout.addWidget(button)
+    return row
+
+
+class EngineSetupDialog(QDialog):
+    """Where the engine runs (existing Python or new environment) and the map tool's options."""
+
+    def __init__(self, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Segment Anything: engine settings")
+        self.setMinimumWidth(620)
+        self._process: Optional[QProcess] = None
+        self._steps: list[tuple[str, list[str]]] = []
+        self._step = 0
+        layout = QVBoxLayout(self)
+        intro = QLabel(
+            "Segment Anything runs its model in a separate Python process, so that QGIS's own Python stays "
+            "clean. Choose a Python that has sam_core installed (for example one with a CUDA build of torch), "
+            "or let the plugin create a dedicated environment and install sam_core into it.")
+        intro.setWordWrap(True)
+        layout.addWidget(intro)
+        if os.environ.get(ENV_VAR):
+            note = QLabel(f"The environment variable {ENV_VAR} is set and takes precedence: {os.environ[ENV_VAR]}")
+            note.setWordWrap(True)
+            layout.addWidget(note)
+
+        engine_box = QGroupBox("Engine Python")
+        form = QFormLayout(engine_box)
+        self.use_existing = QRadioButton("Use an existing Python")
+        self.create_new = QRadioButton("Create a dedicated environment")
+        group = QButtonGroup(self)
+        group.addButton(self.use_existing)
+        group.addButton(self.create_new)
+        self.python_edit = QLineEdit(settings.value("engine_python"))
+        form.addRow(self.use_existing)
+        form.addRow("Python", _path_row(self.python_edit, self._browse_python))
+        self.test_button = QPushButton("Test this Python")
+        self.test_button.clicked.connect(self.test_python)
+        form.addRow("", self.test_button)
+        form.addRow(self.create_new)
+        self.base_edit = QLineEdit(default_base_python())
+        self.folder_edit = QLineEdit(os.path.join(QgsApplication.qgisSettingsDirPath(), "sam_engine"))
+        self.package_edit = QLineEdit(default_package())
+        form.addRow("Base Python (3.10+)", _path_row(self.base_edit, self._browse_base))
+        form.addRow("Folder", _path_row(self.folder_edit, self._browse_folder))
+        form.addRow("Package", self.package_edit)
+        self.create_button = QPushButton("Create and install")
+        self.create_button.clicked.connect(self.create_environment)
+        form.addRow("", self.create_button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        form.addRow(self.progress)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(2000)
+        self.log_view.setMinimumHeight(120)
+        form.addRow(self.log_view)
+        (self.use_existing if settings.value("engine_python") else self.create_new).setChecked(True)
+        layout.addWidget(engine_box)
+
+        tool_box = QGroupBox("Model and map tool")
+        tool_form = QFormLayout(tool_box)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(settings.MODEL_NAMES)
+        self.model_combo.setCurrentText(settings.value("model"))
+        tool_form.addRow("Model", self.model_combo)
+        self.checkpoint_edit = QLineEdit(settings.value("checkpoint"))
+        self.checkpoint_edit.setPlaceholderText("optional: a checkpoint file for this model")
+        tool_form.addRow("Checkpoint", _path_row(self.checkpoint_edit, self._browse_checkpoint))
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["", "cpu", "cuda", "mps"])
+        self.device_combo.setItemText(0, "default (CPU)")
+        current = settings.value("device")
+        self.device_combo.setCurrentIndex(max(self.device_combo.findText(current), 0) if current else 0)
+        tool_form.addRow("Device", self.device_combo)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(64, 8192)
+        self.tile_spin.setValue(settings.value("tile_size"))
+        tool_form.addRow("Tile size (pixels)", self.tile_spin)
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 4096)
+        self.overlap_spin.setValue(settings.value("overlap"))
+        tool_form.addRow("Tile overlap (pixels)", self.overlap_spin)
+        self.resolution_spin = QDoubleSpinBox()
+        self.resolution_spin.setDecimals(6)
+        self.resolution_spin.setRange(0.0, 1e9)
+        self.resolution_spin.setValue(settings.value("export_resolution"))
+        self.resolution_spin.setSpecialValueText("the canvas's")
+        tool_form.addRow("Export resolution for web and virtual layers (map units/pixel)", self.resolution_spin)
+        self.gpkg_edit = QLineEdit(settings.value("output_gpkg"))
+        self.gpkg_edit.setPlaceholderText("empty: a scratch layer")
+        tool_form.addRow("Committed polygons go to GeoPackage", _path_row(self.gpkg_edit, self._browse_gpkg))
+        layout.addWidget(tool_box)
+
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        layout.addWidget(self.buttons)
+
+    # -- browsing -----------------------------------------------------------------------------------
+    def _browse_python(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Python with sam_core", self.python_edit.text())
+        if path:
+            self.python_edit.setText(path)
+            self.use_existing.setChecked(True)
+
+    def _browse_base(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Base Python", self.base_edit.text())
+        if path:
+            self.base_edit.setText(path)
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of the new environment", self.folder_edit.text())
+        if path:
+            self.folder_edit.setText(path)
+
+    def _browse_checkpoint(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", self.checkpoint_edit.text(),
+                                              "Checkpoints (*.pth *.pt);;All files (*)")
+        if path:
+            self.checkpoint_edit.setText(path)
+
+    def _browse_gpkg(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "GeoPackage for committed polygons", self.gpkg_edit.text(),
+                                              "GeoPackage (*.gpkg)")
+        if path:
+            self.gpkg_edit.setText(path)
+
+    # -- processes ----------------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        self.log_view.appendPlainText(text.rstrip())
+
+    def _run_steps(self, steps: list[tuple[str, list[str]]]) -> None:
+        if self._process is not None:
+            return
+        self._steps, self._step = steps, 0
+        self.progress.setRange(0, len(steps))
+        self.progress.setValue(0)
+        self.create_button.setEnabled(False)
+        self.test_button.setEnabled(False)
+        self._start_step()
+
+    def _start_step(self) -> None:
+        description, command = self._steps[self._step]
+        self._log(f"== {description}\n$ {' '.join(command)}")
+        process = QProcess(self)
+        environment = QProcessEnvironment()
+        for name, value in engine_environment().items():
+            environment.insert(name, value)
+        process.setProcessEnvironment(environment)
+        process.setProcessChannelMode(QProcess.MergedChannels)
+        process.readyReadStandardOutput.connect(
+            lambda: self._log(bytes(process.readAllStandardOutput()).decode("utf-8", "replace")))
+        process.finished.connect(self._step_finished)
+        process.errorOccurred.connect(self._step_error)
+        self._process = process
+        process.start(command[0], command[1:])
+
+    def _step_error(self, error) -> None:
+        if error == QProcess.FailedToStart:
+            self._log(f"could not start {self._steps[self._step][1][0]}")
+            self._end_steps(False)
+
+    def _step_finished(self, code: int, status) -> None:
+        if self._process is None:
+            return
+        if code != 0 or status != QProcess.NormalExit:
+            self._log(f"failed (exit code {code})")
+            self._end_steps(False)
+            return
+        self._step += 1
+        self.progress.setValue(self._step)
+        self._process.deleteLater()
+        self._process = None
+        if self._step < len(self._steps):
+            self._start_step()
+        else:
+            self._end_steps(True)
+
+    def _end_steps(self, ok: bool) -> None:
+        if self._process is not None:
+            self._process.deleteLater()
+            self._process = None
+        self.create_button.setEnabled(True)
+        self.test_button.setEnabled(True)
+        self._log("== done: the engine is ready" if ok else "== stopped: see the messages above")
+        if ok and self.create_new.isChecked():
+            self.python_edit.setText(venv_python(self.folder_edit.text()))
+            self.use_existing.setChecked(True)
+
+    def test_python(self) -> None:
+        """Check (without blocking) that the chosen Python imports sam_core, torch and rasterio."""
+        python = self.python_edit.text().strip()
+        self._run_steps([("Checking the engine", [python, "-c", CHECK_SCRIPT])])
+
+    def create_environment(self) -> None:
+        """Create the environment and install sam_core into it, step by step with live output."""
+        self.create_new.setChecked(True)
+        self._run_steps(install_steps(self.base_edit.text().strip(), self.folder_edit.text().strip(),
+                                      self.package_edit.text().strip()))
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    # -- result -------------------------------------------------------------------------------------
+    def accept(self) -> None:
+        settings.set_value("engine_python", self.python_edit.text().strip())
+        settings.set_value("model", self.model_combo.currentText())
+        settings.set_value("checkpoint", self.checkpoint_edit.text().strip())
+        settings.set_value("device", "" if self.device_combo.currentIndex() == 0 else self.device_combo.currentText())
+        settings.set_value("tile_size", self.tile_spin.value())
+        settings.set_value("overlap", self.overlap_spin.value())
+        settings.set_value("export_resolution", self.resolution_spin.value())
+        settings.set_value("output_gpkg", self.gpkg_edit.text().strip())
+        super().accept()
+
+    def reject(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.waitForFinished(3000)
+            self._end_steps(False)
+        super().reject()
