@@ -60,8 +60,8 @@ class RasterExport:
         self.extent = QgsRectangle(extent).intersect(layer.extent())
         if self.extent.isEmpty():
             raise ExportError(f"the area to segment does not overlap the raster layer '{self.name}'")
-        self.width = max(int(math.ceil(self.extent.width() / resolution)), 1)
-        self.height = max(int(math.ceil(self.extent.height() / resolution)), 1)
+        self.width = max(int(math.ceil(self.extent.width() / resolution - 1e-6)), 1)
+        self.height = max(int(math.ceil(self.extent.height() / resolution - 1e-6)), 1)
         if max(self.width, self.height) > MAX_EXPORT_SIDE:
             raise ExportError(
                 f"exporting '{self.name}' at {resolution:g} map units per pixel gives {self.width} x {self.height} "
