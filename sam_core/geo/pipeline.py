@@ -1,0 +1,414 @@
+"""Tiled segmentation of georeferenced rasters into polygons with the raster's CRS.
+
+- :func:`automask_raster`: automatic masks tile by tile, joined across seams (``sam_core.tiling``), as
+  polygons. Runs in this process or with tiles as tasks on Dask (``workers``/``scheduler``); the merge is
+  the same. Resumable: each finished tile is kept in a sidecar folder ``.<output name>.tiles`` next to the
+  output, reused by a rerun with the same raster and settings, and removed on success.
+- :func:`segment_prompts`: one polygon per prompt group (vector file or list, any CRS).
+- :func:`encode_raster`: fill the embedding cache with every tile, so that later clicks are instant.
+- :func:`segment_at`: interactive clicks/boxes in map coordinates -> polygons (for the QGIS engine).
+
+Outputs are written atomically (nothing is left behind by a failure or a cancel); attributes are listed in
+:func:`sam_core.geo.vectorize.pieces_to_features`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from sam_core.errors import SamError
+from sam_core.fileio import atomic_write
+from sam_core.geo.prompts import load_prompts, to_pixel_prompts
+from sam_core.geo.raster import RasterSpec, RasterView, open_raster, reopen
+from sam_core.geo.vectorize import pieces_to_features
+from sam_core.geo.writer import check_output, write_features
+from sam_core.progress import CancelToken, ProgressFn, check, report
+from sam_core.tiling import MaskPiece, Tile, TiledPredictor, TileGrid, merge_tile_masks, records_to_pieces, remove_overlaps
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class GeoResult:
+    """What a geo run wrote: the output path, feature count, CRS (WKT) and tiles done (of ``tiles_total``)."""
+
+    output: Optional[str]
+    count: int
+    crs_wkt: str
+    tiles_done: int
+    tiles_total: int = 0
+    tiles_resumed: int = 0
+
+
+# ----------------------------------------------------------------------------------- per-tile results
+
+
+class TileStore:
+    """Finished tiles of one run, one ``.npz`` per tile in a folder beside the output (for resume).
+
+    The folder is tied to a fingerprint of the raster and settings; a different fingerprint starts afresh.
+    """
+
+    def __init__(self, output: Path, fingerprint: dict, fresh: bool = False) -> None:
+        self.folder = output.parent / f".{output.name}.tiles"
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
+        manifest = self.folder / "manifest.json"
+        if fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.folder.exists():
+            try:
+                same = manifest.read_text() == self.fingerprint
+            except OSError:
+                same = False
+            if not same:
+                shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not manifest.exists():
+            with atomic_write(manifest, "w") as handle:
+                handle.write(self.fingerprint)
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"tile_{index:06d}.npz"
+
+    def load(self, index: int) -> Optional[list[MaskPiece]]:
+        path = self._path(index)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return _unpack(data)
+        except Exception:  # a damaged entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, index: int, pieces: Sequence[MaskPiece]) -> None:
+        with atomic_write(self._path(index), "wb") as handle:
+            np.savez(handle, **_pack(pieces))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _pack(pieces: Sequence[MaskPiece]) -> dict:
+    boxes = np.array([[p.y0, p.x0, p.mask.shape[0], p.mask.shape[1]] for p in pieces], dtype=np.int64).reshape(-1, 4)
+    bits = [np.packbits(p.mask.ravel()) for p in pieces]
+    return {
+        "boxes": boxes,
+        "scores": np.array([[p.predicted_iou, p.stability_score] for p in pieces], dtype=np.float64).reshape(-1, 2),
+        "tiles": np.array([p.tiles[0] if p.tiles else -1 for p in pieces], dtype=np.int64),
+        "points": np.array([p.point_coords[0] if p.point_coords else [np.nan, np.nan] for p in pieces], dtype=np.float64).reshape(-1, 2),
+        "offsets": np.cumsum([0] + [b.size for b in bits]).astype(np.int64),
+        "bits": np.concatenate(bits) if bits else np.zeros(0, np.uint8),
+    }
+
+
+def _unpack(data: Any) -> list[MaskPiece]:
+    pieces = []
+    for i, (y0, x0, h, w) in enumerate(data["boxes"]):
+        raw = data["bits"][data["offsets"][i] : data["offsets"][i + 1]]
+        mask = np.unpackbits(raw, count=int(h * w)).astype(bool).reshape(int(h), int(w))
+        point = data["points"][i]
+        pieces.append(
+            MaskPiece(
+                int(y0), int(x0), mask, float(data["scores"][i, 0]), float(data["scores"][i, 1]),
+                (int(data["tiles"][i]),), [] if np.isnan(point).any() else [point.tolist()],
+            )
+        )
+    return pieces
+
+
+# ----------------------------------------------------------------------------------------- automask
+
+
+def tile_pieces(view: RasterView, tile: Tile, generator: Any) -> list[MaskPiece]:
+    """Automatic masks of one tile as pieces of the working grid; nodata never yields a mask."""
+    rgb, valid = view.read(tile.y0, tile.x0, tile.y1, tile.x1)
+    if not valid.any():
+        return []
+    records = generator.generate(rgb)
+    return records_to_pieces(tile, records, None if valid.all() else valid)
+
+
+_VIEWS: "OrderedDict[RasterSpec, RasterView]" = OrderedDict()
+
+
+def _worker_tile(tile: Tile, spec: RasterSpec, generator: Any) -> list[MaskPiece]:
+    """Dask task: open the raster (once per worker) and segment one tile."""
+    from sam_core.distributed import worker_generator
+
+    view = _VIEWS.get(spec)
+    if view is None:
+        view = _VIEWS[spec] = reopen(spec)
+        while len(_VIEWS) > 4:
+            _VIEWS.popitem(last=False)[1].close()
+    return tile_pieces(view, tile, worker_generator(generator))
+
+
+def _fingerprint(view: RasterView, **settings: Any) -> dict:
+    stat = os.stat(view.path)
+    return {"raster": view.path, "size": stat.st_size, "mtime": stat.st_mtime_ns, "spec": asdict(view.spec), **settings}
+
+
+def _generator_id(generator: Any, spec: Any) -> str:
+    if generator is None:
+        return json.dumps(asdict(spec), sort_keys=True)
+    kind = type(generator)
+    params = {k: v for k, v in sorted(vars(generator).items()) if isinstance(v, (int, float, str, bool, type(None)))}
+    return f"{kind.__module__}.{kind.__qualname__}:{json.dumps(params, sort_keys=True)}"
+
+
+def automask_raster(
+    raster: PathLike,
+    output: PathLike,
+    *,
+    bands: Union[None, str, Sequence[int]] = None,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    resolution: Union[None, float, Sequence[float]] = None,
+    extent: Optional[Sequence[float]] = None,
+    model: Optional[str] = "demo",
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    generator: Any = None,
+    generator_params: Optional[dict] = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    seam_iou: float = 0.5,
+    workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    resume: bool = True,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> GeoResult:
+    """Segment everything in a raster into polygons (GeoPackage, GeoJSON, FlatGeobuf or Shapefile).
+
+    ``generator``: any object with ``generate(rgb_uint8) -> records`` (official format); default an
+    :class:`~sam_core.automask.AutomaticMaskGenerator` on ``model``/``checkpoint`` with
+    ``generator_params``. ``extent`` (xmin, ymin, xmax, ymax) and ``resolution`` are in the raster's CRS
+    units; ``min_area`` in CRS units squared, ``simplify`` in CRS units. ``workers`` N runs tiles on a
+    local Dask cluster of N processes, ``scheduler`` on an existing one. Overlapping masks are resolved
+    as :func:`sam_core.tiling.remove_overlaps` does, so polygons do not overlap.
+    """
+    from sam_core.distributed import GeneratorSpec
+
+    if generator is not None and generator_params:
+        raise SamError("give either a generator object or generator parameters, not both")
+    target = Path(output).expanduser()
+    with open_raster(raster, bands, resolution, extent) as view:
+        check_output(target, view.crs)
+        grid = TileGrid(view.height, view.width, tile_size, overlap)
+        spec = GeneratorSpec.create(model, checkpoint, device, generator_params)
+        fingerprint = _fingerprint(view, tile_size=tile_size, overlap=overlap, generator=_generator_id(generator, spec))
+        store = TileStore(target, fingerprint, fresh=not resume)
+        per_tile: dict[int, list[MaskPiece]] = {}
+        for tile in grid:
+            loaded = store.load(tile.index)
+            if loaded is not None:
+                per_tile[tile.index] = loaded
+        resumed = len(per_tile)
+        todo = [t for t in grid if t.index not in per_tile]
+        total = len(grid)
+        report(progress, len(per_tile), total, f"{resumed} tiles from a previous run" if resumed else "segmenting tiles")
+
+        def finished(tile: Tile, pieces: list[MaskPiece]) -> None:
+            store.save(tile.index, pieces)
+            per_tile[tile.index] = pieces
+            report(progress, len(per_tile), total, f"tile {tile.index + 1}/{total}")
+
+        if todo and (workers is not None or scheduler is not None):
+            from sam_core.distributed import cluster, run_tasks
+
+            with cluster(workers, scheduler) as client:
+                shared = generator if generator is not None else spec
+                for tile, pieces in run_tasks(client, _worker_tile, todo, view.spec, broadcast=shared, cancel=cancel):
+                    finished(tile, pieces)
+        elif todo:
+            local = generator if generator is not None else spec.build()
+            for tile in todo:
+                check(cancel)
+                finished(tile, tile_pieces(view, tile, local))
+        check(cancel)
+        objects = remove_overlaps(merge_tile_masks(grid, per_tile, seam_iou=seam_iou))
+        features = pieces_to_features(objects, view.transform, view.crs, simplify=simplify, min_area=min_area)
+        check(cancel)
+        write_features(target, features, view.crs)
+        store.remove()
+        return GeoResult(str(target), len(features), view.crs_wkt, len(per_tile), total, resumed)
+
+
+# ------------------------------------------------------------------------------------------ prompts
+
+
+def _predictor(predictor: Any, model: Optional[str], checkpoint: Optional[PathLike], device: Optional[str], cache_dir=None) -> Any:
+    if predictor is not None:
+        return predictor
+    from sam_core.cache import EmbeddingCache
+    from sam_core.predictor import Predictor
+
+    cache = EmbeddingCache(directory=cache_dir) if cache_dir is not None else None
+    return Predictor(model, checkpoint=checkpoint, device=device, cache=cache)
+
+
+def _tiled(view: RasterView, predictor: Any, tile_size: int, overlap: int) -> TiledPredictor:
+    def read(tile: Tile):
+        return view.read(tile.y0, tile.x0, tile.y1, tile.x1)
+
+    return TiledPredictor(predictor, read, shape=(view.height, view.width), tile_size=tile_size, overlap=overlap)
+
+
+def _clear_nodata(view: RasterView, piece: MaskPiece) -> Optional[MaskPiece]:
+    if piece.mask.size == 0:
+        return None
+    _, valid = view.read(piece.y0, piece.x0, piece.y1, piece.x1)
+    return MaskPiece(piece.y0, piece.x0, piece.mask & valid, piece.predicted_iou, piece.stability_score, piece.tiles).trimmed()
+
+
+def segment_prompts(
+    raster: PathLike,
+    prompts: Any,
+    output: PathLike,
+    *,
+    label_field: str = "label",
+    group_field: str = "group",
+    bands: Union[None, str, Sequence[int]] = None,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    model: Optional[str] = "demo",
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    predictor: Any = None,
+    min_area: float = 0.0,
+    simplify: float = 0.0,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> GeoResult:
+    """One polygon per prompt group (see :mod:`sam_core.geo.prompts` for files, labels and grouping).
+
+    ``prompts``: a vector file path, or a list of groups ``{"points": [(x, y), ...], "labels": [1, 0, ...],
+    "box": (xmin, ymin, xmax, ymax), "crs": "EPSG:4326"}`` in map coordinates (default: the raster's CRS).
+    Attributes: those of automask plus ``group``.
+    """
+    target = Path(output).expanduser()
+    groups = load_prompts(prompts, label_field, group_field)
+    with open_raster(raster, bands) as view:
+        check_output(target, view.crs)
+        pixel = to_pixel_prompts(groups, view)
+        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device), tile_size, overlap)
+        pieces, extra = [], []
+        for done, prompt in enumerate(pixel, start=1):
+            check(cancel)
+            result = tiled.predict(prompt.points, prompt.labels, prompt.box)
+            piece = _clear_nodata(view, result.piece)
+            if piece is not None:
+                pieces.append(piece)
+                extra.append({"group": str(prompt.name)})
+            report(progress, done, len(pixel), f"object {done}/{len(pixel)}")
+        features = pieces_to_features(pieces, view.transform, view.crs, simplify=simplify, min_area=min_area, extra=extra)
+        check(cancel)
+        write_features(target, features, view.crs)
+        return GeoResult(str(target), len(features), view.crs_wkt, len(tiled._embeddings), len(tiled.grid))
+
+
+def encode_raster(
+    raster: PathLike,
+    *,
+    bands: Union[None, str, Sequence[int]] = None,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    model: Optional[str] = "demo",
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    predictor: Any = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> int:
+    """Encode every tile holding data into the embedding cache (``cache_dir`` on disk, or the given
+    ``predictor``'s cache); returns the number of tiles encoded. Later clicks on these tiles are instant."""
+    with open_raster(raster, bands) as view:
+        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device, cache_dir), tile_size, overlap)
+        return tiled.encode_all(progress=progress, cancel=cancel)
+
+
+# --------------------------------------------------------------------------------------- interactive
+
+_SESSIONS: "OrderedDict[tuple, tuple[RasterView, TiledPredictor]]" = OrderedDict()
+
+
+def _session(raster: PathLike, bands: Any, tile_size: int, overlap: int, predictor: Any) -> tuple[RasterView, TiledPredictor]:
+    path = str(Path(raster).expanduser().resolve())
+    stat = os.stat(path) if os.path.exists(path) else None
+    key = (path, None if stat is None else (stat.st_size, stat.st_mtime_ns), str(bands), tile_size, overlap, id(predictor))
+    if key in _SESSIONS:
+        _SESSIONS.move_to_end(key)
+        return _SESSIONS[key]
+    view = open_raster(raster, bands)
+    session = (view, _tiled(view, predictor, tile_size, overlap))
+    _SESSIONS[key] = session
+    while len(_SESSIONS) > 4:
+        _SESSIONS.popitem(last=False)[1][0].close()
+    return session
+
+
+_PREDICTORS: "OrderedDict[tuple, Any]" = OrderedDict()
+
+
+def segment_at(
+    raster: PathLike,
+    points: Optional[Sequence[Sequence[float]]] = None,
+    labels: Optional[Sequence[int]] = None,
+    box: Optional[Sequence[float]] = None,
+    *,
+    crs: Any = None,
+    bands: Union[None, str, Sequence[int]] = None,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    predictor: Any = None,
+    model: Optional[str] = "demo",
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    simplify: float = 0.0,
+) -> list[dict]:
+    """Interactive segmentation: points (x, y) and/or a box (xmin, ymin, xmax, ymax) in map coordinates
+    of ``crs`` (default the raster's) -> polygons as dicts ``{"wkt", "predicted_iou", "area", "area_m2",
+    "tiles", "crs_wkt"}`` in the raster's CRS (an empty list when nothing was found).
+
+    The raster, its tiles' embeddings and (without ``predictor``) the model are kept between calls, so
+    only the first click on a tile pays for its encoding. Objects larger than a tile are decoded over the
+    tiles they cover and joined.
+    """
+    if predictor is None:
+        key = (model, None if checkpoint is None else str(checkpoint), device)
+        if key not in _PREDICTORS:
+            _PREDICTORS[key] = _predictor(None, model, checkpoint, device)
+            while len(_PREDICTORS) > 2:
+                _PREDICTORS.popitem(last=False)
+        predictor = _PREDICTORS[key]
+    pts = [] if points is None else [tuple(map(float, p)) for p in points]
+    group = {"points": pts, "labels": list(labels) if labels is not None else [1] * len(pts), "box": box, "crs": crs}
+    view, tiled = _session(raster, bands, tile_size, overlap, predictor)
+    (prompt,) = to_pixel_prompts(load_prompts([group]), view)
+    result = tiled.predict(prompt.points, prompt.labels, prompt.box)
+    piece = _clear_nodata(view, result.piece)
+    if piece is None:
+        return []
+    features = pieces_to_features([piece], view.transform, view.crs, simplify=simplify)
+    return [
+        {
+            "wkt": f.geometry.wkt,
+            "predicted_iou": f.attributes["predicted_iou"],
+            "area": f.attributes["area"],
+            "area_m2": f.attributes["area_m2"],
+            "tiles": list(piece.tiles),
+            "crs_wkt": view.crs_wkt,
+        }
+        for f in features
+    ]
