@@ -21,6 +21,7 @@ COMMANDS = (
     "sam_core.cli.segment_cmd",
     "sam_core.cli.automask_cmd",
     "sam_core.cli.engine_cmd",
+    "sam_core.cli.geo_cmd",
 )
 
 
