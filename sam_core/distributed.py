@@ -31,6 +31,8 @@ class GeneratorSpec:
 
     @classmethod
     def create(cls, model=None, checkpoint=None, device=None, params: Optional[dict] = None) -> "GeneratorSpec":
+        if checkpoint is not None and model == "demo":
+            model = None  # a checkpoint file: its configuration is inferred from the weights
         return cls(
             model=model,
             checkpoint=None if checkpoint is None else str(checkpoint),

@@ -254,6 +254,8 @@ def _predictor(predictor: Any, model: Optional[str], checkpoint: Optional[PathLi
     from sam_core.predictor import Predictor
 
     cache = EmbeddingCache(directory=cache_dir) if cache_dir is not None else None
+    if checkpoint is not None and model == "demo":
+        model = None  # a checkpoint file: its configuration is inferred from the weights
     return Predictor(model, checkpoint=checkpoint, device=device, cache=cache)
 
 

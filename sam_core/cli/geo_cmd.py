@@ -1,0 +1,196 @@
+"""``python -m sam_core geo automask|segment|encode ...``: georeferenced rasters to polygons.
+
+    geo automask RASTER OUT [--bands 4,3,2] [--tile-size 1024] [--overlap 128] [--resolution M]
+                 [--extent XMIN,YMIN,XMAX,YMAX] [--model NAME] [--checkpoint FILE] [generator parameters]
+                 [--min-area M2] [--simplify M] [--workers N | --scheduler ADDRESS] [--no-resume]
+    geo segment RASTER PROMPTS OUT [--label-field label] [--group-field group] ...
+    geo encode RASTER --cache-dir DIR ...
+
+OUT's extension picks the format (.gpkg, .geojson, .fgb, .shp). An interrupted ``geo automask`` resumes
+where it stopped when run again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from sam_core.errors import SamError
+from sam_core.progress import TqdmProgress
+
+
+def add_generator_args(parser: argparse.ArgumentParser) -> None:
+    """The automatic mask generator's parameters (official names and defaults)."""
+    gen = parser.add_argument_group("generator parameters (official names and defaults)")
+    gen.add_argument("--points-per-side", type=int, default=32, help="grid points per tile side (default 32)")
+    gen.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once (default 64)")
+    gen.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU (default 0.88)")
+    gen.add_argument("--stability-thresh", type=float, default=0.95, help="minimum stability score (default 0.95)")
+    gen.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are dropped (default 0.7)")
+    gen.add_argument("--crop-n-layers", type=int, default=0, help="layers of crops inside each tile (default 0)")
+    gen.add_argument("--min-region-area", type=int, default=0, help="remove islands and holes smaller than this many pixels (default 0: off)")
+
+
+def generator_params(args: argparse.Namespace) -> dict:
+    return {
+        "points_per_side": args.points_per_side,
+        "points_per_batch": args.points_per_batch,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
+        "box_nms_thresh": args.box_nms_thresh,
+        "crop_n_layers": args.crop_n_layers,
+        "min_mask_region_area": args.min_region_area,
+    }
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="model name (default: demo, or inferred from --checkpoint)")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (official format)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu)")
+
+
+def add_tile_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bands", default=None, metavar="B[,G,R]", help="1 or 3 band numbers, e.g. 4,3,2 (default: RGB)")
+    parser.add_argument("--tile-size", type=int, default=1024, help="tile side in pixels (default 1024)")
+    parser.add_argument("--overlap", type=int, default=128, help="overlap of neighbouring tiles in pixels (default 128)")
+
+
+def add_parallel_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, default=None, metavar="N", help="run tiles on a local Dask cluster of N processes")
+    group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run tiles on an existing Dask cluster (tcp://host:8786)")
+
+
+def model_name(args: argparse.Namespace) -> Optional[str]:
+    return args.model if args.model is not None else (None if args.checkpoint else "demo")
+
+
+def _floats(text: Optional[str], count: int, name: str) -> Optional[Sequence[float]]:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != count:
+        raise SamError(f"{name} needs {count} numbers separated by commas, got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "geo",
+        help="georeferenced rasters to polygons (automask, prompts, encode)",
+        description="Segment georeferenced rasters of any size tile by tile into polygons with the raster's CRS.",
+    )
+    sub = parser.add_subparsers(dest="geo_command", metavar="ACTION")
+
+    auto = sub.add_parser("automask", help="segment everything into polygons", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    auto.add_argument("raster", metavar="RASTER", help="GeoTIFF or any raster GDAL reads")
+    auto.add_argument("output", metavar="OUT", help="output vector file: .gpkg, .geojson, .fgb or .shp")
+    add_tile_args(auto)
+    auto.add_argument("--resolution", type=float, default=None, help="resample to this pixel size in CRS units")
+    auto.add_argument("--extent", default=None, metavar="XMIN,YMIN,XMAX,YMAX", help="area to segment, in the raster's CRS")
+    add_model_args(auto)
+    add_generator_args(auto)
+    auto.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
+    auto.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units (default 0: off)")
+    add_parallel_args(auto)
+    auto.add_argument("--no-resume", action="store_true", help="start afresh instead of reusing finished tiles")
+    auto.add_argument("--quiet", action="store_true", help="no progress bar")
+    auto.set_defaults(func=run_automask)
+
+    seg = sub.add_parser("segment", help="one polygon per prompt group of a vector file")
+    seg.add_argument("raster", metavar="RASTER")
+    seg.add_argument("prompts", metavar="PROMPTS", help="vector file of points (label field) and/or polygons (boxes), any CRS")
+    seg.add_argument("output", metavar="OUT", help="output vector file: .gpkg, .geojson, .fgb or .shp")
+    seg.add_argument("--label-field", default="label", help="field marking points positive/negative (default: label)")
+    seg.add_argument("--group-field", default="group", help="field grouping prompts into objects (default: group)")
+    add_tile_args(seg)
+    add_model_args(seg)
+    seg.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
+    seg.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units")
+    seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=run_segment)
+
+    enc = sub.add_parser("encode", help="precompute the embeddings of every tile into a cache folder")
+    enc.add_argument("raster", metavar="RASTER")
+    enc.add_argument("--cache-dir", required=True, metavar="DIR", help="embedding cache folder")
+    add_tile_args(enc)
+    add_model_args(enc)
+    enc.add_argument("--quiet", action="store_true", help="no progress bar")
+    enc.set_defaults(func=run_encode)
+
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def run_automask(args: argparse.Namespace) -> int:
+    from sam_core.geo import automask_raster
+
+    with TqdmProgress(desc="tiles", disable=args.quiet) as progress:
+        result = automask_raster(
+            args.raster,
+            args.output,
+            bands=args.bands,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            resolution=args.resolution,
+            extent=_floats(args.extent, 4, "--extent"),
+            model=model_name(args),
+            checkpoint=args.checkpoint,
+            device=args.device,
+            generator_params=generator_params(args),
+            min_area=args.min_area,
+            simplify=args.simplify,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            resume=not args.no_resume,
+            progress=progress,
+        )
+    resumed = f" ({result.tiles_resumed} resumed)" if result.tiles_resumed else ""
+    print(f"{result.count} polygons from {result.tiles_total} tiles{resumed} -> {result.output}")
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from sam_core.geo import segment_prompts
+
+    with TqdmProgress(desc="objects", disable=args.quiet) as progress:
+        result = segment_prompts(
+            args.raster,
+            args.prompts,
+            args.output,
+            label_field=args.label_field,
+            group_field=args.group_field,
+            bands=args.bands,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            model=model_name(args),
+            checkpoint=args.checkpoint,
+            device=args.device,
+            min_area=args.min_area,
+            simplify=args.simplify,
+            progress=progress,
+        )
+    print(f"{result.count} polygons -> {result.output}")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from sam_core.geo import encode_raster
+
+    with TqdmProgress(desc="tiles", disable=args.quiet) as progress:
+        count = encode_raster(
+            args.raster,
+            bands=args.bands,
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            model=model_name(args),
+            checkpoint=args.checkpoint,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            progress=progress,
+        )
+    print(f"{count} tiles encoded into {args.cache_dir}")
+    return 0
