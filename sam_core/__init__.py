@@ -28,7 +28,8 @@ _EXPORTS = {
     "build_sam": "sam_core.models.build",
     "load_model": "sam_core.zoo",
     "list_models": "sam_core.zoo",
-    "ensure_checkpoint": "sam_core.weights",
+    "ensure_checkpoint": "sam_core.zoo",
+    "resolve_device": "sam_core.zoo",
     # image preparation, prediction, cache
     "prepare_image": "sam_core.imaging",
     "Preparation": "sam_core.imaging",

@@ -1,0 +1,309 @@
+"""The model zoo: names -> configuration, address, byte size and SHA-256; load a model by name or file.
+
+Official checkpoints download on first use into :func:`sam_core.weights.checkpoint_dir` (verified
+before use). A file placed in that folder by hand under its official name, or passed as a path, is
+used without network. ``demo`` is the small model shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+from sam_core import weights
+from sam_core.errors import SamError
+from sam_core.progress import CancelToken, ProgressFn
+
+if TYPE_CHECKING:
+    import torch
+
+    from sam_core.models.sam import Sam
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_DATA = Path(__file__).resolve().parent / "data"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One known model. ``url``/``size``/``sha256`` are None for a model bundled inside the package."""
+
+    name: str
+    config_name: str
+    url: Optional[str]
+    size: Optional[int]
+    sha256: Optional[str]
+    description: str
+    filename: str
+    bundled: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether a model is available here: ``path`` is where it is, or where a download will put it."""
+
+    name: str
+    description: str
+    size: Optional[int]
+    present: bool
+    path: Optional[Path]
+    note: str = ""
+
+
+MODELS: dict[str, ModelInfo] = {
+    "demo": ModelInfo(
+        name="demo",
+        config_name="demo",
+        url=None,
+        size=None,
+        sha256=None,
+        description="small model trained by this project on generated images, for trying the tools and for tests (not for real data)",
+        filename="demo.pt",
+        bundled=_DATA / "demo.pt",
+    ),
+    "vit_t": ModelInfo(
+        name="vit_t",
+        config_name="vit_t",
+        url="https://github.com/ChaoningZhang/MobileSAM/raw/f706ad9c4eb7f219c00d9050e46328518ffb65d2/weights/mobile_sam.pt",
+        size=40_728_226,
+        sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
+        description="MobileSAM (TinyViT encoder): fast on a laptop CPU",
+        filename="mobile_sam.pt",
+    ),
+    "vit_b": ModelInfo(
+        name="vit_b",
+        config_name="vit_b",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+        size=375_042_383,
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        description="SAM ViT-B (Meta): the usual choice",
+        filename="sam_vit_b_01ec64.pth",
+    ),
+    "vit_l": ModelInfo(
+        name="vit_l",
+        config_name="vit_l",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+        size=1_249_524_607,
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        description="SAM ViT-L (Meta): more accurate, slower",
+        filename="sam_vit_l_0b3195.pth",
+    ),
+    "vit_h": ModelInfo(
+        name="vit_h",
+        config_name="vit_h",
+        url="https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+        size=2_564_550_879,
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        description="SAM ViT-H (Meta): most accurate, slowest (a GPU helps)",
+        filename="sam_vit_h_4b8939.pth",
+    ),
+}
+
+
+def model_info(name: str) -> ModelInfo:
+    """The zoo entry for ``name``; an unknown name raises :class:`SamError` listing the known ones."""
+    info = MODELS.get(name)
+    if info is None:
+        raise SamError(f"unknown model {name!r}; known models: {', '.join(MODELS)} (or pass a checkpoint file)")
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------
+# devices
+
+
+def available_devices() -> list[str]:
+    """Device names usable here, e.g. ``["cpu", "cuda:0", "mps"]``."""
+    import torch
+
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(device: Union[str, "torch.device", None] = None) -> "torch.device":
+    """A torch device from a name: None or ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"``.
+
+    ``"auto"`` picks CUDA, then MPS, then CPU. A device that is not available raises
+    :class:`SamError` naming the available ones.
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    text = str(device).strip().lower()
+    if text in ("", "cpu"):
+        return torch.device("cpu")
+    available = available_devices()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if "mps" in available else "cpu")
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError) as error:
+        raise SamError(f"unknown device {device!r}; available here: {', '.join(available)} (or 'auto')") from error
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SamError(f"device {device!r} is not available: no CUDA GPU here; available: {', '.join(available)}")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise SamError(f"device {device!r} does not exist; available: {', '.join(available)}")
+        return parsed
+    if parsed.type == "mps":
+        if "mps" not in available:
+            raise SamError(f"device {device!r} is not available: no Apple MPS here; available: {', '.join(available)}")
+        return parsed
+    raise SamError(f"device {device!r} is not supported; available here: {', '.join(available)} (or 'auto')")
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _missing_bundled(info: ModelInfo) -> str:
+    return (
+        f"the bundled model {info.name!r} is not in this installation ({info.bundled} is missing); "
+        f"use an official model such as 'vit_t' or 'vit_b', or pass a checkpoint file"
+    )
+
+
+def find_checkpoint(name: str, cache_dir: Optional[PathLike] = None) -> Optional[Path]:
+    """The verified checkpoint file of zoo model ``name`` if it is here, else None. No network.
+
+    A file in the checkpoint folder under its official name (downloaded, or placed there by hand) is
+    checked against the official SHA-256 once (the result is recorded beside it). A file there that
+    does not match raises :class:`SamError` rather than being used or overwritten.
+    """
+    info = model_info(name)
+    if info.bundled is not None:
+        return info.bundled if info.bundled.is_file() else None
+    path = weights.checkpoint_dir(cache_dir) / info.filename
+    if not path.is_file():
+        return None
+    if (info.size is not None and path.stat().st_size != info.size) or not weights.verify_file(path, info.sha256):
+        raise SamError(
+            f"{path} is not the official {name} checkpoint (its size or SHA-256 differs: incomplete or "
+            f"corrupted?). Delete it to download it again, or pass it as a checkpoint file to use it as it is."
+        )
+    return path
+
+
+def ensure_checkpoint(
+    name: str,
+    cache_dir: Optional[PathLike] = None,
+    progress: Optional[ProgressFn] = None,
+    download: bool = True,
+    cancel: Optional[CancelToken] = None,
+) -> Path:
+    """The checkpoint file of zoo model ``name``, downloaded (and verified) into the folder if missing.
+
+    With ``download=False`` a missing file raises :class:`SamError` saying how to get it.
+    """
+    info = model_info(name)
+    found = find_checkpoint(name, cache_dir)
+    if found is not None:
+        return found
+    if info.bundled is not None or info.url is None:
+        raise SamError(_missing_bundled(info))
+    dest = weights.checkpoint_dir(cache_dir) / info.filename
+    if not download:
+        raise SamError(
+            f"model {name!r} is not downloaded yet; run 'python -m sam_core download {name}', or put "
+            f"{info.url} in {dest.parent} as {dest.name}"
+        )
+    return weights.download(info.url, dest, sha256=info.sha256, size=info.size, progress=progress, cancel=cancel)
+
+
+def list_models(cache_dir: Optional[PathLike] = None) -> list[ModelStatus]:
+    """Every zoo model and whether its file is here (no network, and no hashing of unverified files)."""
+    statuses = []
+    for info in MODELS.values():
+        if info.bundled is not None:
+            present = info.bundled.is_file()
+            note = "" if present else _missing_bundled(info)
+            statuses.append(ModelStatus(info.name, info.description, info.size or _size(info.bundled), present, info.bundled, note))
+            continue
+        path = weights.checkpoint_dir(cache_dir) / info.filename
+        present, note = False, ""
+        if path.is_file():
+            known = weights.cached_sha256(path)
+            if path.stat().st_size != info.size or (known is not None and known != info.sha256):
+                note = "the file there is not the official one (size or SHA-256 differs): delete it and download again"
+            else:
+                present = True
+        elif path.with_name(path.name + ".part").is_file():
+            note = "partly downloaded: 'download' resumes it"
+        statuses.append(ModelStatus(info.name, info.description, info.size, present, path, note))
+    return statuses
+
+
+def _size(path: Path) -> Optional[int]:
+    return path.stat().st_size if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# loading
+
+
+def _file_identity(path: Path) -> str:
+    """A short stable id of a checkpoint file given by path: its resolved path, size and mtime."""
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_model(
+    name: Optional[str] = "demo",
+    checkpoint: Optional[PathLike] = None,
+    *,
+    device: Union[str, "torch.device", None] = None,
+    cache_dir: Optional[PathLike] = None,
+    download: bool = True,
+    progress: Optional[ProgressFn] = None,
+) -> "Sam":
+    """A SAM model in eval mode on ``device`` (default CPU), with ``model.model_id`` set.
+
+    With ``checkpoint`` (a file path) that file is loaded with no network; its configuration is
+    ``name``'s if given, else inferred from the weights. Without it, zoo model ``name`` is loaded,
+    downloaded first if needed (``download=False`` forbids that). ``model.model_id`` identifies the
+    weights (name plus SHA-256, or file identity) for embedding cache keys.
+    """
+    from sam_core.models.build import build_sam, read_state_dict
+    from sam_core.models.config import get_config, infer_config
+
+    torch_device = resolve_device(device)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise SamError(f"checkpoint file {path} does not exist")
+        state = read_state_dict(path)
+        config = get_config(model_info(name).config_name) if name is not None else infer_config(state)
+        model_id = f"{name or 'file'}:file:{_file_identity(path)}"
+    else:
+        if name is None:
+            raise SamError(f"give a model name ({', '.join(MODELS)}) or a checkpoint file")
+        info = model_info(name)
+        path = ensure_checkpoint(name, cache_dir, progress=progress, download=download)
+        state = read_state_dict(path)
+        config = get_config(info.config_name)
+        digest = info.sha256 or weights.file_sha256(path)
+        model_id = f"{name}:sha256:{digest[:16]}"
+    model = build_sam(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise SamError(
+            f"{path} does not fit the model configuration {getattr(config, 'name', config)!r}: {first}. "
+            f"Is it a SAM checkpoint of that kind? Give the right model name, or none to infer it."
+        ) from error
+    model.to(torch_device).eval()
+    model.model_id = model_id
+    return model
