@@ -29,7 +29,7 @@ import pandas as pd
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_sam.image_access import ImageAccess
-from napari_sam.workers import Job, notify_error, start_job
+from napari_sam.workers import Job, start_job
 from sam_core.errors import SamError
 
 POINTS_NAME = "SAM points"
@@ -234,6 +234,10 @@ class SamSession:
     def _embed(self, predictor: Any, stack_index: Tuple[int, ...], preparation: Any,
                progress: Any = None, cancel: Any = None) -> Any:
         image = self.access.plane(stack_index)
+        finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
+        if finite.size == 0 or finite.min() == finite.max():
+            where = f"slice {stack_index}" if stack_index else "the image"
+            raise SamError(f"{where} is empty (no valid pixels, or all pixels have one value): nothing to segment")
         if self._tiled():
             from sam_core.tiling import TiledPredictor
 
@@ -292,14 +296,14 @@ class SamSession:
         return sorted(found)
 
     def toggle_label(self) -> str:
-        """Switch new points between positive and negative; selected points switch too."""
+        """Switch new points between positive and negative; in select mode the selected points switch too."""
         layer = self.points_layer
         if layer is None:
             return POSITIVE
         current = layer.feature_defaults["label"].iloc[0] if hasattr(layer.feature_defaults["label"], "iloc") else layer.feature_defaults["label"]
         new = NEGATIVE if current == POSITIVE else POSITIVE
         layer.feature_defaults["label"] = new
-        selected = sorted(layer.selected_data)
+        selected = sorted(layer.selected_data) if str(layer.mode) == "select" else []
         if selected:
             features = layer.features.copy()
             features.loc[selected, "label"] = new
@@ -640,6 +644,11 @@ class SamSession:
         for job in list(self.jobs):
             job.cancel()
 
+    @property
+    def busy(self) -> bool:
+        """True while a job or a preview decode runs or waits."""
+        return bool(self.jobs) or self._decoding is not None or self._pending is not None
+
     def wait(self, timeout_ms: int = 60000) -> None:
         """Process Qt events until no job runs (for scripts and tests)."""
         import time
@@ -647,6 +656,6 @@ class SamSession:
         from qtpy.QtWidgets import QApplication
 
         end = time.monotonic() + timeout_ms / 1000
-        while (self.jobs or self._decoding is not None) and time.monotonic() < end:
+        while self.busy and time.monotonic() < end:
             QApplication.processEvents()
             time.sleep(0.01)

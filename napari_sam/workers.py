@@ -49,9 +49,10 @@ class Job:
         self._show_progress = show_progress
         self._closed = False
         self.listeners: list = []
-        self.worker = create_worker(func, self._bridge.progressed.emit, self.cancel_token, _start_thread=False)
-        self.worker.returned.connect(on_result)
-        self.worker.errored.connect(notify_error)
+        self.worker = create_worker(
+            func, self._bridge.progressed.emit, self.cancel_token,
+            _start_thread=False, _connect={"returned": on_result, "errored": notify_error},
+        )
         self.worker.finished.connect(self._close)
         if on_finished is not None:
             self.worker.finished.connect(on_finished)

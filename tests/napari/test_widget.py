@@ -1,0 +1,227 @@
+"""The napari plugin with a real viewer: prompts -> preview, candidates, commit/undo, cache, bad situations.
+
+Mechanics use a small random-weight checkpoint (its masks are arbitrary but deterministic, so the
+preview must equal what sam_core predicts for the same prompts); quality uses the bundled ``demo`` model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari_util import iou, needs_demo, wait_for
+
+from napari_sam.samples import make_cells_2d
+from napari_sam.session import BOXES_NAME, OBJECTS_NAME, POINTS_NAME, PREVIEW_NAME
+
+
+def _predict_directly(session, image, points=None, labels=None, box=None):
+    predictor = session.predictor()
+    embedding = predictor.encode(image, preparation=session.access.preparation())
+    return predictor.predict(embedding, points, labels, box)
+
+
+def test_manifest_declares_widget_readers_and_samples():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    manifest = pm.get_manifest("sam-suite")
+    contributions = manifest.contributions
+    assert [w.display_name for w in contributions.widgets] == ["Segment Anything"]
+    assert {s.key for s in contributions.sample_data} == {"cells_2d", "volume_3d", "time_series"}
+    assert contributions.readers[0].accepts_directories
+    from napari_sam import samples
+
+    (image, meta, kind), = samples.volume_3d_sample()
+    assert image.ndim == 3 and kind == "image" and meta["scale"] == (2.0, 1.0, 1.0)
+    assert samples.time_series_sample()[0][0].ndim == 3
+    assert samples.cells_2d_sample()[0][0].dtype == np.uint16
+
+
+def test_points_give_the_predictors_mask_with_scale_and_translate(make_widget, qtbot):
+    image, _ = make_cells_2d((128, 128), count=4)
+    viewer, widget = make_widget(image, scale=(0.5, 0.25), translate=(10.0, -3.0))
+    assert widget.start()
+    session = widget.session
+    for name in (POINTS_NAME, BOXES_NAME, PREVIEW_NAME, OBJECTS_NAME):
+        assert tuple(viewer.layers[name].scale) == (0.5, 0.25)
+        assert tuple(viewer.layers[name].translate) == (10.0, -3.0)
+    session.points_layer.add([40, 90])  # (row, col) in data coordinates
+    wait_for(qtbot, session)
+    expected = _predict_directly(session, image, points=np.array([[90.0, 40.0]]), labels=np.array([1]))
+    assert len(session.candidates.scores) == 3
+    np.testing.assert_array_equal(session.preview_layer.data > 0, expected.masks[0])
+    np.testing.assert_allclose(session.candidates.scores, expected.scores, atol=1e-4)
+
+
+def test_box_and_negative_point_and_newest_request_wins(make_widget, qtbot):
+    image, _ = make_cells_2d((128, 128), count=4)
+    viewer, widget = make_widget(image)
+    widget.start()
+    session = widget.session
+    session.boxes_layer.add_rectangles(np.array([[20, 30], [70, 90]]))
+    session.points_layer.add([45, 60])
+    assert session.toggle_label() == "negative"
+    session.points_layer.add([50, 62])  # three changes in a row: only the last result may show
+    wait_for(qtbot, session)
+    assert list(session.points_layer.features["label"]) == ["positive", "negative"]
+    assert tuple(session.points_layer.face_color[1][:3]) == (1.0, 0.0, 0.0)
+    expected = _predict_directly(
+        session, image, points=np.array([[60.0, 45.0], [62.0, 50.0]]), labels=np.array([1, 0]),
+        box=np.array([30.0, 20.0, 90.0, 70.0]),
+    )
+    assert len(session.candidates.scores) == 1
+    np.testing.assert_array_equal(session.preview_layer.data > 0, expected.masks[0])
+
+
+def test_candidate_cycling_commit_never_overwrites_and_undo(make_widget, qtbot):
+    image, _ = make_cells_2d((128, 128), count=4)
+    viewer, widget = make_widget(image)
+    widget.start()
+    session = widget.session
+    session.points_layer.add([64, 64])
+    wait_for(qtbot, session)
+    masks, scores = session.candidates.masks, session.candidates.scores
+    assert session.next_candidate() == pytest.approx(float(scores[1]))
+    np.testing.assert_array_equal(session.preview_layer.data > 0, masks[1])
+    assert "[" in widget.candidate_label.text() and "2/3" in widget.candidate_label.text()
+    # The key bound on the viewer does the same, also while the points layer is active.
+    from qtpy.QtCore import Qt
+
+    assert viewer.layers.selection.active is session.points_layer
+    qtbot.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
+    np.testing.assert_array_equal(session.preview_layer.data > 0, masks[2])
+
+    first = np.zeros((128, 128), bool)
+    first[10:60, 10:60] = True
+    session.preview_layer.data[:] = first
+    assert session.commit() == 1
+    assert len(session.points_layer.data) == 0 and not session.preview_layer.data.any()
+    second = np.zeros((128, 128), bool)
+    second[40:100, 40:100] = True
+    session.preview_layer.data[:] = second
+    assert session.commit() == 2
+    objects = session.objects_layer.data
+    assert (objects[first] == 1).all()  # object 1 kept where they overlap
+    assert (objects[second & ~first] == 2).all()
+    assert session.undo() == 2
+    np.testing.assert_array_equal(session.objects_layer.data, first.astype(np.int32))
+    session.overwrite = True
+    session.preview_layer.data[:] = second
+    assert session.commit() == 2
+    assert (session.objects_layer.data[second] == 2).all()
+    assert session.undo() == 2 and session.undo() == 1
+    assert not session.objects_layer.data.any()
+
+
+def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot):
+    volume = np.stack([make_cells_2d((96, 96), count=3, seed=s)[0] for s in range(4)])
+    viewer, widget = make_widget(volume)
+    widget.start()
+    runs = []
+    widget.all_slices_check.setChecked(True)
+    widget.session.compute_embeddings(True, on_done=runs.append)
+    wait_for(qtbot, widget.session)
+    widget.session.compute_embeddings(True, on_done=runs.append)
+    wait_for(qtbot, widget.session)
+    assert runs == [4, 0]
+    # A new session (as after a restart) finds the embeddings on disk.
+    viewer2, widget2 = make_widget(volume)
+    widget2.start()
+    widget2.session.compute_embeddings(True, on_done=runs.append)
+    wait_for(qtbot, widget2.session)
+    assert runs[-1] == 0
+    assert any((widget2.cache_edit.text() and p.suffix) for p in __import__("pathlib").Path(widget2.cache_edit.text()).iterdir())
+
+
+def test_bad_situations_notify_and_raise_nothing(make_widget, qtbot, notes, tmp_path):
+    viewer, widget = make_widget(None)
+    assert not widget.start()
+    assert not widget.compute_embeddings()
+    assert "No image layer" in notes[-1][1]
+
+    viewer.add_image(np.zeros((2, 2, 3, 16, 16), np.float32), name="five")
+    widget.image_combo.setCurrentText("five")
+    assert not widget.start()
+    assert "supported are 2D" in notes[-1][1]
+
+    viewer.add_image(np.full((32, 32), 7, np.uint8), name="flat")
+    widget.image_combo.setCurrentText("flat")
+    assert widget.start()
+    widget.session.points_layer.add([10, 10])
+    wait_for(qtbot, widget.session)
+    assert "empty" in notes[-1][1]
+
+    from napari_sam.session import ModelChoice
+
+    widget.add_model(ModelChoice(None, str(tmp_path / "missing.pth")))
+    viewer.add_image(make_cells_2d((64, 64), count=2)[0], name="cells")
+    widget.image_combo.setCurrentText("cells")
+    assert widget.compute_embeddings() is None
+    assert "missing.pth" in notes[-1][1] and "does not exist" in notes[-1][1]
+    assert all(severity == "error" for severity, _ in notes)
+
+
+def test_channels_contrast_and_ct_window(make_widget, qtbot):
+    from napari_sam.windows import window_range
+
+    channels = np.stack([make_cells_2d((64, 64), count=2, seed=s, bit16=True)[0] for s in range(3)])
+    viewer, widget = make_widget(channels)  # (C, Y, X) shown as a stack by napari
+    widget.channel_axis_spin.setValue(0)
+    widget.channels_edit.setText("1")
+    assert widget.start()
+    access = widget.session.access
+    assert access.spatial_shape == (64, 64) and access.stack_shape == ()
+    assert access.plane(()).shape == (64, 64, 3)
+    layer = viewer.layers["image"]
+    layer.contrast_limits = (100.0, 3000.0)
+    prep = access.preparation()
+    assert prep.value_range == (100.0, 3000.0) and prep.channels == (1,)
+    widget.window_combo.setCurrentText("CT bone")
+    assert tuple(layer.contrast_limits) == pytest.approx(window_range("bone"))
+    assert widget.session.access.preparation().value_range == pytest.approx(window_range("bone"))
+    widget.channels_edit.setText("0,1")
+    assert not widget.start()
+
+
+def test_dask_layers_are_read_slice_by_slice(make_widget, qtbot):
+    da = pytest.importorskip("dask.array")
+    volume = np.stack([make_cells_2d((64, 64), count=2, seed=s)[0] for s in range(6)])
+    read = []
+
+    def load(block, block_info=None):
+        read.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(volume, chunks=(1, 64, 64)).map_blocks(load, dtype=volume.dtype)
+    viewer, widget = make_widget(lazy, contrast_limits=(0, 255))
+    viewer.dims.set_point(0, 3)
+    widget.start()
+    read.clear()
+    widget.session.compute_embeddings(False)
+    wait_for(qtbot, widget.session)
+    assert set(read) == {3}
+
+
+@needs_demo
+def test_demo_preview_segments_known_objects(make_widget, qtbot):
+    from sam_core.volume import prompts_from_mask
+
+    image, labels = make_cells_2d((256, 256), count=8, seed=3)
+    viewer, widget = make_widget(image, model="demo")
+    widget.start()
+    session = widget.session
+    scores = []
+    for object_id in (1, 2, 3, 4):
+        truth = labels == object_id
+        if object_id <= 2:  # a box around the object
+            rows, cols = np.nonzero(truth)
+            session.boxes_layer.add_rectangles(np.array([[rows.min() - 2, cols.min() - 2], [rows.max() + 2, cols.max() + 2]]))
+        else:  # one click at the object's centre
+            (x, y), = prompts_from_mask(truth)[0]
+            session.points_layer.add([y, x])
+        wait_for(qtbot, session)
+        scores.append(iou(session.preview_layer.data > 0, truth))
+        assert session.commit() == object_id
+    assert min(scores) >= 0.8, scores
+    assert set(np.unique(session.objects_layer.data)) == {0, 1, 2, 3, 4}
