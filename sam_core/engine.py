@@ -101,7 +101,11 @@ def _check_params(cmd: str, params: Params) -> Params:
 class Engine:
     """Runs requests; keeps predictors (and their embedding caches) between requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dir: Optional[str] = None) -> None:
+        """``cache_dir``: the on-disk embedding cache shared by every predictor (default
+        ``<sam_core home>/embeddings``), so that tiles encoded once (``encode_raster``, earlier sessions)
+        are not encoded again."""
+        self.cache_dir = cache_dir
         self._predictors: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
@@ -148,21 +152,25 @@ class Engine:
     def _cmd_segment_prompts(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
 
+        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+                                   params.pop("device", None))
         return geo.segment_prompts(params.pop("raster"), params.pop("prompts"), params.pop("output"),
-                                   progress=progress, cancel=cancel, **params)
+                                   predictor=predictor, progress=progress, cancel=cancel, **params)
 
     def _cmd_encode_raster(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
 
-        tiles = geo.encode_raster(params.pop("raster"), progress=progress, cancel=cancel, **params)
+        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+                                   params.pop("device", None), params.pop("cache_dir", None))
+        tiles = geo.encode_raster(params.pop("raster"), predictor=predictor, progress=progress, cancel=cancel,
+                                  **params)
         return {"tiles": tiles}
 
     def _cmd_segment_at(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
 
-        checkpoint = params.pop("checkpoint", None)
-        model = params.pop("model", None if checkpoint else "demo")
-        predictor = self.predictor(model, checkpoint, params.pop("device", None))
+        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+                                   params.pop("device", None))
         box = params.pop("box", None)
         polygons = geo.segment_at(params.pop("raster"), params.pop("points"), params.pop("labels"),
                                   None if box is None else tuple(float(v) for v in box),
@@ -170,14 +178,19 @@ class Engine:
         return {"polygons": polygons}
 
     # -- state ----------------------------------------------------------------------------------
-    def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str]) -> Any:
-        """The predictor for (model, checkpoint, device), built once and kept with its cache."""
+    def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
+                  cache_dir: Optional[str] = None) -> Any:
+        """The predictor for (model, checkpoint, device), built once and kept with its embedding cache."""
+        from sam_core.cache import EmbeddingCache
         from sam_core.predictor import Predictor
+        from sam_core.weights import home_dir
 
-        key = (model, str(checkpoint) if checkpoint else None, device)
+        directory = str(cache_dir or self.cache_dir or home_dir() / "embeddings")
+        key = (model, str(checkpoint) if checkpoint else None, device, directory)
         with self._lock:
             if key not in self._predictors:
-                self._predictors[key] = Predictor(model, checkpoint=checkpoint, device=device)
+                self._predictors[key] = Predictor(model, checkpoint=checkpoint, device=device,
+                                                  cache=EmbeddingCache(directory=directory))
             return self._predictors[key]
 
 
@@ -298,7 +311,7 @@ def serve(instream: IO[bytes], outstream: IO[bytes], engine: Optional[Engine] = 
     _Server(engine or Engine(), instream, outstream).serve()
 
 
-def main() -> int:
+def main(cache_dir: Optional[str] = None) -> int:
     """Entry point of ``python -m sam_core engine``: the protocol on the process's stdin and stdout.
 
     Anything else that prints to stdout (libraries, warnings) is sent to stderr, so that stdout carries
@@ -308,5 +321,5 @@ def main() -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    serve(sys.stdin.buffer, protocol_out)
+    serve(sys.stdin.buffer, protocol_out, Engine(cache_dir))
     return 0

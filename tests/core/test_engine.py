@@ -98,7 +98,8 @@ def test_ready_hello_and_errors(engine):
     assert error["kind"] == "user" and "colour" in error["message"]
 
     # a SamError from sam_core reaches the client as a user error with its message
-    engine.send({"id": "5", "cmd": "encode_raster", "params": {"raster": "/nonexistent/raster.tif"}})
+    engine.send({"id": "5", "cmd": "automask_raster", "params": {"raster": "/nonexistent/raster.tif",
+                                                                 "output": "/tmp/never-written.gpkg"}})
     (error,) = engine.until_done("5")
     assert error["kind"] == "user" and "raster.tif" in error["message"]
 
@@ -136,3 +137,101 @@ def test_end_of_input_stops_the_engine(engine):
     engine.send({"id": "h", "cmd": "hello"})
     engine.until_done("h")
     assert engine.close() == 0
+
+
+RGB = str(SHARED_DATA / "RGB.byte.tif")
+
+
+@pytest.fixture
+def engine_home(tmp_path, monkeypatch):
+    """Keep the engine's embedding cache in a temporary folder."""
+    monkeypatch.setenv("SAM_CORE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_clicks_after_the_first_reuse_the_embedding(small_vit_checkpoint, engine_home):
+    from sam_core.engine import Engine
+    from sam_core.progress import CancelToken
+    from sam_core.weights import home_dir
+
+    engine = Engine()
+    params = {"raster": RGB, "points": [[230000.0, 2720000.0]], "labels": [1], "checkpoint": str(small_vit_checkpoint),
+              "tile_size": 256, "overlap": 32}
+    first = engine.run("segment_at", dict(params), lambda *a: None, CancelToken())
+    predictor = engine.predictor(None, str(small_vit_checkpoint), None)
+    runs = predictor.encoder_runs
+    assert runs >= 1
+    assert isinstance(first["polygons"], list)
+    for item in first["polygons"]:
+        assert item["wkt"].startswith(("POLYGON", "MULTIPOLYGON")) and isinstance(item["predicted_iou"], float)
+    second = engine.run("segment_at", dict(params, points=[[230300.0, 2720300.0], [231000.0, 2719000.0]],
+                                              labels=[1, 0]), lambda *a: None, CancelToken())
+    assert isinstance(second["polygons"], list)
+    assert predictor.encoder_runs == runs  # same tile: only the decoder ran
+    # embeddings also went to the on-disk cache of the engine
+    assert any((home_dir() / "embeddings").iterdir())
+
+
+def test_encode_raster_then_clicks_need_no_encoder(small_vit_checkpoint, engine_home):
+    from sam_core.engine import Engine
+    from sam_core.progress import CancelToken
+
+    engine = Engine()
+    events = []
+    common = {"raster": RGB, "checkpoint": str(small_vit_checkpoint), "tile_size": 512, "overlap": 64}
+    result = engine.run("encode_raster", dict(common), lambda *e: events.append(e), CancelToken())
+    assert result["tiles"] >= 1 and events
+    predictor = engine.predictor(None, str(small_vit_checkpoint), None)
+    runs = predictor.encoder_runs
+    engine.run("segment_at", dict(common, points=[[230000.0, 2720000.0]], labels=[1]), lambda *a: None, CancelToken())
+    assert predictor.encoder_runs == runs
+
+
+def test_automask_cancel_mid_run_leaves_no_output(engine, small_vit_checkpoint, tmp_path):
+    output = tmp_path / "segments.gpkg"
+    engine.send({"id": "auto", "cmd": "automask_raster", "lane": "batch", "params": {
+        "raster": RGB, "output": str(output), "checkpoint": str(small_vit_checkpoint), "tile_size": 128,
+        "overlap": 16, "generator_params": {"points_per_side": 4}}})
+    while True:
+        event = engine.events.get(timeout=120)
+        if event.get("id") == "auto" and event["event"] == "progress" and event["done"] >= 1:
+            break
+        assert event["event"] != "result", event
+    engine.send({"id": "stop", "cmd": "cancel", "params": {"target": "auto"}})
+    events = engine.until_done("auto")
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+    assert not output.exists()
+    # the engine keeps serving
+    engine.send({"id": "h", "cmd": "hello"})
+    assert engine.until_done("h")[-1]["event"] == "result"
+
+
+def test_automask_and_segment_prompts_write_polygons_in_the_raster_crs(engine, small_vit_checkpoint, tmp_path):
+    import pyogrio
+    import rasterio
+
+    output = tmp_path / "auto.gpkg"
+    engine.send({"id": "a", "cmd": "automask_raster", "params": {
+        "raster": RGB, "output": str(output), "checkpoint": str(small_vit_checkpoint), "tile_size": 512,
+        "overlap": 64, "generator_params": {"points_per_side": 4, "pred_iou_thresh": 0.0,
+                                            "stability_score_thresh": 0.0}}})
+    events = engine.until_done("a", timeout=300)
+    assert [e["event"] for e in events][-1] == "result", events[-1]
+    result = events[-1]["result"]
+    assert result["output"] == str(output) and result["tiles_done"] == result["tiles_total"] == 4
+    assert sum(e["event"] == "progress" for e in events) >= 4
+    with rasterio.open(RGB) as src:
+        raster_crs = src.crs
+    info = pyogrio.read_info(output)
+    assert info["features"] == result["count"]
+    assert rasterio.crs.CRS.from_user_input(info["crs"]) == raster_crs
+
+    prompts = [{"points": [[230000.0, 2720000.0]], "labels": [1]},
+               {"box": [200000.0, 2700000.0, 215000.0, 2715000.0]}]
+    out2 = tmp_path / "prompted.geojson"
+    engine.send({"id": "p", "cmd": "segment_prompts", "params": {
+        "raster": RGB, "prompts": prompts, "output": str(out2), "checkpoint": str(small_vit_checkpoint),
+        "tile_size": 512, "overlap": 64}})
+    events = engine.until_done("p", timeout=300)
+    assert events[-1]["event"] == "result", events[-1]
+    assert events[-1]["result"]["output"] == str(out2) and out2.exists()
