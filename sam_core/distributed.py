@@ -56,6 +56,9 @@ class GeneratorSpec:
             raise SamError(f"unknown automatic mask parameter: {error}") from error
 
 
+# Seconds to wait for an existing scheduler to answer.
+CONNECT_TIMEOUT = 20
+
 _GENERATORS: dict = {}
 _LOCK = threading.Lock()
 
@@ -84,7 +87,7 @@ def cluster(workers: Optional[int] = None, scheduler: Optional[str] = None) -> I
         raise SamError("give either --workers (a local cluster) or --scheduler (an existing one), not both")
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout=30)
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except Exception as error:
             raise SamError(f"cannot reach the Dask scheduler at {scheduler}: {str(error).splitlines()[0]}") from error
         try:
