@@ -87,3 +87,87 @@ def wait_until(predicate, timeout: float = 60.0) -> bool:
         time.sleep(0.01)
     QgsApplication.processEvents()
     return bool(predicate())
+
+
+SCENE_CODE = """
+import json
+import numpy as np
+import rasterio
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+from shapely.geometry import shape
+from shapely.ops import unary_union
+
+rng = np.random.default_rng(7)
+size = 320
+pixel = 2.0
+transform = from_origin(500000.0, 4000000.0, pixel, pixel)
+yy, xx = np.mgrid[0:size, 0:size]
+image = np.empty((3, size, size), np.float32)
+for band, level in enumerate((118, 128, 104)):
+    image[band] = level + rng.normal(0, 6, (size, size))
+objects = [
+    ("ellipse", (80, 90), (38, 26), (220, 60, 50)),
+    ("ellipse", (230, 100), (30, 30), (40, 70, 200)),
+    ("rect", (90, 230), (40, 28), (235, 210, 40)),
+    ("rect", (235, 235), (34, 44), (30, 160, 70)),
+]
+footprints = []
+for kind, (cy, cx), (ry, rx), colour in objects:
+    if kind == "ellipse":
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+    else:
+        mask = (abs(yy - cy) <= ry) & (abs(xx - cx) <= rx)
+    for band in range(3):
+        image[band][mask] = colour[band] + rng.normal(0, 4, mask.sum())
+    geometry = unary_union([shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=transform)])
+    x, y = transform * (cx + 0.5, cy + 0.5)
+    footprints.append({"wkt": geometry.wkt, "center": [x, y],
+                       "box": [x - rx * pixel * 1.1, y - ry * pixel * 1.1, x + rx * pixel * 1.1, y + ry * pixel * 1.1]})
+profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", crs=CRS, transform=transform)
+with rasterio.open(PATH, "w", **profile) as dst:
+    dst.write(np.clip(image, 0, 255).astype(np.uint8))
+print(json.dumps(footprints))
+"""
+
+
+def make_scene(path: Path, crs: str) -> list[dict]:
+    """A 320x320 3-band GeoTIFF (2 m pixels) with four known objects; returns their footprints (map WKT,
+    centre, box) in the raster's CRS."""
+    import json
+
+    code = f"CRS = {crs!r}\nPATH = {str(path)!r}\n" + SCENE_CODE
+    return json.loads(run_engine_python(code).strip().splitlines()[-1])
+
+
+# A transverse Mercator CRS without an EPSG code (the output must keep it exactly).
+CUSTOM_CRS = "+proj=tmerc +lat_0=0 +lon_0=15.5 +k=0.9996 +x_0=500000 +y_0=0 +ellps=GRS80 +units=m +no_defs"
+
+
+@pytest.fixture(scope="session")
+def scene(tmp_path_factory):
+    """(path, footprints) of the generated scene in EPSG:32633."""
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    return path, make_scene(path, "EPSG:32633")
+
+
+@pytest.fixture(scope="session")
+def custom_crs_scene(tmp_path_factory):
+    """(path, footprints) of the generated scene in a CRS without EPSG code."""
+    path = tmp_path_factory.mktemp("scene_custom") / "scene_custom.tif"
+    return path, make_scene(path, CUSTOM_CRS)
+
+
+def demo_available() -> bool:
+    """Whether the bundled demo model is installed for the engine Python."""
+    out = run_engine_python("""
+        from sam_core.zoo import list_models
+        print([m.present for m in list_models() if m.name == "demo"][0])
+    """)
+    return out.strip().endswith("True")
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two QgsGeometry polygons."""
+    union = a.combine(b).area()
+    return a.intersection(b).area() / union if union > 0 else 0.0

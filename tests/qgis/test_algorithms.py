@@ -1,0 +1,188 @@
+"""processing.run of the three Segment Anything algorithms in real QGIS, with the engine process."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import SHARED_DATA, demo_available, iou
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QVariant
+
+RGB = str(SHARED_DATA / "RGB.byte.tif")
+FIELDS = {"id", "predicted_iou", "stability_score", "area", "tile"}
+
+
+def run(algorithm: str, params: dict, feedback=None):
+    import processing
+
+    return processing.run(algorithm, params, feedback=feedback)
+
+
+def vector(path_or_layer) -> QgsVectorLayer:
+    if isinstance(path_or_layer, QgsVectorLayer):
+        return path_or_layer
+    layer = QgsVectorLayer(str(path_or_layer), "out", "ogr")
+    assert layer.isValid(), path_or_layer
+    return layer
+
+
+@pytest.fixture
+def project_in_wgs84():
+    """The project CRS differs from every raster's."""
+    project = QgsProject.instance()
+    previous = project.crs()
+    project.setCrs(QgsCoordinateReferenceSystem("EPSG:4326"))
+    yield project
+    project.setCrs(previous)
+
+
+def test_automask_on_landsat_gives_polygons_in_the_raster_crs(processing, small_checkpoint, tmp_path,
+                                                              project_in_wgs84):
+    out = tmp_path / "auto.gpkg"
+    result = run("sam:automask_raster", {
+        "INPUT": RGB, "TILE_SIZE": 512, "OVERLAP": 64, "CHECKPOINT": str(small_checkpoint),
+        "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_THRESH": 0.0, "OUTPUT": str(out)})
+    layer = vector(result["OUTPUT"])
+    assert layer.crs() == QgsRasterLayer(RGB, "rgb").crs()
+    assert FIELDS <= set(layer.fields().names())
+    # nodata frame: no polygon reaches outside the raster's data
+    extent = QgsRasterLayer(RGB, "rgb").extent()
+    for feature in layer.getFeatures():
+        assert extent.contains(feature.geometry().boundingBox())
+
+
+def test_encode_raster_counts_tiles(processing, small_checkpoint):
+    result = run("sam:encode_raster", {"INPUT": RGB, "TILE_SIZE": 512, "OVERLAP": 64,
+                                       "CHECKPOINT": str(small_checkpoint)})
+    assert result["TILES"] == 4
+
+
+def prompt_layer(points_crs: str, points: list[tuple[float, float, int]]) -> QgsVectorLayer:
+    layer = QgsVectorLayer(f"Point?crs={points_crs}", "prompts", "memory")
+    layer.dataProvider().addAttributes([QgsField("positive", QVariant.Int)])
+    layer.updateFields()
+    features = []
+    for x, y, label in points:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        feature["positive"] = label
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer
+
+
+def test_segment_prompts_from_another_crs(processing, small_checkpoint, scene, project_in_wgs84):
+    from qgis.core import QgsCoordinateTransform
+
+    path, objects = scene
+    to_wgs84 = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:32633"),
+                                      QgsCoordinateReferenceSystem("EPSG:4326"), QgsProject.instance())
+    centre = to_wgs84.transform(QgsPointXY(*objects[0]["center"]))
+    prompts = prompt_layer("EPSG:4326", [(centre.x(), centre.y(), 1)])
+    result = run("sam:segment_prompts", {"INPUT": str(path), "PROMPTS": prompts, "LABEL_FIELD": "positive",
+                                         "CHECKPOINT": str(small_checkpoint), "OUTPUT": "TEMPORARY_OUTPUT"})
+    layer = vector(result["OUTPUT"])
+    assert layer.crs() == QgsRasterLayer(str(path), "scene").crs()
+    assert "group" in layer.fields().names()
+
+
+class CancelAfterFirstTile(QgsProcessingFeedback):
+    def setProgress(self, progress: float) -> None:  # noqa: N802
+        super().setProgress(progress)
+        if progress > 0:
+            self.cancel()
+
+
+class KillEngineAfterFirstTile(QgsProcessingFeedback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.killed = False
+
+    def setProgress(self, progress: float) -> None:  # noqa: N802
+        super().setProgress(progress)
+        from qgis_sam import settings
+
+        pid = settings.client().pid
+        if progress > 0 and not self.killed and pid is not None:
+            self.killed = True
+            os.kill(pid, signal.SIGKILL)
+
+
+def many_tiles(checkpoint, out) -> dict:
+    return {"INPUT": RGB, "TILE_SIZE": 128, "OVERLAP": 16, "CHECKPOINT": str(checkpoint), "POINTS_PER_SIDE": 2,
+            "OUTPUT": str(out)}
+
+
+def test_cancel_mid_run_writes_no_output(processing, small_checkpoint, tmp_path):
+    out = tmp_path / "cancelled.gpkg"
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("sam:automask_raster", many_tiles(small_checkpoint, out), CancelAfterFirstTile())
+    assert not out.exists()
+
+
+def test_engine_killed_mid_run_is_reported_and_the_next_run_works(processing, small_checkpoint, tmp_path):
+    out = tmp_path / "killed.gpkg"
+    feedback = KillEngineAfterFirstTile()
+    with pytest.raises(QgsProcessingException, match="stopped unexpectedly") as error:
+        run("sam:automask_raster", many_tiles(small_checkpoint, out), feedback)
+    assert feedback.killed and "restarts with the next request" in str(error.value)
+    assert not out.exists()
+    result = run("sam:encode_raster", {"INPUT": RGB, "TILE_SIZE": 512, "OVERLAP": 64,
+                                       "CHECKPOINT": str(small_checkpoint)})
+    assert result["TILES"] == 4
+
+
+def test_user_errors_are_processing_errors(processing, small_checkpoint, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(QgsProcessingException) as error:
+        run("sam:encode_raster", {"INPUT": RGB, "CHECKPOINT": str(bad)})
+    assert "bad.pth" in str(error.value)
+
+
+needs_demo = pytest.mark.skipif("not demo_available()", reason="the bundled demo model is not installed yet")
+
+
+@needs_demo
+@pytest.mark.parametrize("which", ["scene", "custom_crs_scene"])
+def test_demo_segments_known_objects_in_place(processing, which, request, tmp_path, project_in_wgs84):
+    path, objects = request.getfixturevalue(which)
+    raster = QgsRasterLayer(str(path), "scene")
+    # one object per run, prompted by a positive point at its centre (in the raster's CRS)
+    for index, item in enumerate(objects):
+        prompts = QgsVectorLayer("Point", "prompts", "memory")
+        prompts.setCrs(raster.crs())
+        prompts.dataProvider().addAttributes([QgsField("label", QVariant.Int)])
+        prompts.updateFields()
+        feature = QgsFeature(prompts.fields())
+        feature.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(*item["center"])))
+        feature["label"] = 1
+        prompts.dataProvider().addFeatures([feature])
+        result = run("sam:segment_prompts", {"INPUT": str(path), "PROMPTS": prompts, "LABEL_FIELD": "label",
+                                             "MODEL": "demo", "OUTPUT": str(tmp_path / f"{which}_{index}.gpkg")})
+        layer = vector(result["OUTPUT"])
+        assert layer.crs() == raster.crs()
+        geometry = QgsGeometry.unaryUnion([f.geometry() for f in layer.getFeatures()])
+        assert iou(geometry, QgsGeometry.fromWkt(item["wkt"])) >= 0.8, index
+
+    result = run("sam:automask_raster", {"INPUT": str(path), "TILE_SIZE": 256, "OVERLAP": 64, "MODEL": "demo",
+                                         "OUTPUT": str(tmp_path / f"{which}_auto.gpkg")})
+    layer = vector(result["OUTPUT"])
+    assert layer.crs() == raster.crs()
+    found = [f.geometry() for f in layer.getFeatures()]
+    for item in objects:
+        known = QgsGeometry.fromWkt(item["wkt"])
+        assert max((iou(known, g) for g in found), default=0.0) >= 0.8
