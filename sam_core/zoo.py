@@ -271,11 +271,11 @@ def load_model(
     """A SAM model in eval mode on ``device`` (default CPU), with ``model.model_id`` set.
 
     With ``checkpoint`` (a file path) that file is loaded with no network; its configuration is
-    ``name``'s if given, else inferred from the weights. Without it, zoo model ``name`` is loaded,
-    downloaded first if needed (``download=False`` forbids that). ``model.model_id`` identifies the
+    ``name``'s if given, else inferred from the weights. Without it, zoo model ``name`` (None:
+    ``demo``) is loaded, downloaded first if needed (``download=False`` forbids that). ``model.model_id`` identifies the
     weights (name plus SHA-256, or file identity) for embedding cache keys.
     """
-    from sam_core.models.build import build_sam, read_state_dict
+    from sam_core.models.build import build_sam, load_checkpoint, read_state_dict
     from sam_core.models.config import get_config, infer_config
 
     torch_device = resolve_device(device)
@@ -285,25 +285,16 @@ def load_model(
             raise SamError(f"checkpoint file {path} does not exist")
         state = read_state_dict(path)
         config = get_config(model_info(name).config_name) if name is not None else infer_config(state)
-        model_id = f"{name or 'file'}:file:{_file_identity(path)}"
+        model_id = f"{config.name}:file:{_file_identity(path)}"
     else:
-        if name is None:
-            raise SamError(f"give a model name ({', '.join(MODELS)}) or a checkpoint file")
+        name = name or "demo"
         info = model_info(name)
         path = ensure_checkpoint(name, cache_dir, progress=progress, download=download)
         state = read_state_dict(path)
         config = get_config(info.config_name)
         digest = info.sha256 or weights.file_sha256(path)
         model_id = f"{name}:sha256:{digest[:16]}"
-    model = build_sam(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise SamError(
-            f"{path} does not fit the model configuration {getattr(config, 'name', config)!r}: {first}. "
-            f"Is it a SAM checkpoint of that kind? Give the right model name, or none to infer it."
-        ) from error
+    model = load_checkpoint(build_sam(config), state)
     model.to(torch_device).eval()
     model.model_id = model_id
     return model
