@@ -22,6 +22,7 @@ COMMANDS = (
     "sam_core.cli.automask_cmd",
     "sam_core.cli.engine_cmd",
     "sam_core.cli.geo_cmd",
+    "sam_core.cli.annotate_cmd",
 )
 
 
