@@ -247,6 +247,11 @@ class Predictor:
         size, or the low-res logits when ``upscale`` is False; IoU predictions (B, K); low-res logits
         (B, K, low, low)), unsorted, on the model's device.
         """
+        if embedding.model_id != self.model_id:
+            raise SamError(
+                f"this embedding was computed by another model ({embedding.model_id}); "
+                f"encode the image with this predictor's model ({self.model_id}) first"
+            )
         features = self._on_device(embedding).features
         with torch.inference_mode():
             points = None if coords is None else (coords.to(self.device), labels.to(self.device))

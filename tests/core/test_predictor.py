@@ -312,3 +312,10 @@ def test_model_instance_and_device(small_vit_checkpoint):
     assert Predictor(load_official(SMALL_VIT, small_vit_checkpoint)).model_id == predictor.model_id
     with pytest.raises(SamError):
         Predictor(model, checkpoint=small_vit_checkpoint)
+
+
+def test_embedding_of_another_model_is_refused(small, small_tiny_vit_checkpoint):
+    _, _, embedding = small
+    other = Predictor(load_ours(SMALL_TINY_VIT, small_tiny_vit_checkpoint))
+    with pytest.raises(SamError, match="another model"):
+        other.predict(embedding, box=[10, 10, 60, 50])
