@@ -550,9 +550,12 @@ class TiledPrediction:
 class TiledPredictor:
     """Encode a large image tile by tile (lazily or all at once) and decode prompts at full resolution.
 
-    ``image`` is a (rows, cols, 3) uint8 array that slices lazily, or a ``reader(tile) -> (rgb, valid)``
-    callable together with ``shape=(rows, cols)``. Embeddings come from ``predictor.encode`` (cached by the
-    predictor; the last ``keep`` tiles are also held here). Prompts are full-image pixel coordinates (x, y).
+    ``image`` is an array that slices lazily (numpy, dask, zarr; (rows, cols) or (rows, cols, C)), or a
+    ``reader(tile) -> (rgb, valid)`` callable together with ``shape=(rows, cols)``. Tiles are encoded by
+    ``predictor.encode(tile, preparation)``: for anything but 8-bit RGB give a ``preparation`` with a fixed
+    ``value_range`` (e.g. the contrast the user sees) so that all tiles get the same contrast. Embeddings
+    are cached by the predictor; the last ``keep`` tiles are also held here; ``tiles_used`` lists the tiles
+    encoded so far. Prompts are full-image pixel coordinates (x, y).
     """
 
     def __init__(
@@ -565,6 +568,7 @@ class TiledPredictor:
         shape: Optional[tuple[int, int]] = None,
         keep: int = 8,
         max_tiles: int = 64,
+        preparation: Any = None,
     ) -> None:
         if callable(image):
             if shape is None:
@@ -578,6 +582,14 @@ class TiledPredictor:
         self._keep = keep
         self._max_tiles = max_tiles
         self._embeddings: dict[int, Any] = {}
+        self._preparation = preparation
+        self.tiles_used: set[int] = set()
+
+    def _encode(self, pixels: np.ndarray) -> Any:
+        pixels = np.ascontiguousarray(pixels)
+        if self._preparation is None:
+            return self.predictor.encode(pixels)
+        return self.predictor.encode(pixels, self._preparation)
 
     def embedding(self, tile: Tile) -> Any:
         """The tile's embedding, encoded on first use."""
@@ -585,21 +597,25 @@ class TiledPredictor:
             self._embeddings[tile.index] = self._embeddings.pop(tile.index)
             return self._embeddings[tile.index]
         pixels, _ = self._read(tile)
-        embedding = self.predictor.encode(np.ascontiguousarray(pixels))
+        embedding = self._encode(pixels)
+        self.tiles_used.add(tile.index)
         self._embeddings[tile.index] = embedding
         while len(self._embeddings) > self._keep:
             self._embeddings.pop(next(iter(self._embeddings)))
         return embedding
 
     def encode_all(self, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> int:
-        """Encode every tile (filling the predictor's cache); returns the number of tiles."""
+        """Encode every tile holding data (filling the predictor's cache); returns how many were encoded."""
+        encoded = 0
         for done, tile in enumerate(self.grid, start=1):
             check(cancel)
             pixels, valid = self._read(tile)
             if valid is None or valid.any():
-                self.predictor.encode(np.ascontiguousarray(pixels))
+                self._encode(pixels)
+                self.tiles_used.add(tile.index)
+                encoded += 1
             report(progress, done, len(self.grid), f"tile {done}/{len(self.grid)}")
-        return len(self.grid)
+        return encoded
 
     def _decode(self, tile: Tile, points: np.ndarray, labels: np.ndarray, box: Optional[np.ndarray], multimask: bool):
         local_points = points - np.array([tile.x0, tile.y0], dtype=np.float64) if len(points) else None

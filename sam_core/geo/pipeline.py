@@ -162,6 +162,7 @@ def _generator_id(generator: Any, spec: Any) -> str:
         return json.dumps(asdict(spec), sort_keys=True)
     kind = type(generator)
     params = {k: v for k, v in sorted(vars(generator).items()) if isinstance(v, (int, float, str, bool, type(None)))}
+    params["model"] = getattr(getattr(generator, "predictor", None), "model_id", None)
     return f"{kind.__module__}.{kind.__qualname__}:{json.dumps(params, sort_keys=True)}"
 
 
@@ -316,7 +317,7 @@ def segment_prompts(
         features = pieces_to_features(pieces, view.transform, view.crs, simplify=simplify, min_area=min_area, extra=extra)
         check(cancel)
         write_features(target, features, view.crs)
-        return GeoResult(str(target), len(features), view.crs_wkt, len(tiled._embeddings), len(tiled.grid))
+        return GeoResult(str(target), len(features), view.crs_wkt, len(tiled.tiles_used), len(tiled.grid))
 
 
 def encode_raster(
