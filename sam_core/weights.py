@@ -17,7 +17,7 @@ import re
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 from sam_core.errors import SamError
 from sam_core.fileio import atomic_write
@@ -179,6 +179,8 @@ def download(
     failure raises :class:`SamError` naming the URL and the folder to put the file in by hand, and
     keeps the ``.part`` so that a rerun resumes. Cancelling keeps the ``.part`` too. A resumed
     download that fails verification is fetched once more from the start before giving up.
+    Concurrent calls for the same ``dest`` (threads or processes) wait for each other: one
+    downloads, the others find the verified file.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -190,26 +192,58 @@ def download(
             f"with --cache-dir or the {CHECKPOINTS_ENV} environment variable"
         ) from error
 
-    offset = part.stat().st_size if part.is_file() else 0
-    if size is not None and offset > size:
-        part.unlink()
-        offset = 0
+    # One download per file at a time, also across processes (e.g. Dask workers starting together).
+    with _locked(dest.with_name(f".{dest.name}.lock")):
+        if dest.is_file() and (size is None or dest.stat().st_size == size) and verify_file(dest, sha256):
+            return dest  # done meanwhile by another process
+        offset = part.stat().st_size if part.is_file() else 0
+        if size is not None and offset > size:
+            part.unlink()
+            offset = 0
 
-    if size is None or offset < size:
-        _fetch(url, dest, part, offset, size, progress, cancel, timeout)
-    try:
-        actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
-    except SamError:
-        if offset == 0:
-            raise
-        # The bytes kept from an earlier attempt may be what is wrong: one fresh download.
-        _fetch(url, dest, part, 0, size, progress, cancel, timeout)
-        actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
-    with open(part, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(part, dest)
-    _record_sha256(dest, actual)
+        if size is None or offset < size:
+            _fetch(url, dest, part, offset, size, progress, cancel, timeout)
+        try:
+            actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
+        except SamError:
+            if offset == 0:
+                raise
+            # The bytes kept from an earlier attempt may be what is wrong: one fresh download.
+            _fetch(url, dest, part, 0, size, progress, cancel, timeout)
+            actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
+        with open(part, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(part, dest)
+        _record_sha256(dest, actual)
     return dest
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a hidden empty file, created if missing and left in place)."""
+    with open(path, "a+b") as handle:
+        if os.name == "nt":
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after 10 s: keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _verify_part(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def served(server):
     data = payload()
     server.files["/model.pth"] = data
     return server, data
+
+
+def visible_files(folder: Path) -> list:
+    """Files a user would see (the hidden, empty download lock file aside)."""
+    return [p.name for p in folder.iterdir() if not p.name.startswith(".")]
 
 
 def ranges(server: FileServer) -> list:
@@ -136,7 +142,7 @@ def test_checksum_mismatch_never_leaves_a_file(served, tmp_path):
     dest = tmp_path / "model.pth"
     with pytest.raises(SamError, match="SHA-256"):
         weights.download(server.url("/model.pth"), dest, sha256=sha(data), size=len(data))
-    assert list(tmp_path.iterdir()) == []
+    assert visible_files(tmp_path) == []
 
 
 def test_wrong_size_never_leaves_a_file(served, tmp_path):
@@ -145,7 +151,7 @@ def test_wrong_size_never_leaves_a_file(served, tmp_path):
     dest = tmp_path / "model.pth"
     with pytest.raises(SamError, match="bytes"):
         weights.download(server.url("/model.pth"), dest, sha256=sha(data), size=len(data))
-    assert list(tmp_path.iterdir()) == []
+    assert visible_files(tmp_path) == []
 
 
 def test_offline_error_names_the_url_and_the_folder(tmp_path):
@@ -205,3 +211,41 @@ def test_verify_file_hashes_once_per_file_version(tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert weights.verify_file(path, sha(data))
     assert not weights.verify_file(path, "f" * 64)
+
+
+def test_concurrent_downloads_of_one_file_fetch_it_once(served, tmp_path):
+    server, data = served
+    dest = tmp_path / "model.pth"
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(weights.download(server.url("/model.pth"), dest, sha256=sha(data), size=len(data)))
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and results == [dest] * 3
+    assert dest.read_bytes() == data
+    assert len(server.requests) == 1
+
+
+def test_complete_part_is_verified_and_used_without_network(tmp_path):
+    data = payload(size=100_000)
+    dest = tmp_path / "model.pth"
+    dest.with_name("model.pth.part").write_bytes(data)  # e.g. interrupted just before the rename
+    assert weights.download(closed_port_url(), dest, sha256=sha(data), size=len(data)) == dest
+    assert dest.read_bytes() == data
+
+
+def test_unsatisfiable_range_restarts_the_download(served, tmp_path):
+    server, data = served
+    dest = tmp_path / "model.pth"
+    dest.with_name("model.pth.part").write_bytes(data)  # size unknown to the caller: asks for the rest
+    weights.download(server.url("/model.pth"), dest, sha256=sha(data))
+    assert dest.read_bytes() == data
+    assert ranges(server) == [f"bytes={len(data)}-", None]
