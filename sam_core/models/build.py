@@ -20,11 +20,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 StateDict = Mapping[str, torch.Tensor]
 
 
-def build_sam(config: SamConfig | str) -> Sam:
-    """A SAM network (random weights, eval mode) for a configuration or a configuration name."""
+def build_sam(config: SamConfig | str, precision: str = "fp32") -> Sam:
+    """A SAM network (random weights, eval mode, on the CPU) for a configuration or its name.
+
+    ``precision`` applies to the image encoder (see :meth:`Sam.set_precision`); to use a GPU, build
+    in fp32, load the weights, move the model, then call ``set_precision``.
+    """
     if isinstance(config, str):
         config = get_config(config)
-    return Sam(config).eval()
+    sam = Sam(config).eval()
+    return sam.set_precision(precision) if precision != "fp32" else sam
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:

@@ -115,13 +115,13 @@ CONFIGS: dict[str, SamConfig] = {
 CONFIGS["demo"] = SamConfig(
     name="demo",
     image_size=256,
-    patch_size=16,
+    patch_size=8,
     embed_dim=128,
     depth=4,
     num_heads=4,
     global_attn_indexes=(1, 3),
     window_size=8,
-    prompt_embed_dim=128,
+    prompt_embed_dim=64,
     decoder_mlp_dim=512,
     iou_head_hidden_dim=128,
 )

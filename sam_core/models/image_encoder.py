@@ -12,6 +12,7 @@ from torch import nn
 
 from sam_core.models.common import MLPBlock, neck
 from sam_core.models.config import SamConfig
+from sam_core.models.precision import autocast
 
 
 class PatchEmbed(nn.Module):
@@ -57,8 +58,19 @@ def decomposed_rel_pos(
     return rel_h, rel_w
 
 
+# Bytes of relative-position bias materialized at once by the fused path (heads are processed in chunks).
+_BIAS_CHUNK_BYTES = 256 * 1024 * 1024
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention on a (B, H, W, D) token grid with decomposed relative positions."""
+    """Multi-head self-attention on a (B, H, W, D) token grid with decomposed relative positions.
+
+    ``fused = True`` (all precisions but ``exact``) runs ``scaled_dot_product_attention`` with the
+    relative-position bias as attention mask, a few heads at a time to bound the memory of the bias;
+    ``fused = False`` computes exactly the official operations.
+    """
+
+    fused: bool = True
 
     def __init__(self, dim: int, num_heads: int, input_size: tuple[int, int]) -> None:
         super().__init__()
@@ -74,6 +86,8 @@ class Attention(nn.Module):
         b, h, w, _ = x.shape
         n = h * w
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        if self.fused:
+            return self.proj(self._fused(*qkv.unbind(0), h, w))
         q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
         rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
         attn = (q * self.scale) @ k.transpose(-2, -1)
@@ -81,6 +95,19 @@ class Attention(nn.Module):
         attn = attn.view(-1, n, n).softmax(dim=-1)
         out = (attn @ v).view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
         return self.proj(out)
+
+    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention of (B, heads, n, C) tensors; returns (B, h, w, heads * C)."""
+        b, heads, n, c = q.shape
+        chunk = max(1, min(heads, _BIAS_CHUNK_BYTES // (b * n * n * 4)))
+        outs = []
+        for start in range(0, heads, chunk):
+            qc, kc, vc = (t[:, start : start + chunk] for t in (q, k, v))
+            rel_h, rel_w = decomposed_rel_pos(qc.reshape(-1, n, c), self.rel_pos_h, self.rel_pos_w, (h, w))
+            bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, qc.shape[1], n, n)
+            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias.to(qc.dtype), scale=self.scale))
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return out.view(b, heads, h, w, c).permute(0, 2, 3, 1, 4).reshape(b, h, w, heads * c)
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -137,7 +164,12 @@ class Block(nn.Module):
 
 
 class ImageEncoderViT(nn.Module):
-    """SAM's ViT encoder for a :class:`SamConfig` with ``encoder == "vit"``."""
+    """SAM's ViT encoder for a :class:`SamConfig` with ``encoder == "vit"``.
+
+    ``compute_dtype`` (None for fp32) is the autocast dtype; the output is always float32.
+    """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
@@ -158,7 +190,9 @@ class ImageEncoderViT(nn.Module):
         self.neck = neck(config.embed_dim, config.prompt_embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x) + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        with autocast(x.device.type, self.compute_dtype):
+            x = self.patch_embed(x) + self.pos_embed
+            for block in self.blocks:
+                x = block(x)
+            x = self.neck(x.permute(0, 3, 1, 2))
+        return x.float()

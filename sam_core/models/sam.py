@@ -3,11 +3,15 @@ post-processing of the model's input and output."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam_core.errors import SamError
 from sam_core.models.config import SamConfig
+from sam_core.models.precision import COMPUTE_DTYPES, resolve_precision
 from sam_core.models.image_encoder import ImageEncoderViT
 from sam_core.models.mask_decoder import MaskDecoder
 from sam_core.models.prompt_encoder import PromptEncoder
@@ -23,6 +27,7 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    precision: str = "fp32"
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
@@ -58,6 +63,26 @@ class Sam(nn.Module):
     def image_size(self) -> int:
         """Side of the square model input, in pixels."""
         return self.config.image_size
+
+    def set_precision(self, precision: str) -> "Sam":
+        """Run the image encoder in ``precision`` (see :mod:`sam_core.models.precision`) on this
+        model's current device; returns self. ``int8`` quantizes the encoder's Linear layers in place
+        and cannot be undone (build a new model for another precision); move the model to its
+        device before choosing a precision.
+        """
+        resolved = resolve_precision(precision, self.device)
+        if self.precision == "int8" and resolved != "int8":
+            raise SamError("this model's encoder is quantized to int8; build a new model for another precision")
+        if resolved == "int8" and self.precision != "int8":
+            with warnings.catch_warnings():  # torch announces a move of quantization to torchao
+                warnings.simplefilter("ignore", UserWarning)
+                torch.ao.quantization.quantize_dynamic(self.image_encoder, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        self.image_encoder.compute_dtype = COMPUTE_DTYPES[resolved]
+        for module in self.image_encoder.modules():
+            if hasattr(module, "fused"):
+                module.fused = resolved != "exact"
+        self.precision = resolved
+        return self
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize a float (B, 3, h, w) or (3, h, w) image in 0..255 and zero-pad it to image_size."""

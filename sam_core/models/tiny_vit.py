@@ -16,6 +16,7 @@ from torch import nn
 
 from sam_core.models.common import neck
 from sam_core.models.config import SamConfig
+from sam_core.models.precision import autocast
 
 
 class ConvBN(nn.Sequential):
@@ -122,7 +123,13 @@ def _offset_indexes(window: int) -> tuple[torch.Tensor, int]:
 
 
 class Attention(nn.Module):
-    """Pre-norm multi-head attention on (B, N, C) windows with a learned bias per offset and head."""
+    """Pre-norm multi-head attention on (B, N, C) windows with a learned bias per offset and head.
+
+    ``fused = True`` (all precisions but ``exact``) runs ``scaled_dot_product_attention`` with the
+    bias as mask; ``fused = False`` computes exactly the official operations.
+    """
+
+    fused: bool = True
 
     def __init__(self, dim: int, num_heads: int, window: int) -> None:
         super().__init__()
@@ -142,6 +149,9 @@ class Attention(nn.Module):
         q, k, v = qkv.view(b, n, self.num_heads, -1).split([self.key_dim] * 3, dim=3)
         q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
         bias = self.attention_biases[:, self.attention_bias_idxs]
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+            return self.proj(out.transpose(1, 2).reshape(b, n, -1))
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
 
@@ -205,8 +215,11 @@ class TinyViT(nn.Module):
     """MobileSAM's encoder for a :class:`SamConfig` with ``encoder == "tiny_vit"``.
 
     ``norm_head`` and ``head`` (the ImageNet classifier) are kept only so that official checkpoints
-    load with strict key matching; they are not used.
+    load with strict key matching; they are not used. ``compute_dtype`` (None for fp32) is the
+    autocast dtype; the output is always float32.
     """
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
@@ -234,9 +247,10 @@ class TinyViT(nn.Module):
         self.neck = neck(dims[-1], config.prompt_embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-        b, _, c = x.shape
-        x = x.view(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+        with autocast(x.device.type, self.compute_dtype):
+            x = self.patch_embed(x)
+            for layer in self.layers:
+                x = layer(x)
+            b, _, c = x.shape
+            x = self.neck(x.view(b, self.grid, self.grid, c).permute(0, 3, 1, 2))
+        return x.float()

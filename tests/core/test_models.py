@@ -143,16 +143,19 @@ def _assert_close(ours: torch.Tensor, ref: torch.Tensor, rel: float) -> None:
 
 
 @torch.no_grad()
-def _check_encoder(config: SamConfig, checkpoint) -> torch.Tensor:
-    ref, ours = load_official(config, checkpoint), load_ours(config, checkpoint)
-    s = config.image_size
-    x = _image(config, 1, s * 3 // 4, s)
-    assert torch.equal(ours.preprocess(x), ref.preprocess(x))
-    ref_out = ref.image_encoder(ref.preprocess(x))
-    our_out = ours.image_encoder(ours.preprocess(x))
+def _check_encoder(config: SamConfig, ref, ours, image: torch.Tensor, exact: bool = True) -> torch.Tensor:
+    """Our default (fp32, fused attention) encoder within float rounding of the official one and,
+    with ``exact``, our ``exact`` precision bit-for-bit equal to it."""
+    assert torch.equal(ours.preprocess(image), ref.preprocess(image))
+    ref_out = ref.image_encoder(ref.preprocess(image))
+    our_out = ours.image_encoder(ours.preprocess(image))
     assert our_out.shape == (1, config.prompt_embed_dim, config.image_embedding_size, config.image_embedding_size)
     assert our_out.std() > 0.1  # randomized constants: a lively network
     _assert_close(our_out, ref_out, 1e-4)
+    if exact:
+        ours.set_precision("exact")
+        assert torch.equal(ours.image_encoder(ours.preprocess(image)), ref_out)
+        ours.set_precision("fp32")
     return ref_out
 
 
@@ -176,8 +179,7 @@ def _prompts(config: SamConfig, kind: str, batch: int = 2):
 
 
 @torch.no_grad()
-def _check_prompts_and_decoder(config: SamConfig, checkpoint, embedding: torch.Tensor, kinds=PROMPTS) -> None:
-    ref, ours = load_official(config, checkpoint), load_ours(config, checkpoint)
+def _check_prompts_and_decoder(config: SamConfig, ref, ours, embedding: torch.Tensor, kinds=PROMPTS) -> None:
     assert torch.equal(ours.prompt_encoder.get_dense_pe(), ref.prompt_encoder.get_dense_pe())
     for kind in kinds:
         points, boxes, masks = _prompts(config, kind)
@@ -206,26 +208,113 @@ def _check_prompts_and_decoder(config: SamConfig, checkpoint, embedding: torch.T
             )
 
 
-def test_small_vit_parity(small_vit_checkpoint):
-    embedding = _check_encoder(SMALL_VIT, small_vit_checkpoint)
-    _check_prompts_and_decoder(SMALL_VIT, small_vit_checkpoint, embedding)
+def _models(config: SamConfig, checkpoint):
+    return load_official(config, checkpoint), load_ours(config, checkpoint)
 
 
-def test_small_tiny_vit_parity(small_tiny_vit_checkpoint):
-    embedding = _check_encoder(SMALL_TINY_VIT, small_tiny_vit_checkpoint)
-    _check_prompts_and_decoder(SMALL_TINY_VIT, small_tiny_vit_checkpoint, embedding)
+def _wide_image(config: SamConfig) -> torch.Tensor:
+    return _image(config, 1, config.image_size * 3 // 4, config.image_size)
+
+
+@pytest.mark.parametrize("config", [SMALL_VIT, SMALL_TINY_VIT], ids=lambda c: c.name)
+def test_small_parity(config, request):
+    checkpoint = request.getfixturevalue(f"{config.name}_checkpoint")
+    ref, ours = _models(config, checkpoint)
+    embedding = _check_encoder(config, ref, ours, _wide_image(config))
+    _check_prompts_and_decoder(config, ref, ours, embedding)
 
 
 @pytest.mark.slow
 def test_vit_t_parity(vit_t_checkpoint):
     config = get_config("vit_t")
-    embedding = _check_encoder(config, vit_t_checkpoint)
-    _check_prompts_and_decoder(config, vit_t_checkpoint, embedding, kinds=["points+box", "mask"])
+    ref, ours = _models(config, vit_t_checkpoint)
+    embedding = _check_encoder(config, ref, ours, _wide_image(config))
+    _check_prompts_and_decoder(config, ref, ours, embedding, kinds=["points+box", "mask"])
+
+
+@pytest.fixture(scope="module")
+def vit_b_encoded(vit_b_checkpoint):
+    """The official and our vit_b, an input image and the official fp32 embedding of it."""
+    config = get_config("vit_b")
+    ref, ours = _models(config, vit_b_checkpoint)
+    image = _wide_image(config)
+    return ref, ours, image, _check_encoder(config, ref, ours, image, exact=False)
 
 
 @pytest.mark.slow
-def test_vit_b_parity(vit_b_checkpoint):
+def test_vit_b_parity(vit_b_checkpoint, vit_b_encoded):
     config = get_config("vit_b")
     assert infer_config(read_state_dict(vit_b_checkpoint)) == config
-    embedding = _check_encoder(config, vit_b_checkpoint)
-    _check_prompts_and_decoder(config, vit_b_checkpoint, embedding, kinds=["points", "box+mask"])
+    ref, ours, _, embedding = vit_b_encoded
+    _check_prompts_and_decoder(config, ref, ours, embedding, kinds=["points", "box+mask"])
+
+
+# ---------------------------------------------------------------- precisions (issue 7): accuracy guards
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_vit_b_precision_keeps_embeddings(precision, vit_b_checkpoint, vit_b_encoded):
+    _, _, image, reference = vit_b_encoded
+    model = load_ours(get_config("vit_b"), vit_b_checkpoint).set_precision(precision)
+    with torch.no_grad():
+        embedding = model.image_encoder(model.preprocess(image))
+    assert embedding.dtype == torch.float32
+    assert _cosine(embedding, reference) >= 0.999
+
+
+@pytest.mark.parametrize("config", [SMALL_VIT, SMALL_TINY_VIT], ids=lambda c: c.name)
+def test_small_precisions(config, request, monkeypatch):
+    checkpoint = request.getfixturevalue(f"{config.name}_checkpoint")
+    image = _wide_image(config)
+    exact = load_ours(config, checkpoint).set_precision("exact")
+    with torch.no_grad():
+        reference = exact.image_encoder(exact.preprocess(image))
+        # fp32 with fused attention, the ViT's heads processed one at a time
+        monkeypatch.setattr("sam_core.models.image_encoder._BIAS_CHUNK_BYTES", 1)
+        fused = load_ours(config, checkpoint)
+        _assert_close(fused.image_encoder(fused.preprocess(image)), reference, 1e-5)
+        for precision in ("bf16", "int8"):
+            model = load_ours(config, checkpoint).set_precision(precision)
+            assert model.precision == precision
+            assert _cosine(model.image_encoder(model.preprocess(image)), reference) >= 0.999
+
+
+def test_precision_choices(small_vit_checkpoint):
+    from sam_core.models.precision import cpu_has_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert build_sam(SMALL_VIT, precision="auto").precision in ("bf16", "fp32")
+    with pytest.raises(SamError, match="GPU"):
+        build_sam(SMALL_VIT, precision="fp16")
+    with pytest.raises(SamError, match="fp32"):
+        build_sam(SMALL_VIT, precision="double")
+    model = build_sam(SMALL_VIT, precision="int8")
+    with pytest.raises(SamError, match="int8"):
+        model.set_precision("fp32")
+    back = build_sam(SMALL_VIT).set_precision("bf16").set_precision("fp32")
+    assert back.image_encoder.compute_dtype is None and back.precision == "fp32"
+    fused = [getattr(m, "fused") for m in back.modules() if hasattr(m, "fused")]
+    assert len(fused) == SMALL_VIT.depth and all(fused)
+    assert not any(getattr(m, "fused", False) for m in back.set_precision("exact").modules())
+
+
+def test_keep_freed_memory():
+    import subprocess
+    import sys
+
+    # in a child process: the setting is process-wide and would change the rest of the test session
+    code = (
+        "import torch\n"
+        "from sam_core.runtime import keep_freed_memory\n"
+        "first = keep_freed_memory(); second = keep_freed_memory()\n"
+        "x = torch.ones(64 * 2**20); del x\n"
+        "print(first, second)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    expected = str(sys.platform.startswith("linux"))
+    assert out == [expected, expected]

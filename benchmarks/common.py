@@ -1,0 +1,92 @@
+"""Shared pieces of the benchmarks: random-weight official checkpoints built on the fly, the reference
+packages (through the tests' torchvision/timm shims), timing and memory helpers.
+
+Benchmarks print the project's figure next to the official package's, measured in the same run on
+the same inputs. Run them from the repository root, e.g. ``python benchmarks/bench_engine.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.official / helpers.checkpoints (test-only shims)
+
+
+def checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
+    """A random-weight checkpoint of the official model ``name`` in ``folder`` (built once, reused)."""
+    from helpers.checkpoints import write_official_checkpoint
+    from sam_core.models import get_config
+
+    path = Path(folder) / f"{name}_seed{seed}.pth"
+    if not path.exists():
+        tmp = path.with_suffix(".part")
+        write_official_checkpoint(get_config(name), tmp, seed=seed)
+        tmp.replace(path)
+    return path
+
+
+def official_model(name: str, path: Path):
+    """The reference model (segment_anything / mobile_sam) for ``name`` with the weights of ``path``."""
+    from helpers.checkpoints import load_official
+    from sam_core.models import get_config
+
+    return load_official(get_config(name), path)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Run ``fn`` warmup + repeats times; seconds of the median and best repeat, and the CPU time split."""
+    for _ in range(warmup):
+        fn()
+    walls = []
+    import os
+
+    start = os.times()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+    end = os.times()
+    return {
+        "median_s": statistics.median(walls),
+        "best_s": min(walls),
+        "user_s": (end.user - start.user) / repeats,
+        "sys_s": (end.system - start.system) / repeats,
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux: ru_maxrss is in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: Path, args: list[str]) -> dict:
+    """Run ``script --worker ARGS`` in a fresh Python process (so process-wide settings such as the
+    allocator's stay apart) and return the JSON object it prints on its last line."""
+    out = subprocess.run([sys.executable, str(script), "--worker", *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    """A one-line description of this machine (CPU model, cores, torch version)."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
