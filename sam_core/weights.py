@@ -2,8 +2,8 @@
 
 A download streams into ``<dest>.part``, resumes an existing ``.part`` with an HTTP Range request,
 verifies size and SHA-256, and only then renames the file to ``dest``: a file at ``dest`` is always
-complete and verified. Standard library only (``urllib``), so it also runs where nothing else is
-installed.
+complete and verified. Downloads use the standard library only (``urllib``; proxies from the
+usual environment variables).
 """
 
 from __future__ import annotations
@@ -225,6 +225,7 @@ def _locked(path: Path) -> Iterator[None]:
         if os.name == "nt":
             import msvcrt
 
+            handle.seek(0)
             while True:
                 try:
                     msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)
