@@ -64,7 +64,10 @@ class Predictor:
     ``model`` is a loaded ``Sam`` or a zoo name (with an optional ``checkpoint`` file, then loaded by
     :func:`sam_core.zoo.load_model`). ``cache`` defaults to an in-memory :class:`EmbeddingCache`; pass
     ``EmbeddingCache(directory=...)`` to keep embeddings on disk across processes. ``encoder_runs``
-    counts how often the image encoder really ran.
+    counts how often the image encoder really ran. ``precision`` (``auto``, ``fp32``, ``exact``,
+    ``bf16``, ``fp16``, ``int8``; see :mod:`sam_core.models.precision`) sets the encoder's precision;
+    None keeps the model's. Cache keys include the precision, so embeddings of different precisions
+    never mix.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Predictor:
         checkpoint: Union[str, "os.PathLike[str]", None] = None,
         device: Union[str, torch.device, None] = None,
         cache: Optional[EmbeddingCache] = None,
+        precision: Optional[str] = None,
     ) -> None:
         from sam_core import zoo
 
@@ -83,6 +87,10 @@ class Predictor:
             raise SamError("give either a loaded model or a checkpoint file, not both")
         elif device is not None:
             model = model.to(zoo.resolve_device(device))
+        if precision is not None:
+            if not hasattr(model, "set_precision"):
+                raise SamError("this model has no precision setting; load it with sam_core to choose one")
+            model.set_precision(precision)
         self.model = model.eval()
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encoder_runs = 0
@@ -94,6 +102,11 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return self.model.pixel_mean.device
+
+    @property
+    def encoder_id(self) -> str:
+        """What an embedding depends on: the model's weights and the encoder's precision."""
+        return f"{self.model_id}|{getattr(self.model, 'precision', 'fp32')}"
 
     @property
     def image_size(self) -> int:
@@ -118,7 +131,7 @@ class Predictor:
         """The embedding of ``image`` (any array ``prepare_image`` accepts), from the cache when present."""
         prep = preparation or Preparation()
         array = np.asarray(image)
-        key = cache_key(array, self.model_id, prep)
+        key = cache_key(array, self.encoder_id, prep)
         cached = self.cache.get(key)
         if cached is not None:
             report(progress, 1, 1, "embedding from cache")

@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="model name (demo, vit_t, vit_b, vit_l, vit_h); default demo, or inferred from --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file to use instead of the zoo's")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument("--precision", default=None,
+                        help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
     parser.add_argument("--channels", default=None, metavar="C[,C,C]",
                         help="1 or 3 channel indices of a multichannel image, e.g. 2,1,0")
     parser.add_argument("--range", dest="value_range", default=None, metavar="LO,HI",
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     name = args.model if args.model else (None if args.checkpoint else "demo")
-    predictor = Predictor(name, checkpoint=args.checkpoint, device=args.device)
+    predictor = Predictor(name, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     embedding = predictor.encode(image, preparation)
     result = predictor.predict(embedding, points=points, labels=labels, box=box, multimask=args.multimask)
 

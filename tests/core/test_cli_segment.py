@@ -86,7 +86,7 @@ def test_16bit_multichannel_tiff_with_channels_and_range(small_vit_checkpoint, t
     out = tmp_path / "mask.png"
     code, _, err = _run(
         ["segment", tmp_path / "five.tif", "--box", "10,10,50,40", "--channels", "4,2,0", "--range", "0,4000",
-         "--out", out, "--checkpoint", small_vit_checkpoint], capsys
+         "--out", out, "--checkpoint", small_vit_checkpoint, "--precision", "exact"], capsys
     )
     assert code == 0, err
     assert read_image(out).shape == (60, 80)
@@ -100,7 +100,7 @@ def test_16bit_multichannel_tiff_with_channels_and_range(small_vit_checkpoint, t
 @pytest.mark.parametrize(
     "case",
     ["missing", "unreadable", "outside", "unknown_model", "bad_checkpoint", "missing_checkpoint", "no_prompt",
-     "bad_point", "bad_label", "bad_box", "bad_out", "bad_channel", "bad_range"],
+     "bad_point", "bad_label", "bad_box", "bad_out", "bad_channel", "bad_range", "bad_precision", "bad_device"],
 )
 def test_user_mistakes_exit_nonzero_one_line_no_output(case, image_png, small_vit_checkpoint, tmp_path, capsys):
     out = tmp_path / "result.png"
@@ -123,6 +123,8 @@ def test_user_mistakes_exit_nonzero_one_line_no_output(case, image_png, small_vi
         "bad_out": ["segment", image_png, "--point", "5,5", "--out", tmp_path / "result.jpg", *ckpt],
         "bad_channel": ["segment", image_png, "--point", "5,5", "--channels", "7", "--out", out, *ckpt],
         "bad_range": ["segment", image_png, "--point", "5,5", "--range", "9,1", "--out", out, *ckpt],
+        "bad_precision": ["segment", image_png, "--point", "5,5", "--precision", "fp64", "--out", out, *ckpt],
+        "bad_device": ["segment", image_png, "--point", "5,5", "--device", "tpu", "--out", out, *ckpt],
     }[case]
     before = sorted(os.listdir(tmp_path))
     code, stdout, err = _run(argv, capsys)

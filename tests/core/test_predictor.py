@@ -319,3 +319,17 @@ def test_embedding_of_another_model_is_refused(small, small_tiny_vit_checkpoint)
     other = Predictor(load_ours(SMALL_TINY_VIT, small_tiny_vit_checkpoint))
     with pytest.raises(SamError, match="another model"):
         other.predict(embedding, box=[10, 10, 60, 50])
+
+
+def test_precision_is_part_of_the_cache_key(small_vit_checkpoint):
+    predictor = Predictor(None, checkpoint=small_vit_checkpoint, precision="exact")
+    assert predictor.model.precision == "exact"
+    image = _image(30, 40, seed=4)
+    exact = predictor.encode(image)
+    predictor.model.set_precision("bf16")
+    fast = predictor.encode(image)
+    assert predictor.encoder_runs == 2 and fast.key != exact.key
+    assert fast.model_id == exact.model_id  # the same weights: the decoder accepts either embedding
+    predictor.predict(exact, box=[5, 5, 30, 20])
+    with pytest.raises(SamError, match="precision"):
+        Predictor(None, checkpoint=small_vit_checkpoint, precision="fp64")
