@@ -267,26 +267,14 @@ class MaskPiece:
 
 
 def _decode_segmentation(seg: Any) -> np.ndarray:
-    if isinstance(seg, np.ndarray):
-        return seg.astype(bool, copy=False)
-    if isinstance(seg, dict):  # COCO RLE, uncompressed counts (column-major, starting with zeros)
-        counts = seg["counts"]
-        h, w = seg["size"]
-        if isinstance(counts, (str, bytes)):
-            from sam_core import masks as mask_utils
+    """A record's segmentation (bool array, torch tensor, or COCO RLE dict) -> (rows, cols) bool."""
+    if isinstance(seg, dict):
+        from sam_core.masks import rle_to_mask
 
-            return np.asarray(mask_utils.rle_to_mask(seg), dtype=bool)
-        flat = np.zeros(h * w, dtype=bool)
-        pos, value = 0, False
-        for run in counts:
-            if value:
-                flat[pos : pos + run] = True
-            pos += run
-            value = not value
-        return flat.reshape(w, h).T
-    if hasattr(seg, "numpy"):  # torch tensor
+        return np.asarray(rle_to_mask(seg), dtype=bool)
+    if hasattr(seg, "detach"):  # torch tensor
         return seg.detach().cpu().numpy().astype(bool)
-    raise TypeError(f"unsupported segmentation type {type(seg).__name__}")
+    return np.asarray(seg).astype(bool, copy=False)
 
 
 def records_to_pieces(
