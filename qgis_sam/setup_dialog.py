@@ -99,6 +99,7 @@ class EngineSetupDialog(QDialog):
         self._process: Optional[QProcess] = None
         self._steps: list[tuple[str, list[str]]] = []
         self._step = 0
+        self._creating = False
         layout = QVBoxLayout(self)
         intro = QLabel(
             "Segment Anything runs its model in a separate Python process, so that QGIS's own Python stays "
@@ -272,18 +273,21 @@ class EngineSetupDialog(QDialog):
         self.create_button.setEnabled(True)
         self.test_button.setEnabled(True)
         self._log("== done: the engine is ready" if ok else "== stopped: see the messages above")
-        if ok and self.create_new.isChecked():
+        if ok and self._creating:
             self.python_edit.setText(venv_python(self.folder_edit.text()))
             self.use_existing.setChecked(True)
 
     def test_python(self) -> None:
         """Check (without blocking) that the chosen Python imports sam_core, torch and rasterio."""
         python = self.python_edit.text().strip()
+        self.use_existing.setChecked(True)
+        self._creating = False
         self._run_steps([("Checking the engine", [python, "-c", CHECK_SCRIPT])])
 
     def create_environment(self) -> None:
         """Create the environment and install sam_core into it, step by step with live output."""
         self.create_new.setChecked(True)
+        self._creating = True
         self._run_steps(install_steps(self.base_edit.text().strip(), self.folder_edit.text().strip(),
                                       self.package_edit.text().strip()))
 
