@@ -97,3 +97,34 @@ class ColourPredictor:
         masks = np.repeat(mask[None], count, axis=0)
         scores = np.linspace(0.9, 0.8, count)
         return _Prediction(masks, scores, np.zeros((count, 256, 256), np.float32))
+
+
+class DarkRegions:
+    """One mask per connected region darker than ``threshold`` (grey mean of RGB): it would happily take a
+    black nodata frame for an object, which the pipeline must prevent."""
+
+    def __init__(self, threshold: float = 60.0, min_area: int = 30) -> None:
+        self.threshold = threshold
+        self.min_area = min_area
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
+        labels, n = ndimage.label(grey <= self.threshold)
+        records = []
+        for k, region in enumerate(ndimage.find_objects(labels), start=1):
+            mask = labels == k
+            area = int(mask.sum())
+            if area < self.min_area:
+                continue
+            records.append(
+                {
+                    "segmentation": mask,
+                    "area": area,
+                    "bbox": [region[1].start, region[0].start, region[1].stop - region[1].start, region[0].stop - region[0].start],
+                    "predicted_iou": 0.9,
+                    "stability_score": 0.9,
+                    "point_coords": [[float(region[1].start), float(region[0].start)]],
+                    "crop_box": [0, 0, image.shape[1], image.shape[0]],
+                }
+            )
+        return records
