@@ -1,0 +1,119 @@
+"""The geo pipeline with the bundled trained model ``demo`` on a synthetic GeoTIFF of known objects.
+
+Polygons must match the known footprints with IoU >= 0.8, an object on a seam (and one over a four-tile
+corner) must come out as one polygon, and the CRS must be the raster's. Skipped when ``demo`` is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+from shapely import affinity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from helpers.georasters import map_iou, rasterize, read_output, to_map, write_raster  # noqa: E402
+
+
+def _demo_present() -> bool:
+    try:
+        from sam_core.zoo import find_checkpoint
+
+        return find_checkpoint("demo") is not None
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _demo_present(), reason="the bundled demo model is not built yet")
+
+UTM = CRS.from_epsg(32632)
+TRANSFORM = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 5300000.0)
+SHAPE = (448, 448)
+TILES = dict(tile_size=256, overlap=64)  # tiles start at 0 and 192: seams in [192, 256)
+
+
+def _scene():
+    """Pixel-space objects (col, row) and the image: bold shapes on a noisy grey background."""
+    objects = {
+        "seam_ellipse": affinity.scale(shapely.Point(224, 90).buffer(1.0, quad_segs=32), 52, 30),
+        "corner_disk": shapely.Point(232, 236).buffer(34, quad_segs=32),
+        "rectangle": shapely.box(40, 300, 120, 360),
+        "far_disk": shapely.Point(360, 360).buffer(30, quad_segs=32),
+        "square": shapely.box(330, 120, 390, 180),
+    }
+    colours = [(220, 40, 40), (240, 220, 40), (40, 80, 220), (40, 200, 80), (200, 60, 200)]
+    rng = np.random.default_rng(7)
+    image = rng.normal(110, 6, size=SHAPE + (1,)).repeat(3, axis=2)
+    for geom, colour in zip(objects.values(), colours):
+        image[rasterize(geom, SHAPE)] = colour
+    image = np.clip(image + rng.normal(0, 4, size=image.shape), 0, 255).astype(np.uint8)
+    return image, objects
+
+
+@pytest.fixture(scope="module")
+def demo_raster(tmp_path_factory):
+    image, objects = _scene()
+    path = write_raster(tmp_path_factory.mktemp("demo") / "scene.tif", image, TRANSFORM, UTM)
+    return path, {name: to_map(g, TRANSFORM) for name, g in objects.items()}
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from sam_core.predictor import Predictor
+
+    return Predictor("demo")
+
+
+def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_path):
+    from sam_core.geo import automask_raster
+
+    raster, footprints = demo_raster
+    out = tmp_path / "demo.gpkg"
+    automask_raster(raster, out, model="demo", generator_params={"points_per_side": 16}, **TILES)
+    geoms, attrs, crs = read_output(out)
+    assert crs == UTM
+    for name, fp in footprints.items():
+        ious = [map_iou(g, fp) for g in geoms]
+        best = int(np.argmax(ious))
+        assert ious[best] >= 0.8, (name, ious[best])
+        if name in ("seam_ellipse", "corner_disk"):
+            assert attrs["n_tiles"][best] >= 2, name
+
+
+def test_prompts_with_demo_in_another_crs(demo_raster, tmp_path, predictor):
+    from rasterio.warp import transform as warp
+
+    from sam_core.geo import segment_prompts
+
+    raster, footprints = demo_raster
+    names = list(footprints)
+    centres = [footprints[n].representative_point() for n in names]
+    lon, lat = warp(UTM, "EPSG:4326", [c.x for c in centres], [c.y for c in centres])
+    groups = [{"points": [(x, y)], "labels": [1], "crs": "EPSG:4326"} for x, y in zip(lon, lat)]
+    groups.append({"box": footprints["rectangle"].buffer(3).bounds})  # a box in the raster's CRS
+    out = tmp_path / "prompted.gpkg"
+    result = segment_prompts(raster, groups, out, predictor=predictor, **TILES)
+    geoms, _, crs = read_output(out)
+    assert crs == UTM and result.count == len(groups)
+    for geom, name in zip(geoms, names + ["rectangle"]):
+        assert map_iou(geom, footprints[name]) >= 0.8, name
+
+
+def test_segment_at_with_demo_is_instant_after_the_first_click(demo_raster, predictor):
+    from sam_core.geo import segment_at
+
+    raster, footprints = demo_raster
+    centre = footprints["corner_disk"].centroid
+    polys = segment_at(raster, [(centre.x, centre.y)], [1], predictor=predictor, **TILES)
+    assert len(polys) == 1 and map_iou(shapely.from_wkt(polys[0]["wkt"]), footprints["corner_disk"]) >= 0.8
+    runs = predictor.encoder_runs
+    far = footprints["far_disk"].centroid
+    polys = segment_at(raster, [(far.x, far.y)], [1], predictor=predictor, **TILES)
+    assert map_iou(shapely.from_wkt(polys[0]["wkt"]), footprints["far_disk"]) >= 0.8
+    assert predictor.encoder_runs - runs <= 1  # at most the far disk's own tile was new
