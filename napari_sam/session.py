@@ -351,11 +351,8 @@ class SamSession:
             return generation, prompts.stack_index, prediction
 
         self._decoding = start_job(job, "SAM preview", self._on_decoded, self._decode_finished, show_progress=False)
-        self.jobs.append(self._decoding)
 
     def _decode_finished(self) -> None:
-        if self._decoding in self.jobs:
-            self.jobs.remove(self._decoding)
         self._decoding = None
         self._start_decode()
 
@@ -475,12 +472,20 @@ class SamSession:
             if on_done is not None:
                 on_done(runs)
 
-        return self._track(start_job(job, "SAM embeddings", finished))
+        return self._run(job, "SAM embeddings", finished)
 
-    def _track(self, job: Job) -> Job:
+    def _run(self, func: Callable[..., Any], description: str, on_result: Callable[[Any], None]) -> Job:
+        """Start ``func(progress, cancel)`` in a worker; it is listed in ``jobs`` until it finishes."""
+        holder: List[Job] = []
+
+        def finished() -> None:
+            if holder and holder[0] in self.jobs:
+                self.jobs.remove(holder[0])
+
+        job = Job(func, description, on_result, finished)
+        holder.append(job)
         self.jobs.append(job)
-        job.worker.finished.connect(lambda: self.jobs.remove(job) if job in self.jobs else None)
-        return job
+        return job.start()
 
     # ----------------------------------------------------------------------------------- volumes
 
@@ -542,7 +547,7 @@ class SamSession:
             if on_done is not None:
                 on_done(result)
 
-        return self._track(start_job(job, "SAM propagation", finished))
+        return self._run(job, "SAM propagation", finished)
 
     # ----------------------------------------------------------------------------------- automatic
 
@@ -590,7 +595,7 @@ class SamSession:
             if on_done is not None:
                 on_done(labels)
 
-        return self._track(start_job(job, "SAM automatic", finished))
+        return self._run(job, "SAM automatic", finished)
 
     def _automatic_layer(self) -> Any:
         from napari.layers import Labels
@@ -635,7 +640,7 @@ class SamSession:
             if on_done is not None:
                 on_done(choice)
 
-        return self._track(start_job(job, "SAM fine-tuning", finished))
+        return self._run(job, "SAM fine-tuning", finished)
 
     # ----------------------------------------------------------------------------------- misc
 

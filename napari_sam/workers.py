@@ -96,5 +96,8 @@ class Job:
 def start_job(func: Callable[[Callable[[int, int, str], None], CancelToken], Any], description: str,
               on_result: Callable[[Any], None], on_finished: Optional[Callable[[], None]] = None,
               show_progress: bool = True) -> Job:
-    """Run ``func(progress, cancel)`` in a worker thread; ``on_result(value)`` runs on the GUI thread."""
+    """Run ``func(progress, cancel)`` in a worker thread; ``on_result(value)`` runs on the GUI thread.
+
+    Connect every callback before the thread starts (a fast job may finish at once): pass them here.
+    """
     return Job(func, description, on_result, on_finished, show_progress).start()
