@@ -115,13 +115,13 @@ CONFIGS: dict[str, SamConfig] = {
 CONFIGS["demo"] = SamConfig(
     name="demo",
     image_size=256,
-    patch_size=8,
+    patch_size=16,
     embed_dim=128,
-    depth=4,
+    depth=6,
     num_heads=4,
-    global_attn_indexes=(1, 3),
+    global_attn_indexes=(2, 5),
     window_size=8,
-    prompt_embed_dim=64,
+    prompt_embed_dim=96,
     decoder_mlp_dim=512,
     iou_head_hidden_dim=128,
 )
