@@ -334,6 +334,15 @@ class _UnionFind:
         self.tiles[root] |= self.tiles.pop(child)
 
 
+def _boxes_meet(p: MaskPiece, q: MaskPiece) -> bool:
+    return p.x0 < q.x1 and q.x0 < p.x1 and p.y0 < q.y1 and q.y0 < p.y1
+
+
+def _meets_window(p: MaskPiece, window: tuple[int, int, int, int]) -> bool:
+    y0, x0, y1, x1 = window
+    return p.x0 < x1 and x0 < p.x1 and p.y0 < y1 and y0 < p.y1
+
+
 def _window_iou(p: MaskPiece, q: MaskPiece, window: tuple[int, int, int, int]) -> float:
     y0, x0, y1, x1 = window
     # restrict to the intersection of both bounding boxes with the window (IoU's union needs both boxes)
@@ -402,7 +411,7 @@ def merge_tile_masks(
             iou = np.zeros((len(pa), len(pb)))
             for i, p in enumerate(pa):
                 for j, q in enumerate(pb):
-                    if p.x0 < q.x1 and q.x0 < p.x1 and p.y0 < q.y1 and q.y0 < p.y1:
+                    if _boxes_meet(p, q) and _meets_window(p, window) and _meets_window(q, window):
                         iou[i, j] = _window_iou(p, q, window)
             for i in range(len(pa)):
                 j = int(np.argmax(iou[i]))
@@ -681,12 +690,14 @@ class TiledPredictor:
         while queue and len(decoded) < self._max_tiles:
             tile = queue.pop(0)
             mask = decoded[tile.index][0]
+            top, left, bottom, right = _touched_edges(tile, mask)
             for nb in self.grid.neighbours(tile):
                 if nb.index in decoded or len(decoded) >= self._max_tiles:
                     continue
+                across = (top and nb.y0 < tile.y0) or (left and nb.x0 < tile.x0) or (bottom and nb.y1 > tile.y1) or (right and nb.x1 > tile.x1)
                 shared = (max(tile.y0, nb.y0), max(tile.x0, nb.x0), min(tile.y1, nb.y1), min(tile.x1, nb.x1))
                 known = mask[shared[0] - tile.y0 : shared[2] - tile.y0, shared[1] - tile.x0 : shared[3] - tile.x0]
-                if not _touches_inner_edge(tile, mask) or known.sum() < 4:
+                if not across or known.sum() < 4:
                     continue
                 seeds = _interior_points(known, count=3) + np.array([shared[1], shared[0]])
                 npts = np.concatenate([seeds, _inside_points(nb, pts[lbl == 0])])
@@ -737,14 +748,19 @@ def _inside_labels(tile: Tile, pts: np.ndarray, lbl: np.ndarray) -> np.ndarray:
     return lbl[keep]
 
 
-def _touches_inner_edge(tile: Tile, mask: np.ndarray, margin: int = 2) -> bool:
+def _touched_edges(tile: Tile, mask: np.ndarray, margin: int = 2) -> tuple[bool, bool, bool, bool]:
+    """(top, left, bottom, right): the mask reaches that inner edge of the tile (within ``margin`` px)."""
     top, left, bottom, right = tile.inner_edges
-    return bool(
-        (top and mask[:margin].any())
-        or (left and mask[:, :margin].any())
-        or (bottom and mask[-margin:].any())
-        or (right and mask[:, -margin:].any())
+    return (
+        bool(top and mask[:margin].any()),
+        bool(left and mask[:, :margin].any()),
+        bool(bottom and mask[-margin:].any()),
+        bool(right and mask[:, -margin:].any()),
     )
+
+
+def _touches_inner_edge(tile: Tile, mask: np.ndarray) -> bool:
+    return any(_touched_edges(tile, mask))
 
 
 def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:

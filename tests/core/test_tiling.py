@@ -193,3 +193,24 @@ def test_encode_all_encodes_every_tile_and_reports_progress():
     assert tiled.encode_all(progress=lambda d, t, m: seen.append((d, t))) == len(tiled.grid)
     assert predictor.encoded == len(tiled.grid)
     assert seen[-1] == (len(tiled.grid), len(tiled.grid))
+
+
+def test_tiled_predictor_drives_the_real_predictor(small_vit_checkpoint):
+    """API check with the real Predictor (random small model): masks come back at full resolution."""
+    from sam_core.imaging import Preparation
+    from sam_core.predictor import Predictor
+
+    predictor = Predictor(None, checkpoint=small_vit_checkpoint)
+    image, _ = scene()
+    tiled = TiledPredictor(predictor, image, tile_size=128, overlap=32)
+    result = tiled.predict(points=[(150, 150), (20, 20)], labels=[1, 0])
+    assert result.piece.mask.dtype == bool and result.tiles
+    full = result.piece.window(0, 0, 300, 340)
+    assert full.shape == (300, 340)
+    assert predictor.encoder_runs == len(tiled.tiles_used) >= 1
+    result = tiled.predict(box=(10, 10, 330, 290))  # larger than a tile: every tile it covers
+    assert len(result.tiles) == len(tiled.grid)
+    # 16-bit data with one fixed value range for all tiles
+    grey = (image[..., 0].astype(np.uint16) * 200)
+    tiled16 = TiledPredictor(predictor, grey, tile_size=128, overlap=32, preparation=Preparation(value_range=(0, 51000)))
+    assert tiled16.predict(points=[(150, 150)]).piece is not None
