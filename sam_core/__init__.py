@@ -40,6 +40,11 @@ _EXPORTS = {
     # automatic masks
     "AutomaticMaskGenerator": "sam_core.automask",
     "masks_to_labels": "sam_core.automask",
+    # large images, rasters and datasets
+    "TileGrid": "sam_core.tiling",
+    "TiledPredictor": "sam_core.tiling",
+    "automask_tiled": "sam_core.tiling",
+    "annotate_images": "sam_core.annotate",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
