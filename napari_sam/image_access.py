@@ -112,11 +112,15 @@ class ImageAccess:
         """One image plane (Y, X) or (Y, X, C), read lazily."""
         if len(stack_index) != len(self.stack_shape):
             raise SamError(f"a slice needs {len(self.stack_shape)} stack indices, got {stack_index}")
+        return np.asarray(self.lazy_plane(stack_index))
+
+    def lazy_plane(self, stack_index: Tuple[int, ...] = ()) -> Any:
+        """One image plane (Y, X[, C]) as a lazy array (dask/zarr stay unread until sliced)."""
         key = self._key(stack_index)
-        plane = np.asarray(self.data[tuple(key)])
+        plane = self.data[tuple(key)]
         if self._channel is not None and not self.rgb:
             channel_pos = sum(1 for k in key[: self._channel] if isinstance(k, slice))
-            plane = np.moveaxis(plane, channel_pos, -1)
+            plane = np.moveaxis(plane, channel_pos, -1) if isinstance(plane, np.ndarray) else _moveaxis(plane, channel_pos)
         return plane
 
     def _key(self, stack_index: Tuple[int, ...]) -> list:
@@ -138,6 +142,18 @@ class ImageAccess:
         if not self.stack_shape:
             raise SamError("this is a 2D image: there is no stack to propagate through")
         return StackView(self, tuple(stack_index), axis % len(self.stack_shape))
+
+
+def _moveaxis(array: Any, source: int) -> Any:
+    """Move axis ``source`` last on a dask array (or read other array types)."""
+    try:
+        import dask.array as da
+
+        if isinstance(array, da.Array):
+            return da.moveaxis(array, source, -1)
+    except ImportError:
+        pass
+    return np.moveaxis(np.asarray(array), source, -1)
 
 
 class StackView:

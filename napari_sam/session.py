@@ -49,8 +49,6 @@ KEYS = {
     "Shift-Z": "undo the last commit",
 }
 
-#: Images whose longest side exceeds this many pixels use tiled embeddings.
-TILE_ABOVE = 2048
 
 
 @dataclass
@@ -76,6 +74,10 @@ class Settings:
     cache_memory_bytes: int = 1 << 30
     channel_axis: Optional[int] = None
     channels: Optional[Tuple[int, ...]] = None
+    #: 2D images whose longest side exceeds ``tile_above`` pixels use tiled embeddings (sam_core.tiling).
+    tile_above: int = 2048
+    tile_size: int = 1024
+    tile_overlap: int = 128
 
 
 @dataclass
@@ -229,22 +231,49 @@ class SamSession:
         return True
 
     def _tiled(self) -> bool:
-        return max(self.access.plane_shape) > TILE_ABOVE
+        return not self.access.stack_shape and max(self.access.plane_shape) > self.settings.tile_above
+
+    def _tiled_predictor(self, predictor: Any, preparation: Any) -> Any:
+        """The tiled predictor of this (2D, large) image; tiles are read lazily from the layer's data."""
+        from sam_core.tiling import TiledPredictor
+
+        s = self.settings
+        key = (id(predictor), id(self.access.layer), preparation, s.tile_size, s.tile_overlap)
+        if getattr(self, "_tiled_key", None) != key:
+            self._tiled_key = key
+            self._tiled_cache = TiledPredictor(
+                predictor, self.access.lazy_plane(()), tile_size=s.tile_size, overlap=s.tile_overlap,
+                preparation=preparation,
+            )
+        return self._tiled_cache
 
     def _embed(self, predictor: Any, stack_index: Tuple[int, ...], preparation: Any,
                progress: Any = None, cancel: Any = None) -> Any:
+        """Encode one slice (through the predictor's cache); a large 2D image: all of its tiles."""
+        if self._tiled():
+            tiled = self._tiled_predictor(predictor, preparation)
+            tiled.encode_all(progress=progress, cancel=cancel)
+            return tiled
         image = self.access.plane(stack_index)
         finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
         if finite.size == 0 or finite.min() == finite.max():
             where = f"slice {stack_index}" if stack_index else "the image"
             raise SamError(f"{where} is empty (no valid pixels, or all pixels have one value): nothing to segment")
-        if self._tiled():
-            from sam_core.tiling import TiledPredictor
-
-            tiled = TiledPredictor(predictor, image, preparation=preparation)
-            tiled.encode_all(progress=progress, cancel=cancel)
-            return tiled
         return predictor.encode(image, preparation=preparation)
+
+    def _decode(self, predictor: Any, prompts: Prompts, preparation: Any) -> Any:
+        """Candidates for one slice's prompts: a ``Prediction`` (tiled images: one candidate, no logits)."""
+        from sam_core.predictor import Prediction
+
+        if self._tiled():
+            tiled = self._tiled_predictor(predictor, preparation)
+            result = tiled.predict(points=prompts.points, labels=prompts.labels, box=prompts.box)
+            mask = np.zeros(self.access.plane_shape, bool)
+            piece = result.piece
+            mask[piece.y0 : piece.y0 + piece.mask.shape[0], piece.x0 : piece.x0 + piece.mask.shape[1]] = piece.mask
+            return Prediction(masks=mask[None], scores=np.array([result.score], np.float32), logits=None)
+        embedding = self._embed(predictor, prompts.stack_index, preparation)
+        return predictor.predict(embedding, prompts.points, prompts.labels, prompts.box)
 
     def _ready(self) -> bool:
         if self.access is None:
@@ -345,9 +374,7 @@ class SamSession:
         def job(progress: Any, cancel: Any) -> Any:
             predictor = self.predictor()
             with self._lock:
-                embedding = self._embed(predictor, prompts.stack_index, preparation, progress, cancel)
-                prediction = embedding.predict(points=prompts.points, labels=prompts.labels, box=prompts.box) \
-                    if self._tiled() else predictor.predict(embedding, prompts.points, prompts.labels, prompts.box)
+                prediction = self._decode(predictor, prompts, preparation)
             return generation, prompts.stack_index, prediction
 
         self._decoding = start_job(job, "SAM preview", self._on_decoded, self._decode_finished, show_progress=False)
@@ -525,9 +552,7 @@ class SamSession:
                 if key_prompts:
                     masks = {}
                     for p in key_prompts:
-                        embedding = predictor.encode(stack[p.stack_index[axis]], preparation=preparation)
-                        prediction = predictor.predict(embedding, p.points, p.labels, p.box)
-                        masks[p.stack_index[axis]] = prediction.masks[0]
+                        masks[p.stack_index[axis]] = self._decode(predictor, p, preparation).masks[0]
                     return V.fill_between(predictor, stack, masks, preparation=preparation,
                                           progress=progress, cancel=cancel)
                 index_range = None if first is None and last is None else (
@@ -565,10 +590,8 @@ class SamSession:
         here = self.current_index()
         if whole_stack and not access.stack_shape:
             whole_stack = False
-        if self._tiled():
-            self._fail("Automatic segmentation of images larger than "
-                       f"{TILE_ABOVE} pixels runs from the command line: python -m sam_core automask (tiled).")
-            return None
+        tiled = self._tiled()
+        s = self.settings
 
         def job(progress: Any, cancel: Any) -> Tuple[Tuple[int, ...], np.ndarray]:
             generator = AutomaticMaskGenerator(self.predictor(), **params)
@@ -578,6 +601,14 @@ class SamSession:
                     records = generator.generate(image, preparation=preparation, **kw)
                 return masks_to_labels(records, image.shape[:2])
 
+            if tiled:
+                from sam_core.imaging import prepare_image
+                from sam_core.tiling import automask_tiled, pieces_to_labels, remove_overlaps
+
+                rgb, _ = prepare_image(access.plane(()), preparation)
+                pieces = automask_tiled(rgb, generator, tile_size=s.tile_size, overlap=s.tile_overlap,
+                                        progress=progress, cancel=cancel)
+                return (), pieces_to_labels(remove_overlaps(pieces), rgb.shape[:2])
             if whole_stack:
                 axis = len(here) - 1
                 stack = access.volume(here, axis)
