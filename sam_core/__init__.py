@@ -45,6 +45,11 @@ _EXPORTS = {
     "TiledPredictor": "sam_core.tiling",
     "automask_tiled": "sam_core.tiling",
     "annotate_images": "sam_core.annotate",
+    # stacks: volumes and time series
+    "propagate": "sam_core.volume",
+    "fill_between": "sam_core.volume",
+    "automask_volume": "sam_core.volume",
+    "link_slices": "sam_core.volume",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
