@@ -8,8 +8,9 @@ rotated and sheared ones included (polygons and prompts go through the full affi
 georeferenced only by ground control points are refused (warp them first).
 
 Values: 8-bit bands pass unchanged (as the official predictor takes them); other data types are stretched
-with one value range for the whole raster, the 0.5 and 99.5 percentiles of a decimated read of all chosen
-bands together (GDAL uses overviews when the file has them), through
+with one value range for the whole raster, the 0.5 and 99.5 percentiles of sampled pixels of all chosen
+bands together (a decimated read that uses the overviews when the file has them, else 64 windows spread
+over the raster), through
 :class:`sam_core.imaging.Preparation` ``value_range``, so that all tiles look alike. Nodata, alpha,
 internal masks and NaN make a pixel invalid; invalid pixels are black in the model input and
 never produce polygons. The raster is never read whole: only windows and a decimated overview.
@@ -29,8 +30,11 @@ from sam_core.errors import SamError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Longest side of the decimated read used for the raster-wide statistics.
+# Statistics: longest side of the decimated read (small rasters or with overviews), else a grid of
+# SAMPLE_GRID x SAMPLE_GRID windows of SAMPLE_SIZE pixels spread over the raster.
 STATS_SIZE = 1024
+SAMPLE_GRID = 8
+SAMPLE_SIZE = 128
 PERCENTILES = (0.5, 99.5)
 
 
@@ -228,17 +232,37 @@ def _window_for_extent(dataset, extent: Tuple[float, float, float, float], path:
     return r0, c0, r1 - r0, c1 - c0
 
 
-def _value_range(dataset, bands: Tuple[int, ...], window, path: str) -> Optional[Tuple[float, float]]:
-    """Raster-wide (lo, hi) from a decimated read; None for uint8. Raises SamError when all is nodata."""
+def _stats_sample(dataset, bands: Tuple[int, ...], window) -> Tuple[np.ndarray, np.ndarray]:
+    """(data (bands, n...), masks) to compute statistics from, never the whole raster.
+
+    Small rasters and rasters with overviews: one decimated read (GDAL takes the overviews). Large ones
+    without overviews: a regular grid of ``SAMPLE_GRID`` x ``SAMPLE_GRID`` windows of ``SAMPLE_SIZE`` pixels.
+    """
     from rasterio.windows import Window
 
     row_off, col_off, h, w = window
-    scale = min(1.0, STATS_SIZE / max(h, w))
-    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
-    win = Window(col_off, row_off, w, h)
+    if max(h, w) <= 4 * STATS_SIZE or dataset.overviews(bands[0]):
+        scale = min(1.0, STATS_SIZE / max(h, w))
+        out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+        win = Window(col_off, row_off, w, h)
+        shape = (len(bands), out_h, out_w)
+        return dataset.read(list(bands), window=win, out_shape=shape), dataset.read_masks(list(bands), window=win, out_shape=shape)
+    size_y, size_x = min(SAMPLE_SIZE, h), min(SAMPLE_SIZE, w)
+    rows = np.linspace(row_off, row_off + h - size_y, SAMPLE_GRID).round().astype(int)
+    cols = np.linspace(col_off, col_off + w - size_x, SAMPLE_GRID).round().astype(int)
+    data, masks = [], []
+    for r in rows:
+        for c in cols:
+            win = Window(int(c), int(r), size_x, size_y)
+            data.append(dataset.read(list(bands), window=win))
+            masks.append(dataset.read_masks(list(bands), window=win))
+    return np.concatenate(data, axis=2), np.concatenate(masks, axis=2)
+
+
+def _value_range(dataset, bands: Tuple[int, ...], window, path: str) -> Optional[Tuple[float, float]]:
+    """Raster-wide (lo, hi) from sampled pixels; None for uint8. Raises SamError when all is nodata."""
     try:
-        data = dataset.read(list(bands), window=win, out_shape=(len(bands), out_h, out_w))
-        masks = dataset.read_masks(list(bands), window=win, out_shape=(len(bands), out_h, out_w))
+        data, masks = _stats_sample(dataset, bands, window)
     except Exception as error:
         raise SamError(f"cannot read the pixels of {path}: {_first_line(error)} (is the file corrupt?)") from error
     valid = (masks > 0).any(axis=0)  # nodata when every chosen band is nodata (as sam_core.imaging)

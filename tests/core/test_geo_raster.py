@@ -177,3 +177,27 @@ def test_prompts_are_reprojected_to_pixels(tmp_path):
 
 def test_map_iou_helper_sanity():
     assert map_iou(shapely.box(0, 0, 2, 1), shapely.box(0, 0, 1, 1)) == pytest.approx(0.5)
+
+
+def test_a_raster_larger_than_memory_is_read_by_windows_and_samples(tmp_path):
+    """40000 x 40000 x 3 uint16 is 9.6 GB: statistics and a tile must come from samples and windows."""
+    import tracemalloc
+
+    import rasterio
+
+    path = tmp_path / "huge.tif"
+    profile = dict(driver="GTiff", height=40000, width=40000, count=3, dtype="uint16", crs=UTM, transform=TRANSFORM,
+                   tiled=True, blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:  # sparse: only one block is stored
+        dst.write(np.full((3, 512, 512), 3000, np.uint16), window=((20480, 20992), (20480, 20992)))
+    tracemalloc.start()
+    try:
+        with open_raster(path) as view:
+            assert (view.height, view.width) == (40000, 40000)
+            rgb, valid = view.read(20000, 20000, 21024, 21024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rgb.shape == (1024, 1024, 3) and valid.all()
+    assert (rgb[600:900, 600:900] == 255).all() and (rgb[:400, :400] == 0).all()
+    assert peak < 300e6
