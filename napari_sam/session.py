@@ -639,12 +639,13 @@ class SamSession:
     # ----------------------------------------------------------------------------------- fine-tuning
 
     def finetune(self, output: str, epochs: int = 5, on_done: Optional[Callable[[ModelChoice], None]] = None) -> Optional[Job]:
-        """Fine-tune the current model's decoder on the committed objects; the result is a new model choice.
+        """Fine-tune the chosen model's mask decoder on the committed objects; writes ``output``.
 
-        Every plane holding committed objects is one training image (with its instance labels).
+        Every plane holding committed objects is one training image, prepared as the model sees it
+        (contrast limits, channels), with the committed ids as its instance labels. A fresh copy of
+        the model is trained (sam_core.train.finetune, encoder frozen, all planes used for training);
+        ``on_done`` receives the new :class:`ModelChoice` (the same configuration, the new file).
         """
-        from sam_core.train import finetune as F
-
         if not self._ready():
             return None
         objects = self.objects_layer.data
@@ -652,22 +653,29 @@ class SamSession:
         if not planes:
             self._fail("Commit some objects first: fine-tuning trains on the committed annotations.")
             return None
-        images = [self.access.plane(idx) for idx in planes]
+        if self._tiled():
+            self._fail("Fine-tuning from a tiled (very large) image is not supported here: "
+                       "export crops and run python -m sam_core finetune.")
+            return None
         labels = [np.asarray(objects[idx]) for idx in planes]
         preparation = self.access.preparation()
-        base = self.settings.model
+        base, device = self.settings.model, self.settings.device
+        access = self.access
 
         def job(progress: Any, cancel: Any) -> str:
-            predictor = self.predictor()
-            F.finetune(
-                images, labels, output=output, model=predictor.model, epochs=epochs,
-                preparation=preparation, progress=progress, cancel=cancel,
-            )
+            from sam_core.imaging import prepare_image
+            from sam_core.train.finetune import finetune
+            from sam_core.zoo import load_model
+
+            images = [prepare_image(access.plane(idx), preparation)[0] for idx in planes]
+            model = load_model(base.name, base.checkpoint, device=device)
+            finetune(model, images, labels, epochs=epochs, val_fraction=0.0, checkpoint_path=output,
+                     resume=False, progress=progress, cancel=cancel)
             return output
 
         def finished(path: str) -> None:
             choice = ModelChoice(base.name, path, label=f"fine-tuned: {Path(path).name}")
-            show_info(f"Fine-tuned model written to {path}.")
+            show_info(f"Fine-tuned model written to {path}; it is now in the model list.")
             if on_done is not None:
                 on_done(choice)
 

@@ -368,8 +368,10 @@ class SamWidget(QWidget):
         if not self._ensure_started():
             return None
         if output is None:
+            import time
+
             folder = Path(self.cache_edit.text() or ".").expanduser().parent / "finetuned"
-            output = str(folder / f"finetuned-{len(self.choices)}.pt")
+            output = str(folder / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt")
         return self._watch(self.session.finetune(output, epochs=self.epochs_spin.value(), on_done=self.add_model))
 
     def _apply_window(self, index: int) -> None:

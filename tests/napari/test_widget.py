@@ -203,6 +203,29 @@ def test_dask_layers_are_read_slice_by_slice(make_widget, qtbot):
     assert set(read) == {3}
 
 
+def test_finetune_from_committed_objects_adds_a_model(make_widget, qtbot, tmp_path, notes):
+    image, labels = make_cells_2d((128, 128), count=4)
+    viewer, widget = make_widget(image)
+    widget.start()
+    session = widget.session
+    widget.finetune(str(tmp_path / "none.pt"))
+    assert "Commit some objects first" in notes[-1][1]
+    for object_id in (1, 2, 3):
+        session.preview_layer.data[:] = labels == object_id
+        session.commit()
+    widget.epochs_spin.setValue(1)
+    count = len(widget.choices)
+    widget.finetune(str(tmp_path / "tuned.pt"))
+    wait_for(qtbot, session, timeout=120000)
+    assert (tmp_path / "tuned.pt").is_file()
+    assert len(widget.choices) == count + 1
+    assert widget.model_combo.currentText() == "fine-tuned: tuned.pt"
+    assert widget.start()  # the fine-tuned model loads and segments
+    session.points_layer.add([64, 64])
+    wait_for(qtbot, session)
+    assert session.candidates is not None
+
+
 @needs_demo
 def test_demo_preview_segments_known_objects(make_widget, qtbot):
     from sam_core.volume import prompts_from_mask
