@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sam_core.cache import EmbeddingCache, cache_key
 from sam_core.errors import SamError
@@ -280,11 +281,21 @@ class Predictor:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
             )
-            if upscale:
-                masks = self.model.postprocess_masks(low_res, embedding.input_size, embedding.original_size)
-            else:
-                masks = low_res
+            masks = self.upscale(low_res, embedding.input_size, embedding.original_size) if upscale else low_res
         return masks, iou, low_res
+
+    def upscale(self, low_res: torch.Tensor, input_size: Sequence[int], original_size: Sequence[int]) -> torch.Tensor:
+        """Low-res logits (B, K, low, low) -> logits (B, K, H, W) at the original size, as the official
+        ``Sam.postprocess_masks``: bilinear to the model input, crop the padding, bilinear to (H, W).
+        The second resize is skipped when it would keep the size (it is the identity then, bit for bit).
+        """
+        size = self.image_size
+        with torch.inference_mode():
+            masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
+            masks = masks[..., : input_size[0], : input_size[1]]
+            if tuple(original_size) != tuple(masks.shape[-2:]):
+                masks = F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+        return masks
 
     def dense_pe(self) -> torch.Tensor:
         """The prompt encoder's dense positional encoding, computed once (it is the same for every image)."""
@@ -324,11 +335,11 @@ class Predictor:
                 m = torch.as_tensor(masks_in[part], dtype=torch.float)
             logits, iou, low_res = self.decode_torch(embedding, c, l, b, m, multimask=multimask)
             with torch.inference_mode():
+                # threshold first: sorting booleans is cheaper than sorting full-size float logits
+                masks = logits > self.model.mask_threshold
                 order = torch.argsort(iou, dim=1, descending=True, stable=True)
-                iou = torch.gather(iou, 1, order)
-                index = order[:, :, None, None]
-                low_res = torch.gather(low_res, 1, index.expand(-1, -1, *low_res.shape[-2:]))
-                masks = torch.gather(logits, 1, index.expand(-1, -1, *logits.shape[-2:])) > self.model.mask_threshold
+                rows = torch.arange(order.shape[0], device=order.device)[:, None]
+                masks, iou, low_res = masks[rows, order], iou[rows, order], low_res[rows, order]
             masks_out.append(masks.cpu().numpy())
             scores_out.append(iou.float().cpu().numpy())
             logits_out.append(low_res.float().cpu().numpy())
