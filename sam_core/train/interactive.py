@@ -13,6 +13,7 @@ Coordinates are pixels (x, y) of the model input (the resized, unpadded image in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -66,6 +67,8 @@ def simulate(
     centre_clicks: bool = False,
     iou_weight: float = 1.0,
     loss_size: int | None = None,
+    box_noise: float = 0.1,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mask_loss,
 ) -> StepResult:
     """Simulate prompting of M objects and return the mean loss per decode (see the module docstring).
 
@@ -77,7 +80,9 @@ def simulate(
     With ``centre_clicks`` every point is the interior point of the object or of the largest error
     (deterministic, as in evaluation) instead of a random one. Losses are computed on logits
     resized to ``loss_size`` pixels per side (default: the model input size) against area-averaged
-    targets; clicks are placed on the masks at the model input size.
+    targets; clicks are placed on the masks at the model input size. Box corners move by Gaussian
+    noise of ``box_noise`` times the box side (0: the tight box). ``loss_fn(logits, targets) -> (N, K)``
+    is the mask loss (default SAM's focal + dice, 20:1).
     """
     device = embeddings.device
     m = len(targets)
@@ -101,7 +106,7 @@ def simulate(
                                    None, None, True)
             logits = _upscale(low, loss_size)
             empty = torch.zeros_like(logits[:, :1])
-            total = total + mask_loss(logits, empty).min(dim=1).values.sum() + iou_weight * (iou_pred**2).mean(1).sum()
+            total = total + loss_fn(logits, empty).min(dim=1).values.sum() + iou_weight * (iou_pred**2).mean(1).sum()
             count += len(keep)
     for kind_index, kind in enumerate(START_TYPES):
         members = np.flatnonzero(start == kind_index)
@@ -114,7 +119,7 @@ def simulate(
         lbl: list[list[int]] = [[] for _ in members]
         boxes = None
         if kind != "point":
-            boxes = torch.tensor([jittered_box(rng, g) for g in goal], dtype=torch.float32, device=device)
+            boxes = torch.tensor([jittered_box(rng, g, noise=box_noise) for g in goal], dtype=torch.float32, device=device)
         if kind != "box":
             for j, g in enumerate(goal):
                 pts[j].append(interior_point(g) if centre_clicks else random_point_inside(rng, g))
@@ -129,7 +134,7 @@ def simulate(
                 labels_t = torch.tensor(lbl, dtype=torch.int64, device=device)
             low, iou_pred = decode(sam, emb, points_t, labels_t, boxes, mask_input, multimask)
             logits = _upscale(low, loss_size)
-            best_loss = mask_loss(logits, goal_t).min(dim=1).values
+            best_loss = loss_fn(logits, goal_t).min(dim=1).values
             total = total + best_loss.sum() + iou_weight * iou_loss(iou_pred, logits, goal_t).mean(dim=1).sum()
             count += len(members)
             chosen = iou_pred.detach().argmax(dim=1)

@@ -1,0 +1,98 @@
+"""Measure a model on scenes with known instances, through the public Predictor API.
+
+* ``click``: one positive click at the object's interior point farthest from its border (maximum of
+  the distance transform); the best-scoring of the three candidates is taken, as the official
+  predictor advises for a single point.
+* ``box``: the object's tight box (x0, y0, x1, y1), one mask.
+* automatic masks: the fraction of objects found (a mask with IoU >= ``match_iou``) and the fraction
+  of masks that match no object (spurious).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from sam_core.progress import CancelToken, ProgressFn, check, report
+from sam_core.train.prompts import interior_point, mask_box
+from sam_core.train.synthetic import Scene
+
+
+@dataclass
+class PromptQuality:
+    """Mean IoU over objects for a click and for a box, and the number of objects measured."""
+
+    click: float
+    box: float
+    objects: int
+
+
+@dataclass
+class AutomaskQuality:
+    """Recall (objects found / objects) and spurious fraction (unmatched masks / masks)."""
+
+    recall: float
+    spurious: float
+    objects: int
+    masks: int
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def prompt_quality(
+    predictor: Any,
+    scenes: Sequence[Scene],
+    max_objects: Optional[int] = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> PromptQuality:
+    """Mean IoU of a centre click and of a tight box over every object of ``scenes``.
+
+    ``predictor`` is a :class:`sam_core.predictor.Predictor`; ``max_objects`` limits the objects
+    measured per scene (the first ones by label).
+    """
+    clicks: list[float] = []
+    boxes: list[float] = []
+    for n, scene in enumerate(scenes):
+        check(cancel)
+        embedding = predictor.encode(scene.image)
+        ids = np.arange(1, scene.num_objects + 1)[:max_objects]
+        for obj in ids:
+            target = scene.labels == obj
+            x, y = interior_point(target)
+            click = predictor.predict(embedding, points=np.array([[x, y]]), labels=np.array([1]))
+            clicks.append(iou(click.masks[0], target))
+            box = predictor.predict(embedding, box=mask_box(target))
+            boxes.append(iou(box.masks[0], target))
+        report(progress, n + 1, len(scenes), "prompt quality")
+    return PromptQuality(float(np.mean(clicks)), float(np.mean(boxes)), len(clicks))
+
+
+def automask_quality(
+    generator: Any,
+    scenes: Sequence[Scene],
+    match_iou: float = 0.5,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> AutomaskQuality:
+    """Recall and spurious fraction of ``generator`` (an ``AutomaticMaskGenerator``) on ``scenes``."""
+    found = objects = spurious = masks = 0
+    for n, scene in enumerate(scenes):
+        check(cancel)
+        records = generator.generate(scene.image)
+        predicted = [np.asarray(r["segmentation"], bool) for r in records]
+        targets = [scene.labels == i for i in range(1, scene.num_objects + 1)]
+        matrix = np.array([[iou(p, t) for t in targets] for p in predicted]).reshape(len(predicted), len(targets))
+        matched = matrix >= match_iou
+        found += int(matched.any(axis=0).sum())
+        spurious += int((~matched.any(axis=1)).sum())
+        objects += len(targets)
+        masks += len(predicted)
+        report(progress, n + 1, len(scenes), "automatic masks")
+    return AutomaskQuality(found / max(objects, 1), spurious / max(masks, 1), objects, masks)
