@@ -107,6 +107,11 @@ def test_parity_small_vit(small_vit_checkpoint):
     _parity(SMALL_VIT, small_vit_checkpoint, 90, 140, 1e-4)
 
 
+def test_parity_small_vit_image_at_model_size(small_vit_checkpoint):
+    # original size == resized size: the second resize of the official post-processing is the identity
+    _parity(SMALL_VIT, small_vit_checkpoint, 96, 128, 1e-4)
+
+
 def test_parity_small_tiny_vit(small_tiny_vit_checkpoint):
     # TinyViT's input size cannot be read from its weights: build it with its configuration
     _parity(SMALL_TINY_VIT, small_tiny_vit_checkpoint, 150, 100, 1e-4, by_file=False)
