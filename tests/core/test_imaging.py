@@ -195,3 +195,11 @@ def test_transforms_equal_official_on_random_sizes():
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         official = _official_transform(256)
         np.testing.assert_array_equal(resize_image(image, 256), official.apply_image(image))
+
+
+def test_big_image_percentiles_on_a_regular_sample():
+    image = np.tile(np.arange(2048, dtype=np.uint16), (1100, 1))  # 2.25 M pixels x 3 channels: sampled
+    rgb, _ = prepare_image(np.stack([image] * 3, axis=-1))
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    expected = np.rint(np.clip((image[0].astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255))
+    assert np.abs(rgb[0, :, 0].astype(int) - expected).max() <= 1
