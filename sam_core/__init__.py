@@ -37,6 +37,9 @@ _EXPORTS = {
     "Embedding": "sam_core.predictor",
     "Prediction": "sam_core.predictor",
     "EmbeddingCache": "sam_core.cache",
+    "read_image": "sam_core.io",
+    "write_mask_png": "sam_core.io",
+    "write_label_image": "sam_core.io",
     # automatic masks
     "AutomaticMaskGenerator": "sam_core.automask",
     "masks_to_labels": "sam_core.automask",
