@@ -338,3 +338,16 @@ def test_precision_is_part_of_the_cache_key(small_vit_checkpoint):
     predictor.predict(exact, box=[5, 5, 30, 20])
     with pytest.raises(SamError, match="precision"):
         Predictor(None, checkpoint=small_vit_checkpoint, precision="fp64")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_same_masks_on_cuda_as_on_cpu(small_vit_checkpoint):
+    image = _image(90, 140, seed=6)
+    cpu = Predictor(None, checkpoint=small_vit_checkpoint, precision="fp32")
+    gpu = Predictor(None, checkpoint=small_vit_checkpoint, device="cuda", precision="fp32")
+    a, b = cpu.encode(image), gpu.encode(image)
+    assert b.features.device.type == "cuda"
+    for kwargs in (dict(points=[[40, 30]], labels=[1]), dict(box=[10, 10, 100, 70])):
+        ra, rb = cpu.predict(a, **kwargs), gpu.predict(b, **kwargs)
+        assert (ra.masks == rb.masks).mean() >= MASK_AGREEMENT
+        np.testing.assert_allclose(ra.scores, rb.scores, atol=1e-3)
