@@ -43,6 +43,9 @@ _EXPORTS = {
     # automatic masks
     "AutomaticMaskGenerator": "sam_core.automask",
     "masks_to_labels": "sam_core.automask",
+    # ONNX export and the onnxruntime backend
+    "export_onnx": "sam_core.export",
+    "OnnxPredictor": "sam_core.export",
     # large images, rasters and datasets
     "TileGrid": "sam_core.tiling",
     "TiledPredictor": "sam_core.tiling",
