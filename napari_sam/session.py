@@ -345,6 +345,9 @@ class SamSession:
     # ----------------------------------------------------------------------------------- preview
 
     def _on_prompts_changed(self, event: Any = None) -> None:
+        action = str(getattr(event, "action", "")).lower()
+        if action.endswith("ing"):  # napari announces "adding", "removing", "changing" before the change
+            return
         self.request_preview()
 
     def request_preview(self) -> None:

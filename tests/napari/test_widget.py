@@ -134,6 +134,23 @@ def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot):
     assert any((widget2.cache_edit.text() and p.suffix) for p in __import__("pathlib").Path(widget2.cache_edit.text()).iterdir())
 
 
+def test_cancelled_compute_resumes_where_it_stopped(make_widget, qtbot, notes):
+    volume = np.stack([make_cells_2d((96, 96), count=3, seed=s)[0] for s in range(5)])
+    viewer, widget = make_widget(volume)
+    widget.all_slices_check.setChecked(True)
+    widget.compute_embeddings()
+    widget.cancel_button.click()
+    wait_for(qtbot, widget.session)
+    assert ("info", "Cancelled.") in notes
+    predictor = widget.session.predictor()
+    before = predictor.encoder_runs
+    assert before < 5
+    runs = []
+    widget.session.compute_embeddings(True, on_done=runs.append)
+    wait_for(qtbot, widget.session)
+    assert runs == [5 - before]  # only the slices not encoded before the cancel
+
+
 def test_bad_situations_notify_and_raise_nothing(make_widget, qtbot, notes, tmp_path):
     viewer, widget = make_widget(None)
     assert not widget.start()
