@@ -357,6 +357,7 @@ class SamMapTool(QgsMapTool):
         self._set_preview((result or {}).get("polygons", []))
 
     def _on_failure(self, sequence: int, message: str) -> None:
+        self._ready = False  # e.g. the engine restarted: the next request encodes again, in a task
         if sequence == self._sequence:
             self.busy = False
         if message != "cancelled":

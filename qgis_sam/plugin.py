@@ -104,6 +104,7 @@ class SamPlugin:
         self._drop_map_tool()
         self.map_tool = SamMapTool(self.iface.mapCanvas(), layer, settings.client(), self.message)
         self.map_tool.setAction(self.segment_action)
+        layer.willBeDeleted.connect(self._drop_map_tool)
         self.iface.mapCanvas().setMapTool(self.map_tool)
         self.iface.mapCanvas().setFocus()
         self.message(f"Segmenting '{layer.name()}': left click +, right click −, drag a box, Enter to keep, "

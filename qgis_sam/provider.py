@@ -30,6 +30,9 @@ class SamProvider(QgsProcessingProvider):
             self.addAlgorithm(algorithm())
 
 
+_registered: list = []  # keeps the Python side of a provider registered by register_provider() alive
+
+
 def register_provider() -> SamProvider:
     """Add the provider to QGIS's Processing registry (no ``iface`` needed: scripts, ``qgis_process``)."""
     registry = QgsApplication.processingRegistry()
@@ -38,6 +41,7 @@ def register_provider() -> SamProvider:
         return existing
     provider = SamProvider()
     registry.addProvider(provider)
+    _registered.append(provider)
     return provider
 
 
@@ -47,3 +51,4 @@ def unregister_provider() -> None:
     provider = registry.providerById("sam")
     if provider is not None:
         registry.removeProvider(provider)
+    _registered.clear()

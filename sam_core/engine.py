@@ -172,9 +172,11 @@ class Engine:
         predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
                                    params.pop("device", None))
         box = params.pop("box", None)
+        progress(0, 1, "segmenting (the first click on a tile encodes it)")
         polygons = geo.segment_at(params.pop("raster"), params.pop("points"), params.pop("labels"),
                                   None if box is None else tuple(float(v) for v in box),
                                   predictor=predictor, **params)
+        progress(1, 1, "segmented")
         return {"polygons": polygons}
 
     # -- state ----------------------------------------------------------------------------------

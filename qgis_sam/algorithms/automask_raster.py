@@ -84,7 +84,7 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
         if parameters.get("RESOLUTION") not in (None, ""):
             resolution = self.parameterAsDouble(parameters, "RESOLUTION", context) or None
         path, exported = self.raster_file(layer, context, feedback, extent, resolution)
-        output = QgsProcessingUtils.generateTempFilename("sam_automask.gpkg")
+        output = QgsProcessingUtils.generateTempFilename("sam_automask.fgb")
         params = {
             "raster": path,
             "output": output,

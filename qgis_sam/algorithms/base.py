@@ -114,10 +114,12 @@ class SamAlgorithm(QgsProcessingAlgorithm):
             for field in source.fields():
                 if field.name().lower() != "fid":
                     fields.append(field)
-            crs, wkb_type = source.crs(), source.wkbType()
+            wkb_type = source.wkbType()
         else:
-            crs, wkb_type = raster.crs(), QgsWkbTypes.MultiPolygon
-        sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, fields, wkb_type, crs)
+            wkb_type = QgsWkbTypes.MultiPolygon
+        # The engine writes polygons in the raster's CRS; the sink takes the raster layer's CRS object so
+        # that QGIS sees exactly the same CRS (a WKT round trip may rename parts of a custom CRS).
+        sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, fields, wkb_type, raster.crs())
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, "OUTPUT"))
         if source.isValid():

@@ -70,7 +70,7 @@ class SegmentPromptsAlgorithm(SamAlgorithm):
         layer = self.raster(parameters, context)
         prompts = self._write_prompts(parameters, context, feedback)
         path, exported = None, False
-        output = QgsProcessingUtils.generateTempFilename("sam_segments.gpkg")
+        output = QgsProcessingUtils.generateTempFilename("sam_segments.fgb")
         try:
             path, exported = self.raster_file(layer, context, feedback)
             params = {

@@ -171,3 +171,24 @@ def iou(a, b) -> float:
     """Intersection over union of two QgsGeometry polygons."""
     union = a.combine(b).area()
     return a.intersection(b).area() / union if union > 0 else 0.0
+
+
+@pytest.fixture
+def without_provider(qgis_processing):
+    """No "sam" provider registered during the test (the plugin registers its own); restored afterwards."""
+    from qgis_sam.provider import register_provider, unregister_provider
+
+    from qgis.core import QgsApplication
+
+    had = QgsApplication.processingRegistry().providerById("sam") is not None
+    unregister_provider()
+    yield
+    unregister_provider()
+    if had:
+        register_provider()
+
+
+def same_crs(a, b) -> bool:
+    """Whether two QgsCoordinateReferenceSystem are the same CRS (a file round trip of a custom CRS may
+    rename parts of its WKT, e.g. the conversion's name, without changing the CRS)."""
+    return a.isValid() and b.isValid() and a.authid() == b.authid() and a.toProj() == b.toProj()

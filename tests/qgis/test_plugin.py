@@ -29,7 +29,7 @@ def test_metadata_declares_what_the_plugin_repository_needs():
     assert (ROOT / "qgis_sam" / "LICENSE").is_file()
 
 
-def test_load_and_unload_leave_nothing_behind(qgis_app, qgis_iface, qgis_processing):
+def test_load_and_unload_leave_nothing_behind(qgis_app, qgis_iface, without_provider):
     import qgis_sam
     from qgis_sam import settings
 

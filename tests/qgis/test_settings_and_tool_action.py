@@ -45,7 +45,7 @@ def test_dialog_reports_a_python_without_sam_core(qgis_app):
     dialog.reject()
 
 
-def test_action_needs_a_raster_layer_and_starts_the_tool_on_it(qgis_iface, scene):
+def test_action_needs_a_raster_layer_and_starts_the_tool_on_it(qgis_iface, scene, without_provider):
     import qgis_sam
 
     plugin = qgis_sam.classFactory(qgis_iface)
