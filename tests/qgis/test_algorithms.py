@@ -39,6 +39,16 @@ def vector(path_or_layer) -> QgsVectorLayer:
     return layer
 
 
+class RecordingFeedback(QgsProcessingFeedback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def setProgress(self, progress: float) -> None:  # noqa: N802
+        super().setProgress(progress)
+        self.values.append(progress)
+
+
 @pytest.fixture
 def project_in_wgs84():
     """The project CRS differs from every raster's."""
@@ -52,9 +62,12 @@ def project_in_wgs84():
 def test_automask_on_landsat_gives_polygons_in_the_raster_crs(processing, small_checkpoint, tmp_path,
                                                               project_in_wgs84):
     out = tmp_path / "auto.gpkg"
+    feedback = RecordingFeedback()
     result = run("sam:automask_raster", {
         "INPUT": RGB, "TILE_SIZE": 512, "OVERLAP": 64, "CHECKPOINT": str(small_checkpoint),
-        "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_THRESH": 0.0, "OUTPUT": str(out)})
+        "POINTS_PER_SIDE": 4, "PRED_IOU_THRESH": 0.0, "STABILITY_THRESH": 0.0, "OUTPUT": str(out)}, feedback)
+    # progress reached the feedback tile by tile (4 tiles)
+    assert [round(p) for p in feedback.values if p > 0][:4] == [25, 50, 75, 100]
     layer = vector(result["OUTPUT"])
     assert layer.crs() == QgsRasterLayer(RGB, "rgb").crs()
     assert FIELDS <= set(layer.fields().names())
