@@ -153,7 +153,7 @@ class SamWidget(QWidget):
         for spin in (self.first_spin, self.last_spin):
             spin.setRange(-1, 100000)
             spin.setValue(-1)
-            spin.setSpecialValueText("end")
+            spin.setSpecialValueText("whole stack")
         form.addRow("From slice", self.first_spin)
         form.addRow("To slice", self.last_spin)
         self.stop_iou_spin = QDoubleSpinBox()

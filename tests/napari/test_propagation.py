@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from napari_util import iou, needs_demo, wait_for
+from napari_util import iou, needs_demo, rectangle, wait_for
 
 from napari_sam.samples import make_cells_2d, make_time_series, make_volume_3d
 
@@ -13,8 +13,11 @@ def test_prompts_on_two_slices_fill_the_slices_between(make_widget, qtbot):
     viewer, widget = make_widget(volume, scale=(2.0, 1.0, 1.0))
     widget.start()
     session = widget.session
-    session.points_layer.add([[3, 32, 32], [8, 32, 32]])
+    session.points_layer.add([3, 32, 32])
+    session.boxes_layer.add_rectangles(rectangle(12, 12, 50, 50, [8]))
     wait_for(qtbot, session)
+    assert session.prompted_slices() == [(3,), (8,)]
+    assert session.prompts((8,)).box.tolist() == [12.0, 12.0, 50.0, 50.0]
     results = []
     widget.session.propagate(on_done=results.append)
     wait_for(qtbot, session)
@@ -114,9 +117,7 @@ def test_demo_propagation_through_a_generated_3d_object(make_widget, qtbot):
     viewer.dims.set_point(0, middle * 2.0)
     assert session.current_index() == (middle,)
     rows, cols = np.nonzero(truth[middle])
-    session.boxes_layer.add_rectangles(
-        np.array([[middle, rows.min() - 2, cols.min() - 2], [middle, rows.max() + 2, cols.max() + 2]])
-    )
+    session.boxes_layer.add_rectangles(rectangle(rows.min() - 2, cols.min() - 2, rows.max() + 2, cols.max() + 2, [middle]))
     wait_for(qtbot, session)
     assert iou(session.preview_layer.data[middle] > 0, truth[middle]) >= 0.8
     widget.propagate()

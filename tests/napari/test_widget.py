@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from napari_util import iou, needs_demo, wait_for
+from napari_util import iou, needs_demo, rectangle, wait_for
 
 from napari_sam.samples import make_cells_2d
 from napari_sam.session import BOXES_NAME, OBJECTS_NAME, POINTS_NAME, PREVIEW_NAME
@@ -256,7 +256,7 @@ def test_demo_preview_segments_known_objects(make_widget, qtbot):
         truth = labels == object_id
         if object_id <= 2:  # a box around the object
             rows, cols = np.nonzero(truth)
-            session.boxes_layer.add_rectangles(np.array([[rows.min() - 2, cols.min() - 2], [rows.max() + 2, cols.max() + 2]]))
+            session.boxes_layer.add_rectangles(rectangle(rows.min() - 2, cols.min() - 2, rows.max() + 2, cols.max() + 2))
         else:  # one click at the object's centre
             (x, y), = prompts_from_mask(truth)[0]
             session.points_layer.add([y, x])
