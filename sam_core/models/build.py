@@ -43,7 +43,8 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise SamError(f"{path} is not a SAM checkpoint (cannot read it as a PyTorch state dict: {exc})") from None
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SamError(f"{path} is not a SAM checkpoint (cannot read it as a PyTorch state dict: {reason})") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not (
