@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QPoint, Qt
 from qgis.PyQt.QtTest import QTest
@@ -62,7 +63,7 @@ def use_model(checkpoint=None) -> None:
     settings.set_value("output_gpkg", "")
 
 
-def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint):
+def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
     canvas, layer, objects, to_canvas = canvas_on_scene
     use_model(small_checkpoint)
     messages = []
@@ -114,6 +115,16 @@ def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint):
     feature = next(output.getFeatures())
     assert feature["id"] == 1 and feature["points"] == 1 and feature["raster"] == "scene"
     assert feature.geometry().area() == pytest.approx(feature["area"])
+
+    # or into a chosen GeoPackage
+    gpkg = tmp_path / "kept.gpkg"
+    settings.set_value("output_gpkg", str(gpkg))
+    QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, pixel)
+    assert idle(tool) and tool.geometry is not None
+    QTest.keyClick(canvas, Qt.Key_Enter)
+    settings.set_value("output_gpkg", "")
+    kept = QgsVectorLayer(f"{gpkg}|layername=sam_segments", "kept", "ogr")
+    assert kept.isValid() and kept.featureCount() == 1 and kept.crs() == layer.crs()
     tool.cleanup()
 
 
