@@ -150,13 +150,29 @@ class SamSession:
             self.viewer.layers.remove(name)
         return self.viewer.add_layer(layer)
 
+    def _objects_layer(self, shape: Tuple[int, ...], kw: dict) -> Any:
+        """The committed objects layer: reused when it fits the image, and never deleted with objects in it."""
+        from napari.layers import Labels
+
+        if OBJECTS_NAME in self.viewer.layers:
+            old = self.viewer.layers[OBJECTS_NAME]
+            same = tuple(old.data.shape) == shape and np.allclose(old.scale, kw["scale"]) \
+                and np.allclose(old.translate, kw["translate"])
+            if same:
+                return old
+            if np.any(old.data):
+                old.name = f"{OBJECTS_NAME} (previous image)"  # napari keeps names unique
+        return self._replace_layer(OBJECTS_NAME, Labels(np.zeros(shape, np.int32), name=OBJECTS_NAME, **kw))
+
     def _make_layers(self) -> None:
         from napari.layers import Labels, Points, Shapes
 
+        self._generation += 1  # results of decodes still running belong to the old layers
+        self._pending = None
         shape = self.access.spatial_shape
         ndim = len(shape)
         kw = self._layer_kwargs()
-        self.objects_layer = self._replace_layer(OBJECTS_NAME, Labels(np.zeros(shape, np.int32), name=OBJECTS_NAME, **kw))
+        self.objects_layer = self._objects_layer(shape, kw)
         self.preview_layer = self._replace_layer(
             PREVIEW_NAME, Labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.6, **kw)
         )

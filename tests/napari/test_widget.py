@@ -114,6 +114,22 @@ def test_candidate_cycling_commit_never_overwrites_and_undo(make_widget, qtbot):
     assert not session.objects_layer.data.any()
 
 
+def test_restarting_keeps_committed_objects(make_widget, qtbot):
+    image, labels = make_cells_2d((96, 96), count=3)
+    viewer, widget = make_widget(image)
+    widget.start()
+    widget.session.preview_layer.data[:] = labels == 1
+    widget.session.commit()
+    assert widget.start()  # same image (e.g. after choosing another model): the objects stay
+    assert (viewer.layers[OBJECTS_NAME].data == 1).sum() == (labels == 1).sum()
+    viewer.add_image(np.zeros((4, 32, 32), np.uint8), name="other")
+    widget.image_combo.setCurrentText("other")
+    assert widget.start()
+    assert viewer.layers[OBJECTS_NAME].data.shape == (4, 32, 32)
+    kept = [layer for layer in viewer.layers if layer.name.startswith(OBJECTS_NAME + " (previous")]
+    assert len(kept) == 1 and (kept[0].data == 1).sum() == (labels == 1).sum()
+
+
 def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot):
     volume = np.stack([make_cells_2d((96, 96), count=3, seed=s)[0] for s in range(4)])
     viewer, widget = make_widget(volume)
