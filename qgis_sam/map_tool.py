@@ -33,7 +33,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand, QgsVertexMarker
-from qgis.PyQt.QtCore import QPoint, QRect, Qt, QVariant, pyqtSignal
+from qgis.PyQt.QtCore import QPoint, Qt, QVariant, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from . import settings

@@ -11,7 +11,6 @@ from qgis.core import (
     QgsPointXY,
     QgsProject,
     QgsRasterLayer,
-    QgsRectangle,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QPoint, Qt
