@@ -217,6 +217,21 @@ def test_channels_contrast_and_ct_window(make_widget, qtbot):
     assert not widget.start()
 
 
+def test_rgb_layer_is_seen_as_rgb(make_widget, qtbot):
+    gray, _ = make_cells_2d((96, 96), count=3)
+    rgb = np.stack([gray, gray // 2, 255 - gray], axis=-1)
+    viewer, widget = make_widget(rgb)
+    assert viewer.layers["image"].rgb
+    widget.start()
+    session = widget.session
+    assert session.access.spatial_shape == (96, 96) and session.access.plane(()).shape == (96, 96, 3)
+    assert session.points_layer.ndim == 2
+    session.points_layer.add([48, 30])
+    wait_for(qtbot, session)
+    expected = _predict_directly(session, rgb, points=np.array([[30.0, 48.0]]), labels=np.array([1]))
+    np.testing.assert_array_equal(session.preview_layer.data > 0, expected.masks[0])
+
+
 def test_dask_layers_are_read_slice_by_slice(make_widget, qtbot):
     da = pytest.importorskip("dask.array")
     volume = np.stack([make_cells_2d((64, 64), count=2, seed=s)[0] for s in range(6)])
