@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import demo_available, iou, wait_until
 from qgis.core import (
@@ -143,3 +145,28 @@ def test_click_gives_the_expected_polygon_with_demo(canvas_on_scene):
     assert output.featureCount() == len(objects)
     assert sorted(f["id"] for f in output.getFeatures()) == list(range(1, len(objects) + 1))
     tool.cleanup()
+
+
+def test_non_file_raster_is_exported_for_the_visible_extent(canvas_on_scene, small_checkpoint):
+    from urllib.parse import quote
+
+    canvas, layer, objects, to_canvas = canvas_on_scene
+    e = layer.extent()
+    uri = (f"?crs={layer.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
+           f"&width={layer.width()}&height={layer.height()}&formula={quote(chr(34) + 'r@1' + chr(34))}"
+           f"&r:uri={quote(layer.source())}&r:provider=gdal")
+    virtual = QgsRasterLayer(uri, "virtual", "virtualraster")
+    assert virtual.isValid()
+    use_model(small_checkpoint)
+    messages = []
+    tool = SamMapTool(canvas, virtual, settings.client(), lambda text, level: messages.append(text))
+    canvas.setMapTool(tool)
+    QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, pixel_of(canvas, to_canvas, *objects[0]["center"]))
+    assert idle(tool), messages
+    assert not messages
+    exported = tool._exported
+    assert exported and QgsRasterLayer(exported, "x").crs() == layer.crs()
+    assert tool._exported_extent.contains(QgsPointXY(*objects[0]["center"]))
+    assert tool.geometry is not None
+    tool.cleanup()
+    assert not os.path.exists(exported)
