@@ -78,6 +78,7 @@ def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_p
     automask_raster(raster, out, model="demo", generator_params={"points_per_side": 16}, **TILES)
     geoms, attrs, crs = read_output(out)
     assert crs == UTM
+    assert geoms, "demo found no object at all"
     for name, fp in footprints.items():
         ious = [map_iou(g, fp) for g in geoms]
         best = int(np.argmax(ious))
