@@ -96,7 +96,7 @@ def write_mask_png(mask: np.ndarray, path: PathLike) -> Path:
         raise SamError(f"mask files are PNG: {target} must end in .png")
     pixels = np.where(array.astype(bool), np.uint8(255), np.uint8(0))
     with atomic_write(target, "wb") as handle:
-        Image.fromarray(pixels, mode="L").save(handle, format="PNG")
+        Image.fromarray(pixels).save(handle, format="PNG")
     return target
 
 
