@@ -416,6 +416,11 @@ class SamMapTool(QgsMapTool):
         return feature
 
     # -- lifetime -----------------------------------------------------------------------------------
+    def deactivate(self) -> None:
+        """Another tool was chosen: drop the prompts and the preview (committed polygons stay)."""
+        self.clear()
+        super().deactivate()
+
     def cleanup(self) -> None:
         """Remove everything this tool drew on the canvas and its temporary export (plugin unload)."""
         self.clear()
