@@ -49,7 +49,7 @@ def test_local_cluster_gives_the_same_polygons_as_one_process(tmp_path):
         np.testing.assert_array_equal(a_attrs[name], b_attrs[name])
 
 
-def test_each_worker_loads_the_model_once(small_vit_checkpoint):
+def test_each_worker_loads_the_model_once_and_an_existing_cluster_can_be_joined(small_vit_checkpoint, tmp_path):
     from sam_core.distributed import run_tasks
 
     spec = GeneratorSpec.create("demo", small_vit_checkpoint, None, {"points_per_side": 4})
@@ -57,6 +57,11 @@ def test_each_worker_loads_the_model_once(small_vit_checkpoint):
     assert spec == GeneratorSpec.create("demo", small_vit_checkpoint, None, {"points_per_side": 4})
     with cluster(workers=2) as client:
         seen = [result for _, result in run_tasks(client, _pid, range(6), broadcast=spec)]
+        image, _ = known_scene()
+        raster = write_raster(tmp_path / "scene.tif", image, TRANSFORM, UTM)
+        joined = automask_raster(raster, tmp_path / "joined.gpkg", generator=ColourComponents(), tile_size=128,
+                                 overlap=32, scheduler=client.scheduler.address)
+        assert joined.count == 6 and read_output(tmp_path / "joined.gpkg")[2] == UTM
     by_worker: dict = {}
     for pid, generator_id in seen:
         by_worker.setdefault(pid, set()).add(generator_id)
