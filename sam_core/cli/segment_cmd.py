@@ -42,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="model name (demo, vit_t, vit_b, vit_l, vit_h); default demo, or inferred from --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file to use instead of the zoo's")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="keep image embeddings in DIR, so that a later run on the same image skips the encoder")
     parser.add_argument("--precision", default=None,
                         help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
     parser.add_argument("--channels", default=None, metavar="C[,C,C]",
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sam_core.cache import EmbeddingCache
     from sam_core.imaging import Preparation
     from sam_core.io import read_image, write_mask_png
     from sam_core.predictor import Predictor
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
     image = read_image(args.image)
     name = args.model if args.model else (None if args.checkpoint else "demo")
-    predictor = Predictor(name, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    cache = EmbeddingCache(directory=Path(args.cache_dir).expanduser()) if args.cache_dir else None
+    predictor = Predictor(name, checkpoint=args.checkpoint, device=args.device, precision=args.precision, cache=cache)
     embedding = predictor.encode(image, preparation)
     result = predictor.predict(embedding, points=points, labels=labels, box=box, multimask=args.multimask)
 

@@ -80,6 +80,26 @@ def test_all_candidates_with_scores(image_png, small_vit_checkpoint, tmp_path, c
     assert code == 0 and len(json.loads((tmp_path / "m.json").read_text())) == 1
 
 
+def test_cache_dir_keeps_embeddings_between_runs(image_png, small_vit_checkpoint, tmp_path, capsys, monkeypatch):
+    from sam_core import predictor as predictor_module
+
+    runs = []
+    original = predictor_module.Predictor.encode_rgb
+
+    def counting(self, rgb):
+        runs.append(rgb.shape)
+        return original(self, rgb)
+
+    monkeypatch.setattr(predictor_module.Predictor, "encode_rgb", counting)
+    argv = ["segment", image_png, "--box", "25,15,65,55", "--checkpoint", small_vit_checkpoint,
+            "--cache-dir", tmp_path / "emb"]
+    assert _run([*argv, "--out", tmp_path / "a.png"], capsys)[0] == 0
+    assert _run([*argv, "--out", tmp_path / "b.png"], capsys)[0] == 0
+    assert len(runs) == 1
+    assert len(list((tmp_path / "emb").iterdir())) == 1
+    assert (read_image(tmp_path / "a.png") == read_image(tmp_path / "b.png")).mean() > 0.99
+
+
 def test_16bit_multichannel_tiff_with_channels_and_range(small_vit_checkpoint, tmp_path, capsys):
     data = np.random.default_rng(1).integers(0, 4000, (60, 80, 5), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "five.tif", data, photometric="minisblack", planarconfig="contig")
