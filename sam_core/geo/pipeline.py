@@ -14,6 +14,7 @@ Outputs are written atomically (nothing is left behind by a failure or a cancel)
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -128,12 +129,17 @@ def _unpack(data: Any) -> list[MaskPiece]:
 # ----------------------------------------------------------------------------------------- automask
 
 
-def tile_pieces(view: RasterView, tile: Tile, generator: Any) -> list[MaskPiece]:
-    """Automatic masks of one tile as pieces of the working grid; nodata never yields a mask."""
+def tile_pieces(view: RasterView, tile: Tile, generator: Any, cancel: Optional[CancelToken] = None) -> list[MaskPiece]:
+    """Automatic masks of one tile as pieces of the working grid; nodata never yields a mask.
+
+    ``cancel`` reaches generators whose ``generate`` takes it (stopping inside a long tile)."""
     rgb, valid = view.read(tile.y0, tile.x0, tile.y1, tile.x1)
     if not valid.any():
         return []
-    records = generator.generate(rgb)
+    if cancel is not None and "cancel" in inspect.signature(generator.generate).parameters:
+        records = generator.generate(rgb, cancel=cancel)
+    else:
+        records = generator.generate(rgb)
     return records_to_pieces(tile, records, None if valid.all() else valid)
 
 
@@ -235,7 +241,7 @@ def automask_raster(
             local = generator if generator is not None else spec.build()
             for tile in todo:
                 check(cancel)
-                finished(tile, tile_pieces(view, tile, local))
+                finished(tile, tile_pieces(view, tile, local, cancel))
         check(cancel)
         objects = remove_overlaps(merge_tile_masks(grid, per_tile, seam_iou=seam_iou))
         features = pieces_to_features(objects, view.transform, view.crs, simplify=simplify, min_area=min_area)
