@@ -175,11 +175,33 @@ def export_onnx(
     """
     if quantize_encoder and not encoder:
         raise SamError("the int8 encoder is made from the float32 encoder: do not turn the encoder off")
-    out = _writable_folder(folder)
-    sam = _load(model, checkpoint)
-    if getattr(sam, "precision", "fp32") == "int8":
-        raise SamError("this model's encoder is quantized to int8 in PyTorch; load it in fp32 to export "
-                       "(use quantize_encoder / --quantize-encoder for an int8 ONNX encoder)")
+    if isinstance(model, str):
+        from sam_core import zoo
+
+        zoo.model_info(model)  # an unknown name fails before anything is loaded or created
+    with _output_folder(folder) as out:
+        sam = _load(model, checkpoint)
+        if getattr(sam, "precision", "fp32") == "int8":
+            raise SamError("this model's encoder is quantized to int8 in PyTorch; load it in fp32 to export "
+                           "(use quantize_encoder / --quantize-encoder for an int8 ONNX encoder)")
+        _export_parts(sam, out, encoder, quantize_encoder, progress, cancel)
+    return ExportedFiles(
+        folder=out,
+        decoder=out / DECODER_FILE,
+        encoder=out / ENCODER_FILE if encoder else None,
+        encoder_int8=out / INT8_ENCODER_FILE if quantize_encoder else None,
+    )
+
+
+def _export_parts(
+    sam: "Sam",
+    out: Path,
+    encoder: bool,
+    quantize_encoder: bool,
+    progress: Optional[ProgressFn],
+    cancel: Optional[CancelToken],
+) -> None:
+    """Build every asked-for part in a staging folder inside ``out``, then move them all into ``out``."""
     metadata = _metadata(sam)
     steps = 1 + int(encoder) + int(quantize_encoder)
     with _staging(out) as stage:
@@ -206,12 +228,6 @@ def export_onnx(
             _remove_model_file(out / INT8_ENCODER_FILE)
         if ENCODER_FILE not in staged:
             _remove_model_file(out / ENCODER_FILE)
-    return ExportedFiles(
-        folder=out,
-        decoder=out / DECODER_FILE,
-        encoder=out / ENCODER_FILE if encoder else None,
-        encoder_int8=out / INT8_ENCODER_FILE if quantize_encoder else None,
-    )
 
 
 def export_decoder(sam: "Sam", path: PathLike, *, metadata: Optional[dict] = None, opset: int = OPSET) -> Path:
@@ -388,17 +404,27 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _writable_folder(folder: PathLike) -> Path:
+@contextlib.contextmanager
+def _output_folder(folder: PathLike) -> Iterator[Path]:
+    """The output folder, created if missing and checked to be writable; removed again if this
+    export created it and fails."""
     out = Path(folder).expanduser()
     if out.exists() and not out.is_dir():
         raise SamError(f"{out} is a file; give a folder for the exported models")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as error:
-        raise SamError(f"cannot write to the folder {out} ({error.strerror or error}); choose another --out") from None
-    return out
+        raise SamError(f"cannot write to the folder {out} ({error.strerror or error}); choose another folder") from None
+    try:
+        yield out
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 @contextlib.contextmanager
