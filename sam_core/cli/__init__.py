@@ -23,6 +23,7 @@ COMMANDS = (
     "sam_core.cli.engine_cmd",
     "sam_core.cli.geo_cmd",
     "sam_core.cli.annotate_cmd",
+    "sam_core.cli.export_cmd",
     "sam_core.cli.finetune_cmd",
 )
 
