@@ -13,7 +13,9 @@ of the payload (the features' bytes, then the valid-pixel mask packed to bits wh
 Files are written atomically (temporary file + rename). A file that is truncated, corrupted or
 otherwise does not match its header is deleted and reported as a miss, so the embedding is recomputed.
 Features are stored as float16 by default (half the size of float32; ``dtype="float32"`` keeps them
-exact). In memory, embeddings are kept as they were put (float32 on the model's device).
+exact). With ``disk_bytes`` the folder is kept under that many bytes: after each write the least
+recently used files (by modification time, refreshed on every read) are deleted. In memory,
+embeddings are kept as they were put (float32 on the model's device).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def embedding_nbytes(embedding: "Embedding") -> int:
 class EmbeddingCache:
     """Memory LRU bounded by ``memory_bytes`` plus, when ``directory`` is given, one file per embedding.
 
-    ``dtype`` ("float16" or "float32") is the dtype of features on disk. Thread-safe.
+    ``dtype`` ("float16" or "float32") is the dtype of features on disk; ``disk_bytes`` (None: no
+    limit) bounds the folder's size. Thread-safe.
     """
 
     def __init__(
@@ -77,7 +80,10 @@ class EmbeddingCache:
         memory_bytes: int = 1 << 30,
         directory: Union[str, "os.PathLike[str]", None] = None,
         dtype: str = "float16",
+        disk_bytes: Optional[int] = None,
     ) -> None:
+        if disk_bytes is not None and disk_bytes < 0:
+            raise SamError(f"disk_bytes must be >= 0, got {disk_bytes}")
         if dtype not in _DTYPES:
             raise SamError(f"cache dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if memory_bytes < 0:
@@ -85,6 +91,7 @@ class EmbeddingCache:
         self.memory_bytes = int(memory_bytes)
         self.directory = Path(directory) if directory is not None else None
         self.dtype = dtype
+        self.disk_bytes = disk_bytes
         self._entries: "OrderedDict[str, tuple[Embedding, int]]" = OrderedDict()
         self._used = 0
         self._lock = threading.RLock()
@@ -124,6 +131,8 @@ class EmbeddingCache:
         self._remember(key, embedding)
         if self.directory is not None:
             self._write(key, embedding)
+            if self.disk_bytes is not None:
+                self._trim_disk(keep=key)
 
     def clear(self, disk: bool = False) -> None:
         """Forget everything in memory; with ``disk=True`` also delete this cache's files."""
@@ -196,10 +205,30 @@ class EmbeddingCache:
             # A full or read-only disk must not stop segmentation: the embedding stays in memory.
             log.warning("could not write the embedding cache file for %s: %s", key, error)
 
+    def _trim_disk(self, keep: str) -> None:
+        """Delete the least recently used files until the folder holds at most ``disk_bytes``."""
+        files = []
+        for path in self.directory.glob(f"*{_SUFFIX}"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # removed by another process meanwhile
+                continue
+            files.append((stat.st_mtime_ns, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.disk_bytes:
+                break
+            if path.name == f"{keep}{_SUFFIX}":
+                continue
+            path.unlink(missing_ok=True)
+            total -= size
+
     def _read(self, key: str) -> Optional["Embedding"]:
         path = self.path_for(key)
         try:
             data = path.read_bytes()
+            if self.disk_bytes is not None:
+                os.utime(path)  # most recently used: trimmed last
         except FileNotFoundError:
             return None
         except OSError as error:

@@ -119,11 +119,30 @@ def test_writes_are_atomic_no_temp_files_left(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.samemb", "b.samemb"]
 
 
+def test_disk_bound_deletes_least_recently_used_files(tmp_path):
+    probe = EmbeddingCache(directory=tmp_path / "probe")
+    probe.put("x", _embedding("x"))
+    one = probe.path_for("x").stat().st_size
+    cache = EmbeddingCache(memory_bytes=0, directory=tmp_path / "bounded", disk_bytes=int(2.5 * one))
+    for index, key in enumerate("abc"):
+        cache.put(key, _embedding(key))
+        os.utime(cache.path_for(key), ns=(index * 10**9, index * 10**9))  # distinct ages on any filesystem
+    assert sorted(p.name for p in (tmp_path / "bounded").iterdir()) == ["b.samemb", "c.samemb"]
+    assert cache.get("b") is not None  # a read makes b the most recently used
+    cache.put("d", _embedding("d"))
+    assert sorted(p.name for p in (tmp_path / "bounded").iterdir()) == ["b.samemb", "d.samemb"]
+    tiny = EmbeddingCache(directory=tmp_path / "tiny", disk_bytes=1)
+    tiny.put("only", _embedding("only"))  # the entry just written is always kept
+    assert tiny.path_for("only").exists()
+
+
 def test_bad_settings():
     with pytest.raises(SamError):
         EmbeddingCache(dtype="int8")
     with pytest.raises(SamError):
         EmbeddingCache(memory_bytes=-1)
+    with pytest.raises(SamError):
+        EmbeddingCache(disk_bytes=-5)
 
 
 # --- with a predictor -----------------------------------------------------------------------------------
