@@ -209,8 +209,12 @@ class SamSession:
 
     # ----------------------------------------------------------------------------------- model
 
-    def predictor(self) -> Any:
-        """The predictor of the chosen model, device and cache (created once; call from a worker)."""
+    def predictor(self, progress: Any = None, cancel: Any = None) -> Any:
+        """The predictor of the chosen model, device and cache (created once; call from a worker).
+
+        A zoo model that is not here yet is downloaded first, with ``progress`` and ``cancel``.
+        """
+        from sam_core import zoo
         from sam_core.cache import EmbeddingCache
         from sam_core.predictor import Predictor
 
@@ -221,6 +225,8 @@ class SamSession:
             if predictor is None:
                 if s.model.checkpoint is not None and not Path(s.model.checkpoint).is_file():
                     raise SamError(f"model file {s.model.checkpoint} does not exist: choose another file or model")
+                if s.model.checkpoint is None:
+                    zoo.ensure_checkpoint(s.model.name, progress=progress, cancel=cancel)
                 cache = EmbeddingCache(memory_bytes=s.cache_memory_bytes, directory=s.cache_dir)
                 predictor = Predictor(s.model.name, checkpoint=s.model.checkpoint, device=s.device, cache=cache)
                 self._predictors[key] = predictor
@@ -391,12 +397,12 @@ class SamSession:
         preparation = self.access.preparation()
 
         def job(progress: Any, cancel: Any) -> Any:
-            predictor = self.predictor()
+            predictor = self.predictor(progress, cancel)
             with self._lock:
                 prediction = self._decode(predictor, prompts, preparation)
             return generation, prompts.stack_index, prediction
 
-        self._decoding = start_job(job, "SAM preview", self._on_decoded, self._decode_finished, show_progress=False)
+        self._decoding = start_job(job, "SAM model", self._on_decoded, self._decode_finished)
 
     def _decode_finished(self) -> None:
         self._decoding = None
@@ -503,7 +509,7 @@ class SamSession:
         def job(progress: Any, cancel: Any) -> int:
             from sam_core.progress import check
 
-            predictor = self.predictor()
+            predictor = self.predictor(progress, cancel)
             before = predictor.encoder_runs
             for done, index in enumerate(indices):
                 check(cancel)
@@ -566,7 +572,7 @@ class SamSession:
         key_prompts = [self.prompts(k) for k in keys] if len(keys) >= 2 else []
 
         def job(progress: Any, cancel: Any) -> np.ndarray:
-            predictor = self.predictor()
+            predictor = self.predictor(progress, cancel)
             with self._lock:
                 if key_prompts:
                     masks = {}
@@ -613,7 +619,7 @@ class SamSession:
         s = self.settings
 
         def job(progress: Any, cancel: Any) -> Tuple[Tuple[int, ...], np.ndarray]:
-            generator = AutomaticMaskGenerator(self.predictor(), **params)
+            generator = AutomaticMaskGenerator(self.predictor(progress, cancel), **params)
 
             def segment(image: np.ndarray, **kw: Any) -> np.ndarray:
                 with self._lock:
