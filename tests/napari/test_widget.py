@@ -38,6 +38,18 @@ def test_manifest_declares_widget_readers_and_samples():
     assert samples.cells_2d_sample()[0][0].dtype == np.uint16
 
 
+def test_plugin_menu_opens_the_widget_and_the_samples(make_napari_viewer):
+    from napari_sam.widget import SamWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("sam-suite", "volume_3d")
+    assert viewer.layers["volume 3D"].data.ndim == 3
+    _, widget = viewer.window.add_plugin_dock_widget("sam-suite", "Segment Anything")
+    assert isinstance(widget, SamWidget)
+    assert widget.image_combo.currentText() == "volume 3D"
+    assert "demo" in [c.name for c in widget.choices if c is not None]
+
+
 def test_points_give_the_predictors_mask_with_scale_and_translate(make_widget, qtbot):
     image, _ = make_cells_2d((128, 128), count=4)
     viewer, widget = make_widget(image, scale=(0.5, 0.25), translate=(10.0, -3.0))
