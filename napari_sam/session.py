@@ -22,7 +22,7 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -113,13 +113,10 @@ class SamSession:
         self._undo: List[Tuple[Tuple[np.ndarray, ...], np.ndarray, int]] = []
         self.jobs: List[Job] = []
         self.on_candidates: List[Callable[[Optional[np.ndarray], int], None]] = []
-        self.last_error: Optional[str] = None
-        self.last_automatic = None
 
     # ----------------------------------------------------------------------------------- set-up
 
     def _fail(self, message: str) -> None:
-        self.last_error = message
         show_error(message)
 
     def set_image(self, layer: Any) -> bool:
@@ -646,7 +643,6 @@ class SamSession:
             layer = self._automatic_layer()
             layer.data[index] = labels
             layer.refresh()
-            self.last_automatic = labels
             show_info(f"Automatic segmentation: {int(len(np.unique(labels)) - 1)} object(s).")
             if on_done is not None:
                 on_done(labels)
