@@ -319,6 +319,9 @@ def main(cache_dir: Optional[str] = None) -> int:
     Anything else that prints to stdout (libraries, warnings) is sent to stderr, so that stdout carries
     protocol lines only.
     """
+    from sam_core.runtime import keep_freed_memory
+
+    keep_freed_memory()  # faster encoding on Linux (see sam_core.runtime)
     protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
