@@ -16,6 +16,10 @@ for kept masks and only when the output mode asks for it; records are built once
 that fall inside a mask already kept in the same crop are not decoded (fewer decoder calls, nearly the
 same masks on images with large objects). It is off by default.
 
+Images that are not 8-bit RGB are prepared by :func:`sam_core.imaging.prepare_image`; pixels it marks
+invalid (NaN, nodata, alpha 0) are never part of a mask (their logits are set to -inf before the
+stability score). For 8-bit RGB images every pixel is valid and nothing changes.
+
 Coordinates: points ``(x, y)`` pixels; ``bbox`` and ``crop_box`` are XYWH pixels of the original image.
 """
 
@@ -141,7 +145,7 @@ class AutomaticMaskGenerator:
         ``progress(done, total, message)`` is called after each batch of points; ``cancel`` is checked
         between batches (raises :class:`~sam_core.progress.Cancelled`).
         """
-        rgb, _ = prepare_image(image, preparation)
+        rgb, valid = prepare_image(image, preparation)
         orig_h, orig_w = rgb.shape[:2]
         crop_boxes, layer_idxs = M.generate_crop_boxes((orig_h, orig_w), self.crop_n_layers, self.crop_overlap_ratio)
         total = sum(math.ceil(len(self.point_grids[layer]) / self.points_per_batch) for layer in layer_idxs)
@@ -149,7 +153,7 @@ class AutomaticMaskGenerator:
         report(progress, 0, total, "encoding")
         with torch.inference_mode():
             crops = [
-                self._process_crop(rgb, crop_box, layer, f"crop {i + 1}/{len(crop_boxes)}", counter, cancel)
+                self._process_crop(rgb, valid, crop_box, layer, f"crop {i + 1}/{len(crop_boxes)}", counter, cancel)
                 for i, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs))
             ]
             check(cancel)
@@ -177,6 +181,7 @@ class AutomaticMaskGenerator:
     def _process_crop(
         self,
         rgb: np.ndarray,
+        valid: np.ndarray,
         crop_box: List[int],
         layer: int,
         message: str,
@@ -191,6 +196,8 @@ class AutomaticMaskGenerator:
         points = self.point_grids[layer] * np.array([[crop_w, crop_h]], dtype=np.float64)
         device = embedding.features.device
         orig_box = [0, 0, rgb.shape[1], rgb.shape[0]]
+        crop_valid = valid[y0:y1, x0:x1]
+        valid_t = None if crop_valid.all() else torch.as_tensor(crop_valid, device=device)
 
         parts: List[Tuple[torch.Tensor, ...]] = []
         point_ids: List[np.ndarray] = []
@@ -201,7 +208,7 @@ class AutomaticMaskGenerator:
             if covered is not None:
                 ids = ids[self._uncovered(points[ids], covered)]
             if len(ids):
-                result = self._process_batch(embedding, points[ids], crop_box, orig_box)
+                result = self._process_batch(embedding, points[ids], crop_box, orig_box, valid_t)
                 if result is not None:
                     masks, iou, stability, boxes, rows = result
                     parts.append((masks, iou, stability, boxes))
@@ -232,10 +239,16 @@ class AutomaticMaskGenerator:
         )
 
     def _process_batch(
-        self, embedding: Any, points: np.ndarray, crop_box: List[int], orig_box: List[int]
+        self,
+        embedding: Any,
+        points: np.ndarray,
+        crop_box: List[int],
+        orig_box: List[int],
+        valid: Optional[torch.Tensor],
     ) -> Optional[Tuple[torch.Tensor, ...]]:
         """Decode one batch of points (crop frame). Returns the surviving candidates as
-        (masks bool (n, h, w), iou (n,), stability (n,), boxes XYXY crop frame (n, 4), point row (n,))."""
+        (masks bool (n, h, w), iou (n,), stability (n,), boxes XYXY crop frame (n, 4), point row (n,)).
+        ``valid`` (h, w) marks the crop's valid pixels (None: all valid); masks never cover invalid ones."""
         model = self.predictor.model
         device = embedding.features.device
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
@@ -256,6 +269,8 @@ class AutomaticMaskGenerator:
         if len(iou) == 0:
             return None
         logits = model.postprocess_masks(low_res[:, None], embedding.input_size, embedding.original_size)[:, 0]
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
         stability = M.stability_score(logits, model.mask_threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0.0:
             keep = stability >= self.stability_score_thresh

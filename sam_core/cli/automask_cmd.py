@@ -32,9 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="PATH", help="output: labels.tif, labels.png or records.json")
     parser.add_argument("--model", default=None, help="model name (default: demo, or inferred from --checkpoint)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH", help="checkpoint file (official format)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: cpu)")
+    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument("--precision", default=None,
+                        help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
     parser.add_argument("--channels", default=None, metavar="I[,J,K]", help="channel indices of a multichannel image (1 or 3)")
     parser.add_argument("--range", default=None, metavar="LO,HI", help="fixed value range mapped to 0..255 (default: percentile stretch)")
+    parser.add_argument("--nodata", type=float, default=None, help="value marking missing pixels")
     gen = parser.add_argument_group("generator parameters (official names and defaults)")
     gen.add_argument("--points-per-side", type=int, default=32, help="grid points per image side (default 32)")
     gen.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once (default 64)")
@@ -84,11 +87,13 @@ def run(args: argparse.Namespace) -> int:
         raise SamError(f"--out must end in {', '.join(SUFFIXES)} (label image or JSON records), got {out.name!r}")
     if out.is_dir():
         raise SamError(f"--out {out} is a folder: give a file name such as {out / 'labels.tif'}")
-    preparation = Preparation(channels=_parse_channels(args.channels), value_range=_parse_range(args.range))
+    preparation = Preparation(
+        channels=_parse_channels(args.channels), value_range=_parse_range(args.range), nodata=args.nodata
+    )
     image = read_image(args.image)
     output_mode = "coco_rle" if suffix == ".json" else "uncompressed_rle"
     model = args.model if args.model is not None else (None if args.checkpoint else "demo")
-    predictor = Predictor(model, checkpoint=args.checkpoint, device=args.device)
+    predictor = Predictor(model, checkpoint=args.checkpoint, device=args.device, precision=args.precision)
     generator = AutomaticMaskGenerator(
         predictor,
         points_per_side=args.points_per_side,

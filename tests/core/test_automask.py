@@ -265,31 +265,30 @@ def test_generated_labels(small_setup):
 # full-size models
 
 
+# Full-size random encoders give near-uniform features: masks are speckled and nearly full whatever the
+# point, so NMS would keep one. These tests therefore switch NMS off (threshold 1.0) and the score
+# filters too, and compare every candidate of a 4x4 grid (48 masks): the full-size decoder, upsampling,
+# stability scores, boxes, small-region removal and record order against the official package.
+# NMS, crops and filters are compared on the small model above.
+FULL_SIZE = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+
+
 @pytest.mark.slow
-def test_parity_vit_b(vit_b_checkpoint, tmp_path):
+def test_parity_vit_b(vit_b_checkpoint):
     config = get_config("vit_b")
-    checkpoint = structured_checkpoint(vit_b_checkpoint, tmp_path / "vit_b.pth")
     image = scene(384, 512, 12, seed=1)
-    ours = Predictor(load_ours(config, checkpoint))
-    ours.model.mask_threshold = logit_quantile(ours, image, n=4)
-    official = load_official(config, checkpoint)
-    official.mask_threshold = ours.model.mask_threshold
-    params = dict(GRID, min_mask_region_area=100)
+    params = dict(FULL_SIZE, min_mask_region_area=50)
+    official = load_official(config, vit_b_checkpoint)
     expected = segment_anything().SamAutomaticMaskGenerator(official, **params).generate(image)
-    got = AutomaticMaskGenerator(ours, **params).generate(image)
-    assert_same_records(got, expected)
+    del official
+    got = AutomaticMaskGenerator(Predictor(load_ours(config, vit_b_checkpoint)), **params).generate(image)
+    assert_same_records(got, expected, min_count=40)
 
 
 @pytest.mark.slow
-def test_parity_vit_t(vit_t_checkpoint, tmp_path):
+def test_parity_vit_t(vit_t_checkpoint):
     config = get_config("vit_t")
-    checkpoint = structured_checkpoint(vit_t_checkpoint, tmp_path / "vit_t.pth")
     image = scene(384, 512, 12, seed=2)
-    ours = Predictor(load_ours(config, checkpoint))
-    ours.model.mask_threshold = logit_quantile(ours, image, n=4)
-    official = load_official(config, checkpoint)
-    official.mask_threshold = ours.model.mask_threshold
-    params = GRID
-    expected = mobile_sam().SamAutomaticMaskGenerator(official, **params).generate(image)
-    got = AutomaticMaskGenerator(ours, **params).generate(image)
-    assert_same_records(got, expected)
+    expected = mobile_sam().SamAutomaticMaskGenerator(load_official(config, vit_t_checkpoint), **FULL_SIZE).generate(image)
+    got = AutomaticMaskGenerator(Predictor(load_ours(config, vit_t_checkpoint)), **FULL_SIZE).generate(image)
+    assert_same_records(got, expected, min_count=40)
