@@ -7,8 +7,9 @@
   official package (the reference for the parity tests; slower).
 - ``bf16``: bfloat16 autocast with fused attention; on CPUs with bf16 instructions and on GPUs.
 - ``fp16``: float16 autocast with fused attention; GPU only.
-- ``int8``: dynamic int8 quantization of the encoder's Linear layers (weights int8, activations
-  quantized per batch) with fused fp32 attention; CPU only.
+- ``int8``: dynamic int8 quantization of the encoder's MLP Linear layers (weights int8 per output
+  channel, activations quantized per batch; the attention projections stay fp32 to keep the
+  embedding within cosine 0.999 of fp32) with fused fp32 attention; CPU only.
 - ``auto``: ``bf16`` where the device runs it natively, ``fp16`` on GPUs without bf16, else ``fp32``.
 
 The prompt encoder and the mask decoder always run in fp32; the embedding is returned as float32.
