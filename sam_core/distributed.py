@@ -48,7 +48,9 @@ class GeneratorSpec:
         """A new :class:`~sam_core.automask.AutomaticMaskGenerator` on a freshly loaded model."""
         from sam_core.automask import AutomaticMaskGenerator
         from sam_core.predictor import Predictor
+        from sam_core.runtime import keep_freed_memory
 
+        keep_freed_memory()  # Dask workers trim freed memory eagerly; the encoder would fault it back in
         predictor = Predictor(self.model, checkpoint=self.checkpoint, device=self.device)
         try:
             return AutomaticMaskGenerator(predictor, **self.params)
