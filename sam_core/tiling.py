@@ -263,7 +263,8 @@ class MaskPiece:
     def sort_key(self) -> tuple:
         """A canonical order that depends on the piece's content only."""
         digest = hashlib.blake2b(np.packbits(self.mask).tobytes() + str(self.mask.shape).encode(), digest_size=8)
-        return (self.y0, self.x0, self.mask.shape, -self.area, -self.predicted_iou, digest.hexdigest())
+        return (self.y0, self.x0, self.mask.shape, -self.area, -self.predicted_iou, -self.stability_score,
+                digest.hexdigest(), str(self.point_coords))
 
 
 def _decode_segmentation(seg: Any) -> np.ndarray:
