@@ -70,7 +70,7 @@ class Sam(nn.Module):
 
     def set_precision(self, precision: str) -> "Sam":
         """Run the image encoder in ``precision`` (see :mod:`sam_core.models.precision`) on this
-        model's current device; returns self. ``int8`` quantizes the encoder's Linear layers in place
+        model's current device; returns self. ``int8`` quantizes the encoder's MLP layers in place
         and cannot be undone (build a new model for another precision); move the model to its
         device before choosing a precision.
         """
