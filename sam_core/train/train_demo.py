@@ -6,7 +6,8 @@ The network is ``CONFIGS["demo"]`` built by :func:`sam_core.models.build.build_s
 the official sizes). Every step draws ``--batch`` scenes from :mod:`sam_core.train.synthetic` with
 seeds (``--seed``, step, i), so step ``n`` sees the same data whether or not the run was resumed;
 prompts follow SAM's training simulation (:mod:`sam_core.train.interactive`), with
-binary cross-entropy + dice on the masks (faster from scratch than SAM's focal loss). The whole model trains
+class-balanced cross-entropy + dice on the masks (SAM's focal loss leaves a model trained
+from scratch stuck on empty masks). The whole model trains
 end to end with AdamW, linear warm-up and cosine decay. The weights are written atomically every
 ``--save-every`` steps in the official format (a plain state dict); a sidecar ``OUT.state`` holds the
 optimizer state and the step for ``--resume``. On the project's 2-core CPU the default schedule takes
@@ -16,6 +17,7 @@ about 40 minutes; a CUDA device is used when ``--device cuda`` is given.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 import math
 import time
 from pathlib import Path
@@ -28,7 +30,7 @@ from sam_core.fileio import atomic_write
 from sam_core.models.build import build_sam
 from sam_core.models.config import CONFIGS
 from sam_core.train.interactive import simulate
-from sam_core.train.losses import bce_dice_loss
+from sam_core.train.losses import balanced_bce_dice_loss
 from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
@@ -65,10 +67,10 @@ def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, o
 
 def train(
     out: Path,
-    steps: int = 900,
+    steps: int = 800,
     batch: int = 4,
     objects: int = 5,
-    lr: float = 1e-3,
+    lr: float = 5e-4,
     warmup: int = 50,
     seed: int = TRAIN_SEED,
     save_every: int = 25,
@@ -78,12 +80,14 @@ def train(
     state_path: Optional[Path] = None,
     rounds: Sequence[int] = (0, 1, 1),
     loss_size: int = 128,
+    balance_until: float = 0.6,
 ) -> torch.nn.Module:
     """Train ``demo`` and write it to ``out``; returns the trained model (train mode).
 
     ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``; ``rounds``
     lists the numbers of corrective-click rounds drawn from for each step; losses are computed at
-    ``loss_size`` pixels per side.
+    ``loss_size`` pixels per side. The cross-entropy is class-balanced at first, fading linearly to
+    plain cross-entropy at ``balance_until`` of the steps (see ``balanced_bce_dice_loss``).
     """
     torch.manual_seed(seed)
     config = CONFIGS["demo"]
@@ -109,7 +113,8 @@ def train(
         x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
         embeddings = model.image_encoder(model.preprocess(x))
         result = simulate(model, embeddings, index, targets, rng, rounds=int(rng.choice(rounds)),
-                          background=backgrounds, loss_size=loss_size, loss_fn=bce_dice_loss)
+                          background=backgrounds, loss_size=loss_size, loss_fn=partial(balanced_bce_dice_loss,
+                          balance=max(0.0, 1.0 - step / (balance_until * steps))))
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -132,10 +137,10 @@ def train(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo.pt"))
-    parser.add_argument("--steps", type=int, default=900)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--objects", type=int, default=5, help="objects prompted per scene")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--save-every", type=int, default=25)
