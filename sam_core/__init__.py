@@ -56,6 +56,11 @@ _EXPORTS = {
     "fill_between": "sam_core.volume",
     "automask_volume": "sam_core.volume",
     "link_slices": "sam_core.volume",
+    # training: fine-tuning on your own masks, generated scenes
+    "finetune": "sam_core.train.finetune",
+    "load_pairs": "sam_core.train.finetune",
+    "FinetuneResult": "sam_core.train.finetune",
+    "generate_scene": "sam_core.train.synthetic",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
