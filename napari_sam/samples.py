@@ -62,14 +62,14 @@ def make_cells_2d(shape: Tuple[int, int] = (256, 256), count: int = 12, seed: in
 def make_volume_3d(shape: Tuple[int, int, int] = (24, 128, 128), seed: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """A (Z, Y, X) uint8 volume with two separate ellipsoids; returns ``(image, labels)``.
 
-    Object 1 is centred in the volume with half-axes (z, y, x) = (0.35 Z, 30, 36) pixels; object 2
+    Object 1 is centred in the volume with half-axes (z, y, x) = (0.35 Z, 18, 22) pixels; object 2
     is a smaller ellipsoid in a corner.
     """
     rng = np.random.default_rng(seed)
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
     labels = np.zeros(shape, dtype=np.int32)
     c = (shape[0] / 2.0, shape[1] / 2.0, shape[2] / 2.0)
-    big = ((z - c[0]) / (0.35 * shape[0])) ** 2 + ((y - c[1]) / 30.0) ** 2 + ((x - c[2]) / 36.0) ** 2 <= 1
+    big = ((z - c[0]) / (0.35 * shape[0])) ** 2 + ((y - c[1]) / 18.0) ** 2 + ((x - c[2]) / 22.0) ** 2 <= 1
     small = ((z - c[0]) / (0.2 * shape[0])) ** 2 + ((y - 18) / 12.0) ** 2 + ((x - 18) / 12.0) ** 2 <= 1
     labels[big] = 1
     labels[small & ~big] = 2
