@@ -126,7 +126,6 @@ def _volume_worker(name: str, checkpoint: str, slices: int, budget_mb: int, thre
         most_bytes = most_alive = 0
         for z in range(1, slices):
             alive.append(weakref.ref(predictor.encode(volume[z])))
-            gc.collect()
             alive = [ref for ref in alive if ref() is not None]
             most_bytes = max(most_bytes, cache.memory_used)
             most_alive = max(most_alive, len(alive))

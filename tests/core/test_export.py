@@ -58,6 +58,16 @@ def _assert_same_prediction(torch_pred, onnx_pred, min_iou: float = 0.99) -> Non
     np.testing.assert_allclose(onnx_pred.logits, torch_pred.logits, atol=1e-2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread(request):
+    """Small models run faster on one torch thread (no OpenMP spinning for tiny operations); vit_b keeps all."""
+    threads = torch.get_num_threads()
+    if "vit_b" not in request.node.name:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PROMPTS = [
     dict(points=[(40, 30)]),
     dict(points=[(40, 30), (90, 60)], labels=[1, 0]),
