@@ -168,8 +168,8 @@ def export_onnx(
 
     Writes ``decoder.onnx``, and with ``encoder`` ``encoder.onnx``, and with ``quantize_encoder``
     ``encoder.int8.onnx`` (see the module docstring). Everything is built in a temporary folder
-    inside ``folder`` and moved into place at the end; on an error or a cancel nothing is changed. An
-    ``encoder.int8.onnx`` left in ``folder`` by an earlier export is removed when this export has none,
+    inside ``folder`` and moved into place at the end; on an error or a cancel nothing is changed.
+    Encoder files left in ``folder`` by an earlier export are removed when this export writes none,
     so that a folder never mixes two models. The encoder is always exported in float32, whatever
     precision the model runs in (an int8-quantized PyTorch encoder cannot be exported).
     """
