@@ -8,8 +8,10 @@ rasters are made with that Python too.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -23,6 +25,10 @@ if not os.environ.get("SAM_ENGINE_PYTHON") and (ROOT / ".venv" / "bin" / "python
     os.environ["SAM_ENGINE_PYTHON"] = str(ROOT / ".venv" / "bin" / "python")
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# The engine's embedding cache (and any sam_core per-user files) go to a folder of this test session.
+_HOME = tempfile.mkdtemp(prefix="sam_qgis_tests_")
+os.environ["SAM_CORE_HOME"] = _HOME
 
 
 def engine_python() -> str:
@@ -69,6 +75,7 @@ def stop_engine_at_end():
     from qgis_sam import settings
 
     settings.stop_client()
+    shutil.rmtree(_HOME, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float = 60.0) -> bool:
