@@ -91,7 +91,6 @@ def _encode_worker(side: str, name: str, checkpoint: str, onnx_dir: str, threads
         "precision": precision,
         "rss_model_mb": before,
         "peak_above_model_mb": _status_mb("VmHWM") - before,
-        "machine": common.machine(),
     }
 
 
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit_b", help="comma-separated: vit_b, vit_l, vit_h, vit_t")
     parser.add_argument("--sides", default="official,fp32,fp32+keep,auto,int8",
-                        help=f"comma-separated, of: {', '.join(SIDES)}")
+                        help=f"comma-separated, of: {', '.join(SIDES)} (empty: only the disk and volume parts)")
     parser.add_argument("--threads", type=int, default=0, help="torch / onnxruntime threads (0: default)")
     parser.add_argument("--volume-model", default="vit_t", help="model for the volume part ('none' skips it)")
     parser.add_argument("--slices", type=int, default=300, help="slices of the volume")
@@ -190,17 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    sides = args.sides.split(",")
+    sides = [side for side in args.sides.split(",") if side]
     unknown = sorted(set(sides) - set(SIDES))
     if unknown:
         parser.error(f"unknown sides {unknown}; choose from {', '.join(SIDES)}")
     script = Path(__file__).resolve()
     lines = []
-    machine = None
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.checkpoints or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in args.models.split(","):
+        for name in args.models.split(",") if sides else []:
             path = common.checkpoint(name, folder)
             onnx_dir = Path(tmp) / f"onnx_{name}"
             if any(s.startswith("onnx") for s in sides):
@@ -208,16 +206,16 @@ def main(argv: list[str] | None = None) -> int:
             official = None
             for side in sides:
                 result = common.run_worker(script, ["encode", side, name, str(path), str(onnx_dir), str(args.threads)])
-                machine = result["machine"]
                 if side == "official":
                     official = result["peak_above_model_mb"]
                 ratio = f"{official / result['peak_above_model_mb']:6.2f}x less" if official and side != "official" else ""
                 lines.append(f"{name:6} {side:10} {result['precision']:>9} {result['rss_model_mb']:12.0f} "
                              f"{result['peak_above_model_mb']:14.0f}  {ratio}")
-        print(machine)
-        print("Peak RSS while encoding one 1024 x 1024 image (twice), in MB:")
-        print(f"{'model':6} {'side':10} {'precision':>9} {'RSS of model':>12} {'peak above it':>14}")
-        print("\n".join(lines))
+        print(common.machine())
+        if lines:
+            print("Peak RSS while encoding one 1024 x 1024 image (twice), in MB:")
+            print(f"{'model':6} {'side':10} {'precision':>9} {'RSS of model':>12} {'peak above it':>14}")
+            print("\n".join(lines))
 
         default, f32 = _disk_sizes()
         print(f"\nOne vit_b embedding on disk: {default / 2**20:.2f} MB with the default cache "
