@@ -209,6 +209,23 @@ def test_tiny_vit_and_bf16_models_export_in_fp32(small_tiny_vit_checkpoint, tmp_
                             onnx_pred.predict(embedding, points=[(60, 40)]))
 
 
+def test_large_models_keep_their_weights_in_a_data_file(small_torch, tmp_path, monkeypatch):
+    """Above 2 GB (vit_h's encoder) protobuf cannot hold the weights: they go to ``NAME.onnx.data``."""
+    import sam_core.export as export
+
+    monkeypatch.setattr(export, "_EXTERNAL_DATA_BYTES", 0)
+    export_onnx(small_torch.model, tmp_path, quantize_encoder=True)
+    names = set(os.listdir(tmp_path))
+    assert {DECODER_FILE, ENCODER_FILE, f"{ENCODER_FILE}.data", f"{DECODER_FILE}.data"} <= names
+    image = _image(64, 64)
+    expected = small_torch.encode(image)
+    assert torch.allclose(OnnxPredictor(tmp_path).encode(image).features, expected.features, atol=1e-4)
+    assert _cosine(OnnxPredictor(tmp_path, int8=True).encode(image).features, expected.features) >= 0.99
+    monkeypatch.setattr(export, "_EXTERNAL_DATA_BYTES", 1 << 40)
+    export_onnx(small_torch.model, tmp_path, encoder=False)
+    assert os.listdir(tmp_path) == [DECODER_FILE]  # no stale data files
+
+
 # --- files: atomic output, stale files, errors --------------------------------------------------------
 
 
