@@ -1,5 +1,3 @@
-from sam_core.cli import main
-from sam_core.runtime import keep_freed_memory
+from sam_core.cli import run_process
 
-keep_freed_memory()  # a process of its own: keep the encoder's big buffers instead of refaulting them
-raise SystemExit(main())
+raise SystemExit(run_process())

@@ -56,3 +56,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run_process() -> int:
+    """Entry point of ``python -m sam_core`` and the ``sam-core`` script: a process of its own.
+
+    Such a process keeps the encoder's big freed buffers instead of faulting them back in from the
+    kernel on every image (see :func:`sam_core.runtime.keep_freed_memory`); tests call :func:`main`.
+    """
+    from sam_core.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    return main()
