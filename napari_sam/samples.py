@@ -59,7 +59,7 @@ def make_cells_2d(shape: Tuple[int, int] = (256, 256), count: int = 12, seed: in
     return _render(labels, rng, bit16), labels
 
 
-def make_volume_3d(shape: Tuple[int, int, int] = (24, 128, 128), seed: int = 1) -> Tuple[np.ndarray, np.ndarray]:
+def make_volume_3d(shape: Tuple[int, int, int] = (24, 256, 256), seed: int = 1) -> Tuple[np.ndarray, np.ndarray]:
     """A (Z, Y, X) uint8 volume with two separate ellipsoids; returns ``(image, labels)``.
 
     Object 1 is centred in the volume with half-axes (z, y, x) = (0.35 Z, 18, 22) pixels; object 2

@@ -538,7 +538,7 @@ class SamSession:
 
     # ----------------------------------------------------------------------------------- volumes
 
-    def propagate(self, first: Optional[int] = None, last: Optional[int] = None, stop_iou: float = 0.5,
+    def propagate(self, first: Optional[int] = None, last: Optional[int] = None, stop_iou: float = 0.75,
                   stop_stability: float = 0.5, min_overlap: float = 0.3,
                   on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional[Job]:
         """Carry the object through the stack (last stack axis) into the preview.

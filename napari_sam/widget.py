@@ -159,7 +159,7 @@ class SamWidget(QWidget):
         self.stop_iou_spin = QDoubleSpinBox()
         self.stop_iou_spin.setRange(0.0, 1.0)
         self.stop_iou_spin.setSingleStep(0.05)
-        self.stop_iou_spin.setValue(0.5)
+        self.stop_iou_spin.setValue(0.75)
         form.addRow("Stop below predicted IoU", self.stop_iou_spin)
         self.propagate_button = QPushButton("Propagate through stack")
         self.propagate_button.clicked.connect(self.propagate)
