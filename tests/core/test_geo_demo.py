@@ -100,10 +100,13 @@ def test_prompts_with_demo_in_another_crs(demo_raster, tmp_path, predictor):
     groups.append({"box": footprints["rectangle"].buffer(3).bounds})  # a box in the raster's CRS
     out = tmp_path / "prompted.gpkg"
     result = segment_prompts(raster, groups, out, predictor=predictor, **TILES)
-    geoms, _, crs = read_output(out)
-    assert crs == UTM and result.count == len(groups)
-    for geom, name in zip(geoms, names + ["rectangle"]):
-        assert map_iou(geom, footprints[name]) >= 0.8, name
+    geoms, attrs, crs = read_output(out)
+    assert crs == UTM
+    by_group = dict(zip((int(g) for g in attrs["group"]), geoms))
+    for index, name in enumerate(names + ["rectangle"], start=1):
+        assert index in by_group, f"{name}: no polygon"
+        assert map_iou(by_group[index], footprints[name]) >= 0.8, name
+    assert result.count == len(groups)
 
 
 def test_segment_at_with_demo_is_instant_after_the_first_click(demo_raster, predictor):
