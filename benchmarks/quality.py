@@ -40,7 +40,7 @@ def main() -> None:
     predictor = Predictor(args.model, checkpoint=args.checkpoint)
     scenes = generate_scenes(max(args.scenes, args.automask_scenes), seed=args.seed)
     started = time.time()
-    prompts = prompt_quality(predictor, scenes[: args.scenes])
+    prompts = prompt_quality(predictor, scenes[: args.scenes]) if args.scenes else None
     generator = AutomaticMaskGenerator(
         predictor,
         points_per_side=args.points_per_side,
@@ -49,9 +49,10 @@ def main() -> None:
     )
     auto = automask_quality(generator, scenes[: args.automask_scenes])
     print(f"model {args.model}, held-out scenes (seed {args.seed}), {time.time() - started:.0f} s")
-    print(f"one click at the interior point: mean IoU {prompts.click:.3f} over {prompts.objects} objects "
-          f"({args.scenes} scenes)  [target >= 0.85]")
-    print(f"tight box:                       mean IoU {prompts.box:.3f}  [target >= 0.90]")
+    if prompts is not None:
+        print(f"one click at the interior point: mean IoU {prompts.click:.3f} over {prompts.objects} objects "
+              f"({args.scenes} scenes)  [target >= 0.85]")
+        print(f"tight box:                       mean IoU {prompts.box:.3f}  [target >= 0.90]")
     print(f"automatic masks ({args.points_per_side}x{args.points_per_side} points, pred_iou_thresh "
           f"{args.pred_iou_thresh}, stability_score_thresh {args.stability_score_thresh}, "
           f"{args.automask_scenes} scenes): found {auto.recall:.1%} of {auto.objects} objects at IoU 0.5 "

@@ -10,8 +10,10 @@ class-balanced cross-entropy + dice on the masks (SAM's focal loss leaves a mode
 from scratch stuck on empty masks). The whole model trains
 end to end with AdamW, linear warm-up and cosine decay. The weights are written atomically every
 ``--save-every`` steps in the official format (a plain state dict); a sidecar ``OUT.state`` holds the
-optimizer state and the step for ``--resume``. On the project's 2-core CPU the default schedule takes
-about 40 minutes; a CUDA device is used when ``--device cuda`` is given.
+optimizer state and the step for ``--resume``. On the project's 2-core CPU (shared with other jobs,
+one torch thread: more threads are slower there) the default 1500 steps took about 33 minutes; a
+CUDA device is used when ``--device cuda`` is given. Quality: ``benchmarks/quality.py`` and
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, o
 
 def train(
     out: Path,
-    steps: int = 800,
+    steps: int = 1500,
     batch: int = 4,
     objects: int = 5,
     lr: float = 5e-4,
@@ -137,7 +139,7 @@ def train(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo.pt"))
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--objects", type=int, default=5, help="objects prompted per scene")
     parser.add_argument("--lr", type=float, default=5e-4)
