@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         if number < len(ids) - 1:
             session.commit()
     viewer.layers.selection.active = session.points_layer
+    viewer.reset_view()
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
