@@ -11,6 +11,13 @@ from typing import IO, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def _default_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give (0o666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Yield a temporary file beside ``path``; on success it is flushed, synced and renamed to ``path``.
@@ -21,6 +28,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
+        os.chmod(tmp, _default_mode())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -46,6 +54,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     os.unlink(tmp)
     try:
         yield Path(tmp)
+        if os.path.exists(tmp):
+            os.chmod(tmp, _default_mode())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
