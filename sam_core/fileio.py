@@ -11,11 +11,15 @@ from typing import IO, Iterator, Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _default_mode() -> int:
-    """The permission bits a plain ``open(path, "w")`` would give (0o666 less the umask)."""
+def _read_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+# The permission bits a plain ``open(path, "w")`` gives (read once at import: reading the umask
+# briefly changes it, which is not safe while other threads create files).
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextlib.contextmanager
@@ -28,7 +32,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -55,7 +59,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         if os.path.exists(tmp):
-            os.chmod(tmp, _default_mode())
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
