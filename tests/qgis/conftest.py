@@ -106,7 +106,7 @@ from shapely.geometry import shape
 from shapely.ops import unary_union
 
 rng = np.random.default_rng(7)
-size = 320
+size = 256
 pixel = 2.0
 transform = from_origin(500000.0, 4000000.0, pixel, pixel)
 yy, xx = np.mgrid[0:size, 0:size]
@@ -114,10 +114,10 @@ image = np.empty((3, size, size), np.float32)
 for band, level in enumerate((118, 128, 104)):
     image[band] = level + rng.normal(0, 6, (size, size))
 objects = [
-    ("ellipse", (80, 90), (38, 26), (220, 60, 50)),
-    ("ellipse", (230, 100), (30, 30), (40, 70, 200)),
-    ("rect", (90, 230), (40, 28), (235, 210, 40)),
-    ("rect", (235, 235), (34, 44), (30, 160, 70)),
+    ("ellipse", (64, 72), (30, 21), (220, 60, 50)),
+    ("ellipse", (184, 80), (24, 24), (40, 70, 200)),
+    ("rect", (72, 184), (32, 22), (235, 210, 40)),
+    ("rect", (188, 188), (27, 35), (150, 40, 170)),
 ]
 footprints = []
 for kind, (cy, cx), (ry, rx), colour in objects:
@@ -139,7 +139,7 @@ print(json.dumps(footprints))
 
 
 def make_scene(path: Path, crs: str) -> list[dict]:
-    """A 320x320 3-band GeoTIFF (2 m pixels) with four known objects; returns their footprints (map WKT,
+    """A 256x256 3-band GeoTIFF (2 m pixels) with four known objects; returns their footprints (map WKT,
     centre, box) in the raster's CRS."""
     import json
 

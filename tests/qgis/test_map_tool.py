@@ -56,10 +56,10 @@ def idle(tool: SamMapTool, timeout: float = 120) -> bool:
     return wait_until(lambda: not tool.busy and tool.task is None, timeout)
 
 
-def use_model(checkpoint=None) -> None:
+def use_model(checkpoint=None, tile_size: int = 256) -> None:
     settings.set_value("model", "demo")
     settings.set_value("checkpoint", str(checkpoint) if checkpoint else "")
-    settings.set_value("tile_size", 256)
+    settings.set_value("tile_size", tile_size)
     settings.set_value("overlap", 32)
     settings.set_value("output_gpkg", "")
 
@@ -132,7 +132,7 @@ def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
 @pytest.mark.skipif("not demo_available()", reason="the bundled demo model is not installed yet")
 def test_click_gives_the_expected_polygon_with_demo(canvas_on_scene):
     canvas, layer, objects, to_canvas = canvas_on_scene
-    use_model()
+    use_model(tile_size=settings.DEFAULTS["tile_size"])
     tool = SamMapTool(canvas, layer, settings.client())
     canvas.setMapTool(tool)
     for index, item in enumerate(objects):
