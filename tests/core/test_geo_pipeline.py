@@ -194,7 +194,7 @@ def test_cancel_leaves_no_output_and_rerun_resumes(scene_raster, tmp_path):
 def test_bad_inputs_give_clear_errors(scene_raster, tmp_path):
     raster, _ = scene_raster
     with pytest.raises(SamError, match="corrupt"):
-        automask_raster(_corrupt(tmp_path),
+        automask_raster(SHARED_CORRUPT if SHARED_CORRUPT.exists() else _corrupt(tmp_path),
                         tmp_path / "x.gpkg", generator=ColourComponents())
     with pytest.raises(SamError, match="band 5"):
         automask_raster(raster, tmp_path / "x.gpkg", bands="5,2,1", generator=ColourComponents())
@@ -210,6 +210,9 @@ def test_bad_inputs_give_clear_errors(scene_raster, tmp_path):
     with pytest.raises(SamError, match="does not exist"):
         automask_raster(tmp_path / "missing.tif", tmp_path / "x.gpkg", generator=ColourComponents())
     assert not (tmp_path / "x.gpkg").exists()
+
+
+SHARED_CORRUPT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "corrupt.tif"
 
 
 def _corrupt(tmp_path):
