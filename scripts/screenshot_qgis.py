@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--click", help="map x,y (raster CRS) of the object to click (default: the first object)")
     parser.add_argument("--model", default="demo")
     parser.add_argument("--checkpoint", default="")
-    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.5, help="automask threshold (demo: 0.5)")
+    parser.add_argument("--stability-thresh", type=float, default=0.8, help="automask threshold (demo: 0.8)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "qgis.png"))
     args = parser.parse_args(argv)
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     project.addMapLayer(raster)
 
     params = {"INPUT": raster, "MODEL": args.model, "TILE_SIZE": args.tile_size, "OVERLAP": 64,
+              "PRED_IOU_THRESH": args.pred_iou_thresh, "STABILITY_THRESH": args.stability_thresh,
               "OUTPUT": os.path.join(workdir, "segments.gpkg")}
     if args.checkpoint:
         params["CHECKPOINT"] = args.checkpoint
@@ -176,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.stop_client()
     tool.cleanup()
     project.removeAllMapLayers()
-    print(args.out if ok else "error: could not save the screenshot")
-    app.exitQgis()
-    return 0 if ok else 1
+    print(args.out if ok else "error: could not save the screenshot", flush=True)
+    # exitQgis() after a GUI session with canvases and tasks can crash on the way out; nothing is left to save
+    os._exit(0 if ok else 1)
 
 
 if __name__ == "__main__":
