@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_core.cli.geo_cmd import add_generator_args, add_model_args, add_parallel_args, generator_params, model_name
+from sam_core.cli.geo_cmd import add_parallel_args
+from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name
 from sam_core.progress import TqdmProgress
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from sam_core.cli.options import add_model_args
 from sam_core.progress import TqdmProgress
 
 
@@ -26,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ONNX files for onnxruntime: decoder, encoder, optional int8 encoder",
         description=__doc__.split("\n\n", 1)[1],
     )
-    onnx.add_argument("--model", default=None,
-                      help="model name (demo, vit_t, vit_b, vit_l, vit_h); default demo, or inferred from --checkpoint")
-    onnx.add_argument("--checkpoint", default=None, help="checkpoint file to use instead of the zoo's")
+    add_model_args(onnx, device=False)
     onnx.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     onnx.add_argument("--quantize-encoder", action="store_true",
                       help="also write encoder.int8.onnx (dynamic int8 quantization: smaller, faster on CPU)")

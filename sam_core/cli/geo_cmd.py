@@ -15,38 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
+from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name
 from sam_core.errors import SamError
 from sam_core.progress import TqdmProgress
-
-
-def add_generator_args(parser: argparse.ArgumentParser) -> None:
-    """The automatic mask generator's parameters (official names and defaults)."""
-    gen = parser.add_argument_group("generator parameters (official names and defaults)")
-    gen.add_argument("--points-per-side", type=int, default=32, help="grid points per tile side (default 32)")
-    gen.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once (default 64)")
-    gen.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU (default 0.88)")
-    gen.add_argument("--stability-thresh", type=float, default=0.95, help="minimum stability score (default 0.95)")
-    gen.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are dropped (default 0.7)")
-    gen.add_argument("--crop-n-layers", type=int, default=0, help="layers of crops inside each tile (default 0)")
-    gen.add_argument("--min-region-area", type=int, default=0, help="remove islands and holes smaller than this many pixels (default 0: off)")
-
-
-def generator_params(args: argparse.Namespace) -> dict:
-    return {
-        "points_per_side": args.points_per_side,
-        "points_per_batch": args.points_per_batch,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_thresh,
-        "box_nms_thresh": args.box_nms_thresh,
-        "crop_n_layers": args.crop_n_layers,
-        "min_mask_region_area": args.min_region_area,
-    }
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model name (default: demo, or inferred from --checkpoint)")
-    parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (official format)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: cpu)")
 
 
 def add_tile_args(parser: argparse.ArgumentParser) -> None:
@@ -59,10 +30,6 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, metavar="N", help="run tiles on a local Dask cluster of N processes")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run tiles on an existing Dask cluster (tcp://host:8786)")
-
-
-def model_name(args: argparse.Namespace) -> Optional[str]:
-    return args.model if args.model is not None else (None if args.checkpoint else "demo")
 
 
 def _floats(text: Optional[str], count: int, name: str) -> Optional[Sequence[float]]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 
+from sam_core.cli.options import add_model_args, add_preparation_args, model_name, parse_numbers, preparation
 from sam_core.errors import SamError
 
 
@@ -38,25 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="ask for one candidate")
     parser.add_argument("--all", action="store_true",
                         help="write every candidate (OUT_0.png, OUT_1.png, ...) and their scores (OUT.json)")
-    parser.add_argument("--model", default=None,
-                        help="model name (demo, vit_t, vit_b, vit_l, vit_h); default demo, or inferred from --checkpoint")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file to use instead of the zoo's")
-    parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    add_model_args(parser, precision=True)
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="keep image embeddings in DIR, so that a later run on the same image skips the encoder")
-    parser.add_argument("--precision", default=None,
-                        help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
-    parser.add_argument("--channels", default=None, metavar="C[,C,C]",
-                        help="1 or 3 channel indices of a multichannel image, e.g. 2,1,0")
-    parser.add_argument("--range", dest="value_range", default=None, metavar="LO,HI",
-                        help="fixed value range mapped to 0..255 (default: uint8 as is, else 0.5-99.5 percentiles)")
-    parser.add_argument("--nodata", type=float, default=None, help="value marking missing pixels")
+    add_preparation_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from sam_core.cache import EmbeddingCache
-    from sam_core.imaging import Preparation
     from sam_core.io import read_image, write_mask_png
     from sam_core.predictor import Predictor
 
@@ -64,20 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".png":
         raise SamError(f"--out must name a .png file, got {args.out!r}")
     points, labels = _parse_points(args.point)
-    box = _parse_numbers(args.box, 4, "--box", "X0,Y0,X1,Y1") if args.box else None
+    box = parse_numbers(args.box, 4, "--box", "X0,Y0,X1,Y1") if args.box else None
     if points is None and box is None:
         raise SamError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
-    channels = None
-    if args.channels:
-        channels = tuple(int(v) for v in _parse_numbers(args.channels, None, "--channels", "C or C,C,C"))
-    value_range = _parse_numbers(args.value_range, 2, "--range", "LO,HI") if args.value_range else None
-    preparation = Preparation(channels=channels, value_range=value_range, nodata=args.nodata)
-
     image = read_image(args.image)
-    name = args.model if args.model else (None if args.checkpoint else "demo")
     cache = EmbeddingCache(directory=Path(args.cache_dir).expanduser()) if args.cache_dir else None
-    predictor = Predictor(name, checkpoint=args.checkpoint, device=args.device, precision=args.precision, cache=cache)
-    embedding = predictor.encode(image, preparation)
+    predictor = Predictor(model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision, cache=cache)
+    embedding = predictor.encode(image, preparation(args))
     result = predictor.predict(embedding, points=points, labels=labels, box=box, multimask=args.multimask)
 
     if not args.all:
@@ -123,7 +107,7 @@ def _parse_points(values: List[str]):
         return None, None
     points, labels = [], []
     for text in values:
-        numbers = _parse_numbers(text, None, "--point", "X,Y[,LABEL]")
+        numbers = parse_numbers(text, None, "--point", "X,Y[,LABEL]")
         if len(numbers) not in (2, 3):
             raise SamError(f"--point takes X,Y or X,Y,LABEL, got {text!r}")
         label = numbers[2] if len(numbers) == 3 else 1.0
@@ -132,15 +116,3 @@ def _parse_points(values: List[str]):
         points.append(numbers[:2])
         labels.append(int(label))
     return np.array(points, dtype=float), np.array(labels, dtype=np.int64)
-
-
-def _parse_numbers(text: str, count: Optional[int], option: str, form: str) -> List[float]:
-    try:
-        numbers = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise SamError(f"{option} takes numbers as {form}, got {text!r}") from None
-    if count is not None and len(numbers) != count:
-        raise SamError(f"{option} takes {count} numbers as {form}, got {text!r}")
-    if not all(np.isfinite(numbers)):
-        raise SamError(f"{option} takes finite numbers, got {text!r}")
-    return numbers

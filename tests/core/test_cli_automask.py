@@ -62,7 +62,7 @@ def test_label_image(name, image_png, small_vit_checkpoint, tmp_path, capsys):
 def test_json_records(image_png, small_vit_checkpoint, tmp_path, capsys):
     out = tmp_path / "records.json"
     code, _, err = _run(["automask", image_png, "--out", out, "--checkpoint", small_vit_checkpoint, "--quiet",
-                         "--min-area", "10", *PARAMS], capsys)
+                         "--min-region-area", "10", *PARAMS], capsys)
     assert code == 0, err
     records = json.loads(out.read_text())
     image = np.array(Image.open(image_png))

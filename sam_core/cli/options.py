@@ -1,0 +1,98 @@
+"""Options that several sub-commands share: model choice, image preparation, generator parameters."""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+import numpy as np
+
+from sam_core.errors import SamError
+
+
+def parse_numbers(text: str, count: Optional[int], option: str, form: str) -> List[float]:
+    """``"1,2.5,3"`` -> ``[1.0, 2.5, 3.0]``; a SamError naming ``option`` and ``form`` otherwise."""
+    try:
+        numbers = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise SamError(f"{option} takes numbers as {form}, got {text!r}") from None
+    if count is not None and len(numbers) != count:
+        raise SamError(f"{option} takes {count} numbers as {form}, got {text!r}")
+    if not all(np.isfinite(numbers)):
+        raise SamError(f"{option} takes finite numbers, got {text!r}")
+    return numbers
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, precision: bool = False) -> None:
+    """``--model``, ``--checkpoint`` and, by default, ``--device`` (and ``--precision`` when asked)."""
+    parser.add_argument("--model", default=None,
+                        help="model name (demo, vit_t, vit_b, vit_l, vit_h); default demo, or inferred from --checkpoint")
+    parser.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint file (official format) to use instead of the zoo's")
+    if device:
+        parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    if precision:
+        parser.add_argument("--precision", default=None,
+                            help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
+
+
+def model_name(args: argparse.Namespace) -> Optional[str]:
+    """The model to load: ``--model``; else None (config read from ``--checkpoint``); else ``demo``."""
+    return args.model if args.model is not None else (None if args.checkpoint else "demo")
+
+
+def add_preparation_args(parser: argparse.ArgumentParser) -> None:
+    """How an image becomes the model's RGB input (see :mod:`sam_core.imaging`)."""
+    parser.add_argument("--channels", default=None, metavar="C[,C,C]",
+                        help="1 or 3 channel indices of a multichannel image, e.g. 2,1,0")
+    parser.add_argument("--range", dest="value_range", default=None, metavar="LO,HI",
+                        help="fixed value range mapped to 0..255 (default: uint8 as is, else 0.5-99.5 percentiles)")
+    parser.add_argument("--nodata", type=float, default=None, help="value marking missing pixels")
+
+
+def preparation(args: argparse.Namespace):
+    """The :class:`sam_core.imaging.Preparation` that :func:`add_preparation_args` describes."""
+    from sam_core.imaging import Preparation
+
+    channels = None
+    if args.channels:
+        channels = tuple(int(v) for v in parse_numbers(args.channels, None, "--channels", "C or C,C,C"))
+    value_range = parse_numbers(args.value_range, 2, "--range", "LO,HI") if args.value_range else None
+    return Preparation(channels=channels, value_range=value_range, nodata=args.nodata)
+
+
+def add_generator_args(parser: argparse.ArgumentParser) -> None:
+    """The automatic mask generator's parameters, with the official defaults."""
+    gen = parser.add_argument_group("generator parameters (official names and defaults)")
+    gen.add_argument("--points-per-side", type=int, default=32, help="grid points per image or tile side (default 32)")
+    gen.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once (default 64)")
+    gen.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU (default 0.88)")
+    gen.add_argument("--stability-thresh", type=float, default=0.95, help="minimum stability score (default 0.95)")
+    gen.add_argument("--stability-offset", type=float, default=1.0, help="logit offset of the stability score (default 1.0)")
+    gen.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are dropped (default 0.7)")
+    gen.add_argument("--crop-n-layers", type=int, default=0, help="layers of image crops (default 0)")
+    gen.add_argument("--crop-nms-thresh", type=float, default=0.7, help="box NMS threshold between crops (default 0.7)")
+    gen.add_argument("--crop-overlap-ratio", type=float, default=512 / 1500,
+                     help="crop overlap, fraction of the short side (default 512/1500)")
+    gen.add_argument("--crop-points-downscale", type=int, default=1, help="grid downscale factor per crop layer (default 1)")
+    gen.add_argument("--min-region-area", type=int, default=0,
+                     help="remove islands and holes smaller than this many pixels (default 0: off)")
+    gen.add_argument("--skip-covered-points", action="store_true",
+                     help="fast mode, not the official algorithm: skip grid points inside masks already found")
+
+
+def generator_params(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`sam_core.automask.AutomaticMaskGenerator` from the parsed options."""
+    return {
+        "points_per_side": args.points_per_side,
+        "points_per_batch": args.points_per_batch,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_thresh,
+        "stability_score_offset": args.stability_offset,
+        "box_nms_thresh": args.box_nms_thresh,
+        "crop_n_layers": args.crop_n_layers,
+        "crop_nms_thresh": args.crop_nms_thresh,
+        "crop_overlap_ratio": args.crop_overlap_ratio,
+        "crop_n_points_downscale_factor": args.crop_points_downscale,
+        "min_mask_region_area": args.min_region_area,
+        "skip_covered_points": args.skip_covered_points,
+    }
