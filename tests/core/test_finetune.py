@@ -4,7 +4,6 @@ clear gain on a domain the bundled demo model handles badly."""
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
