@@ -66,9 +66,11 @@ def metres_per_unit(crs: Any) -> Optional[float]:
     """Metres per linear unit of a projected CRS; None for geographic or unit-less CRSs."""
     if crs is None or not crs.is_projected:
         return None
+    from rasterio.errors import CRSError
+
     try:
         return float(crs.linear_units_factor[1])
-    except Exception:
+    except CRSError:  # rasterio: the CRS's linear unit is not known
         return None
 
 
