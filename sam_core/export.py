@@ -601,11 +601,7 @@ class OnnxPredictor(Predictor):
         upscale: bool = True,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`Predictor.decode_torch` (model-input frame, unsorted), run by the ONNX decoder."""
-        if embedding.model_id != self.model_id:
-            raise SamError(
-                f"this embedding was computed by another model ({embedding.model_id}); "
-                f"encode the image with this predictor's model ({self.model_id}) first"
-            )
+        self._check_embedding(embedding)
         point_coords, point_labels = _onnx_points(coords, labels, boxes, mask_input)
         features = embedding.features.detach().to("cpu", torch.float32).numpy()
         masks_in = None if mask_input is None else mask_input.detach().to("cpu", torch.float32).numpy()

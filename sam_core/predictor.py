@@ -244,6 +244,14 @@ class Predictor:
             raise SamError(f"points, boxes and mask inputs must describe the same number of objects, got {sorted(sizes)}")
         return self._decode_sorted(embedding, coords, point_labels, box_arr, masks_in, bool(multimask))
 
+    def _check_embedding(self, embedding: Embedding) -> None:
+        """Refuse an embedding made by another model: its features mean nothing to this decoder."""
+        if embedding.model_id != self.model_id:
+            raise SamError(
+                f"this embedding was computed by another model ({embedding.model_id}); "
+                f"encode the image with this predictor's model ({self.model_id}) first"
+            )
+
     def decode_torch(
         self,
         embedding: Embedding,
@@ -261,11 +269,7 @@ class Predictor:
         size, or the low-res logits when ``upscale`` is False; IoU predictions (B, K); low-res logits
         (B, K, low, low)), unsorted, on the model's device.
         """
-        if embedding.model_id != self.model_id:
-            raise SamError(
-                f"this embedding was computed by another model ({embedding.model_id}); "
-                f"encode the image with this predictor's model ({self.model_id}) first"
-            )
+        self._check_embedding(embedding)
         features = self._on_device(embedding).features
         with torch.inference_mode():
             points = None if coords is None else (coords.to(self.device), labels.to(self.device))
