@@ -114,13 +114,13 @@ CONFIGS: dict[str, SamConfig] = {
 # head count, so keep decoder_num_heads at 8 for infer_config to recover this entry from a file.
 CONFIGS["demo"] = SamConfig(
     name="demo",
+    encoder="tiny_vit",
     image_size=256,
-    patch_size=16,
-    embed_dim=128,
-    depth=6,
-    num_heads=4,
-    global_attn_indexes=(2, 5),
-    window_size=8,
+    tiny_embed_dims=(32, 64, 128, 160),
+    tiny_depths=(2, 2, 4, 2),
+    tiny_num_heads=(1, 2, 4, 5),
+    tiny_window_sizes=(7, 8, 16, 8),
+    tiny_num_classes=0,
     prompt_embed_dim=96,
     decoder_mlp_dim=512,
     iou_head_hidden_dim=128,
@@ -176,7 +176,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], image_size: int | None 
     except (KeyError, IndexError, AttributeError) as exc:
         raise SamError(f"not a SAM state dict: cannot find the tensor {exc}") from None
     for known in CONFIGS.values():
-        if _same_network(config, known):
+        if _same_network(config if image_size else config.replace(image_size=known.image_size), known):
             return known
     return config
 

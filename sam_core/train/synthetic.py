@@ -26,6 +26,9 @@ from skimage.draw import polygon2mask
 STYLES = ("shapes", "fluorescence", "brightfield")
 STYLE_WEIGHTS = (0.6, 0.2, 0.2)
 SHAPES = ("ellipse", "polygon", "blob", "rod", "worm", "ring")
+# Smallest visible object in pixels of a 256 x 256 scene (scaled with the area of other sizes): the
+# demo model sees 16 x 16 pixel patches, so objects are kept at least 6 px wide and 150 px in area.
+MIN_AREA = 150
 
 Seed = Union[int, Sequence[int], np.random.Generator]
 
@@ -53,7 +56,7 @@ def _rng(seed: Seed) -> np.random.Generator:
 def _shape_mask(rng: np.random.Generator, kind: str, size: int, cy: float, cx: float, radius: float) -> np.ndarray:
     """A boolean (size, size) mask of one shape centred at (row ``cy``, col ``cx``), about ``radius`` px."""
     full = np.zeros((size, size), bool)
-    if kind == "ring" and radius < 14:
+    if kind == "ring" and radius < 20:
         kind = "blob"
     half = int(1.8 * radius + 6)
     r0, r1 = max(int(cy) - half, 0), min(int(cy) + half + 1, size)
@@ -94,10 +97,10 @@ def _local_shape(
         cols = cx - c0 + radii * np.cos(angles)
         return polygon2mask((r1 - r0, c1 - c0), np.stack([rows, cols], axis=1))
     if kind == "rod":
-        length, width = radius * rng.uniform(1.6, 3.0), rng.uniform(3.0, max(3.5, radius * 0.4))
+        length, width = radius * rng.uniform(1.6, 3.0), rng.uniform(6.0, max(6.5, radius * 0.45))
         return (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)
     if kind == "worm":
-        length, width = radius * rng.uniform(2.0, 3.2), rng.uniform(3.0, max(3.5, radius * 0.35))
+        length, width = radius * rng.uniform(2.0, 3.2), rng.uniform(6.0, max(6.5, radius * 0.4))
         amp, freq = rng.uniform(2, radius * 0.5), rng.uniform(0.5, 2.0) * np.pi / length
         centre = amp * np.sin(freq * u + rng.uniform(0, 2 * np.pi))
         return (np.abs(u) <= length / 2) & (np.abs(v - centre) <= width / 2)
@@ -123,7 +126,7 @@ def _place_objects(
         cy, cx = rng.uniform(margin, size - 1 - margin, 2)
         mask = _shape_mask(rng, str(rng.choice(kinds)), size, cy, cx, radius)
         area = mask.sum()
-        if area < 30:
+        if area < _min_area(size):
             continue
         if (mask & occupied).sum() > max_overlap * area:
             continue
@@ -132,7 +135,11 @@ def _place_objects(
     return masks
 
 
-def _labels_from(masks: list[np.ndarray], size: int, min_area: int = 20) -> np.ndarray:
+def _min_area(size: int) -> float:
+    return MIN_AREA * (size / 256) ** 2
+
+
+def _labels_from(masks: list[np.ndarray], size: int) -> np.ndarray:
     """Paint masks in order (later ones occlude); keep each object's largest visible part."""
     painted = np.zeros((size, size), np.int32)
     for i, mask in enumerate(masks, start=1):
@@ -146,7 +153,7 @@ def _labels_from(masks: list[np.ndarray], size: int, min_area: int = 20) -> np.n
         parts, n = ndimage.label(visible)
         if n > 1:
             visible = parts == (np.argmax(np.bincount(parts.ravel())[1:]) + 1)
-        if visible.sum() >= min_area:
+        if visible.sum() >= _min_area(size):
             labels[box][visible] = next_id
             next_id += 1
     return labels
@@ -228,9 +235,9 @@ def _shapes_scene(rng: np.random.Generator, size: int, count: Optional[int]) -> 
     masks = _place_objects(
         rng,
         size,
-        count if count is not None else int(rng.integers(4, 16)),
+        count if count is not None else int(rng.integers(3, 11)),
         SHAPES,
-        (10 * scale, 45 * scale),
+        (16 * scale, 56 * scale),
         max_overlap=float(rng.choice([0.0, 0.15])),
     )
     labels = _labels_from(masks, size)
@@ -250,9 +257,9 @@ def _fluorescence_scene(rng: np.random.Generator, size: int, count: Optional[int
     masks = _place_objects(
         rng,
         size,
-        count if count is not None else int(rng.integers(5, 30)),
+        count if count is not None else int(rng.integers(4, 17)),
         ("ellipse", "blob", "blob", "rod"),
-        (8 * scale, 24 * scale),
+        (13 * scale, 30 * scale),
         max_overlap=float(rng.choice([0.0, 0.1, 0.2])),
     )
     labels = _labels_from(masks, size)
@@ -276,9 +283,9 @@ def _brightfield_scene(rng: np.random.Generator, size: int, count: Optional[int]
     masks = _place_objects(
         rng,
         size,
-        count if count is not None else int(rng.integers(4, 20)),
+        count if count is not None else int(rng.integers(3, 13)),
         ("ellipse", "blob", "blob", "polygon"),
-        (11 * scale, 32 * scale),
+        (15 * scale, 38 * scale),
         max_overlap=float(rng.choice([0.0, 0.1])),
     )
     labels = _labels_from(masks, size)

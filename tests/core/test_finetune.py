@@ -82,7 +82,7 @@ def test_bad_input_is_refused_before_training(demo, tmp_path):
         load_pairs(tmp_path / "missing", tmp_path / "lab")
 
 
-def test_resume_cancel_and_official_format(demo, tmp_path):
+def test_resume_and_cancel(demo, tmp_path):
     images, labels = small_pairs(3)
     out = tmp_path / "tuned.pth"
     first = finetune(demo(), images, labels, epochs=1, checkpoint_path=out, objects_per_step=4)
@@ -111,32 +111,39 @@ def test_resume_cancel_and_official_format(demo, tmp_path):
     with pytest.raises(SamError, match="other data"):
         finetune(demo(), images[:2], labels[:2], epochs=3, checkpoint_path=out)
 
-    # the checkpoint is a plain state dict that the official package loads strictly
+
+
+def test_finetuned_checkpoint_loads_in_the_official_package(small_vit_checkpoint, tmp_path):
+    """A fine-tuned checkpoint is a plain state dict that segment_anything's network loads strictly."""
+    from helpers.checkpoints import SMALL_VIT
     from helpers.official import segment_anything
 
-    sa = segment_anything()
-    official = _official_like(sa, load_model("demo").config)
+    images, labels = small_pairs(2)
+    out = tmp_path / "tuned.pth"
+    finetune(load_model(None, small_vit_checkpoint), images, labels, epochs=1, checkpoint_path=out,
+             objects_per_step=4)
+    official = _official_vit_like(segment_anything(), SMALL_VIT)
     official.load_state_dict(torch.load(out, weights_only=True), strict=True)
 
 
-def _official_like(sa, config):
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    side = config.image_size // config.patch_size
-    return Sam(
-        image_encoder=ImageEncoderViT(
+def _official_vit_like(sa, config):
+    modeling = sa.modeling
+    side = config.image_embedding_size
+    return modeling.Sam(
+        image_encoder=modeling.ImageEncoderViT(
             depth=config.depth, embed_dim=config.embed_dim, img_size=config.image_size, mlp_ratio=config.mlp_ratio,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=config.num_heads,
             patch_size=config.patch_size, qkv_bias=True, use_rel_pos=True,
             global_attn_indexes=config.global_attn_indexes, window_size=config.window_size,
             out_chans=config.prompt_embed_dim,
         ),
-        prompt_encoder=PromptEncoder(embed_dim=config.prompt_embed_dim, image_embedding_size=(side, side),
-                                     input_image_size=(config.image_size, config.image_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
+        prompt_encoder=modeling.PromptEncoder(
+            embed_dim=config.prompt_embed_dim, image_embedding_size=(side, side),
+            input_image_size=(config.image_size, config.image_size), mask_in_chans=16),
+        mask_decoder=modeling.MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=config.decoder_depth, embedding_dim=config.prompt_embed_dim,
-                                          mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_num_heads),
+            transformer=modeling.TwoWayTransformer(depth=config.decoder_depth, embedding_dim=config.prompt_embed_dim,
+                                                   mlp_dim=config.decoder_mlp_dim, num_heads=config.decoder_num_heads),
             transformer_dim=config.prompt_embed_dim, iou_head_depth=config.iou_head_depth,
             iou_head_hidden_dim=config.iou_head_hidden_dim,
         ),
