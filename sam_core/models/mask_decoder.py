@@ -69,16 +69,20 @@ class MaskDecoder(nn.Module):
 
         if image_embeddings.shape[0] not in (1, bs):
             raise ValueError("image_embeddings must have batch size 1 or one per prompt")
-        src = image_embeddings + dense_prompt_embeddings
-        src = src.expand(bs, -1, -1, -1) if src.shape[0] != bs else src
-        pos_src = image_pe.expand(bs, -1, -1, -1)
-        b, c, h, w = src.shape
+        dense = dense_prompt_embeddings
+        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
+            # one image and the same dense embedding for every prompt (no mask input): the image tokens
+            # stay batch 1 until the first layer mixes in the prompts (the transformer broadcasts)
+            src = image_embeddings + dense[:1]
+        else:
+            src = (image_embeddings + dense).expand(bs, -1, -1, -1)
+        c, h, w = src.shape[1:]
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(bs, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )

@@ -93,7 +93,11 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(self, image_embedding: Tensor, image_pe: Tensor, point_embedding: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns the processed tokens (B, N, C) and image tokens (B, h*w, C)."""
+        """Returns the processed tokens (B, N, C) and image tokens (B, h*w, C).
+
+        ``image_embedding`` and ``image_pe`` may have batch size 1: shared by all B prompts, they are
+        projected once and broadcast (the first block's image->token update makes them per prompt).
+        """
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries = point_embedding

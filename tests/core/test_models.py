@@ -208,6 +208,24 @@ def _check_prompts_and_decoder(config: SamConfig, ref, ours, embedding: torch.Te
             )
 
 
+@torch.no_grad()
+def test_shared_image_tokens_decode_like_one_embedding_per_prompt(small_vit_checkpoint):
+    """Prompts without a mask share the image tokens (computed once); the result equals decoding
+    each prompt with its own copy of the embedding."""
+    model = load_ours(SMALL_VIT, small_vit_checkpoint)
+    side = SMALL_VIT.image_embedding_size
+    embedding = torch.randn((1, SMALL_VIT.prompt_embed_dim, side, side), generator=torch.Generator().manual_seed(1))
+    points, boxes, _ = _prompts(SMALL_VIT, "points+box", batch=4)
+    sparse, dense = model.prompt_encoder(points=points, boxes=boxes, masks=None)
+    assert dense.stride(0) == 0  # the no-mask embedding is one tensor expanded over the prompts
+    pe = model.prompt_encoder.get_dense_pe()
+    for multimask in (True, False):
+        shared = model.mask_decoder(embedding, pe, sparse, dense, multimask)
+        separate = model.mask_decoder(embedding.expand(4, -1, -1, -1).clone(), pe, sparse, dense.clone(), multimask)
+        for a, b in zip(shared, separate):
+            _assert_close(a, b, 1e-5)
+
+
 def _models(config: SamConfig, checkpoint):
     return load_official(config, checkpoint), load_ours(config, checkpoint)
 
