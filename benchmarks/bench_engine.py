@@ -7,7 +7,8 @@ random-weight checkpoint, same input.
 Each side runs in its own fresh process: the official package as users run it (fp32, default
 allocator), sam_core with ``keep_freed_memory()`` and the chosen precision. Decoding is one positive
 point, three candidates, upsampled to the 1024 x 1024 image and thresholded (model level: prompt
-encoder + mask decoder + postprocess_masks). Times are the median of ``--repeats`` after one warm-up.
+encoder + mask decoder + postprocess_masks); "64 prompts" decodes 64 single-point prompts on an 8 x 8
+grid in one batch the same way. Times are the median of ``--repeats`` after one warm-up.
 """
 
 from __future__ import annotations
@@ -46,23 +47,27 @@ def _worker(side: str, name: str, path: str, precision: str, repeats: int, threa
     with torch.no_grad():
         encoder = common.timed(lambda: model.image_encoder(model.preprocess(image)), repeats)
         embedding = model.image_encoder(model.preprocess(image))
-        point = torch.tensor([[[size * 0.4, size * 0.6]]])
-        label = torch.tensor([[1]])
+        one = torch.tensor([[[size * 0.4, size * 0.6]]])
+        grid = (torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="xy"), -1).reshape(64, 1, 2)
+                + 0.5) * (size / 8)
 
-        def decode():
-            sparse, dense = model.prompt_encoder(points=(point, label), boxes=None, masks=None)
+        def decode(points: torch.Tensor):
+            labels = torch.ones(points.shape[:2], dtype=torch.int64)
+            sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
             low_res, iou = model.mask_decoder(
                 image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
             )
             return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
 
-        decoder = common.timed(decode, max(repeats, 10))
+        decoder = common.timed(lambda: decode(one), max(repeats, 10))
+        decoder64 = common.timed(lambda: decode(grid), repeats)
     return {
         "side": side,
         "precision": precision,
         "encoder": encoder,
         "decoder": decoder,
+        "64 prompts": decoder64,
         "rss_loaded_mb": rss_loaded,
         "peak_rss_mb": common.peak_rss_mb(),
         "machine": common.machine(),
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.checkpoints or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        header = f"{'model':6} {'part':8} {'official s':>11} {'precision':>20} {'sam_core s':>11} {'speed-up':>9}"
+        header = f"{'model':6} {'part':10} {'official s':>11} {'precision':>20} {'sam_core s':>11} {'speed-up':>9}"
         lines = []
         machine = None
         for name in args.models.split(","):
@@ -110,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             for precision in args.precision.split(","):
                 ours = common.run_worker(script, ["ours", name, str(path), precision, str(args.repeats), str(args.threads)])
                 label = f"{precision}->{ours['precision']}" if precision == "auto" else precision
-                for part in ("encoder", "decoder"):
+                for part in ("encoder", "decoder", "64 prompts"):
                     o, s = official[part]["median_s"], ours[part]["median_s"]
-                    lines.append(f"{name:6} {part:8} {o:11.3f} {label:>20} {s:11.3f} {o / s:8.2f}x")
+                    lines.append(f"{name:6} {part:10} {o:11.3f} {label:>20} {s:11.3f} {o / s:8.2f}x")
                 lines.append(
-                    f"{name:6} {'peak MB':8} {official['peak_rss_mb'] - official['rss_loaded_mb']:11.0f} {label:>20} "
+                    f"{name:6} {'peak MB':10} {official['peak_rss_mb'] - official['rss_loaded_mb']:11.0f} {label:>20} "
                     f"{ours['peak_rss_mb'] - ours['rss_loaded_mb']:11.0f}   (peak RSS above the loaded model)"
                 )
         print(machine)
