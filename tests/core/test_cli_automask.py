@@ -13,9 +13,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from helpers.cli import run_cli as _run, write_cells_png
 from sam_core import masks as M
 from sam_core.automask import AutomaticMaskGenerator, masks_to_labels
-from sam_core.cli import main
 from sam_core.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,18 +25,7 @@ PARAMS = ["--points-per-side", "6", "--pred-iou-thresh", "0", "--stability-thres
 
 @pytest.fixture()
 def image_png(tmp_path):
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    image[20:50, 30:60] = (200, 40, 40)
-    path = tmp_path / "cells.png"
-    Image.fromarray(image).save(path)
-    return path
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return write_cells_png(tmp_path)
 
 
 def _expected(checkpoint, image, **overrides):

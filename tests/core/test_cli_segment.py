@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
-from sam_core.cli import main
+from helpers.cli import run_cli as _run, write_cells_png
 from sam_core.io import read_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,18 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 def image_png(tmp_path):
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
-    image[20:50, 30:60] = (200, 40, 40)
-    path = tmp_path / "cells.png"
-    Image.fromarray(image).save(path)
-    return path
-
-
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return write_cells_png(tmp_path)
 
 
 def test_writes_best_mask_png_of_image_size(image_png, small_vit_checkpoint, tmp_path, capsys):
