@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                     lines.append(f"{name:6} {part:10} {o:11.3f} {label:>20} {s:11.3f} {o / s:8.2f}x")
                 lines.append(
                     f"{name:6} {'peak MB':10} {official['peak_rss_mb'] - official['rss_loaded_mb']:11.0f} {label:>20} "
-                    f"{ours['peak_rss_mb'] - ours['rss_loaded_mb']:11.0f}   (peak RSS above the loaded model)"
+                    f"{ours['peak_rss_mb'] - ours['rss_loaded_mb']:11.0f}   (peak RSS above the loaded model, 64-prompt "
+                    "decode included; the encoder alone: bench_memory.py)"
                 )
         print(machine)
         print(header)

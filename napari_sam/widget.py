@@ -178,11 +178,10 @@ class SamWidget(QWidget):
         self.pred_iou_spin = QDoubleSpinBox()
         self.pred_iou_spin.setRange(0.0, 1.0)
         self.pred_iou_spin.setSingleStep(0.01)
-        self.pred_iou_spin.setValue(0.88)
         self.stability_spin = QDoubleSpinBox()
         self.stability_spin.setRange(0.0, 1.0)
         self.stability_spin.setSingleStep(0.01)
-        self.stability_spin.setValue(0.95)
+        self._use_model_thresholds(self.choices[self.model_combo.currentIndex()])
         self.min_area_spin = QSpinBox()
         self.min_area_spin.setRange(0, 1_000_000)
         self.link_iou_spin = QDoubleSpinBox()
@@ -247,6 +246,16 @@ class SamWidget(QWidget):
                 self.add_model(ModelChoice(None, path))
             else:
                 self.model_combo.setCurrentIndex(0)
+        elif index >= 0:
+            self._use_model_thresholds(self.choices[index])
+
+    def _use_model_thresholds(self, choice: ModelChoice) -> None:
+        """Set the automatic-mask thresholds to those recommended for ``choice``'s zoo model."""
+        from sam_core.zoo import automask_thresholds
+
+        pred_iou, stability = automask_thresholds(choice.name)
+        self.pred_iou_spin.setValue(pred_iou)
+        self.stability_spin.setValue(stability)
 
     def _browse_cache(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Embedding cache folder", self.cache_edit.text())

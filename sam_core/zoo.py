@@ -39,6 +39,9 @@ class ModelInfo:
     description: str
     filename: str
     bundled: Optional[Path] = None
+    # recommended automatic-mask thresholds (pred_iou_thresh, stability_score_thresh): SAM's defaults,
+    # lower for demo, whose predicted IoU is less confident
+    automask_thresholds: tuple[float, float] = (0.88, 0.95)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ MODELS: dict[str, ModelInfo] = {
         description="small model trained by this project on generated images, for trying the tools and for tests (not for real data)",
         filename="demo.pt",
         bundled=_DATA / "demo.pt",
+        automask_thresholds=(0.5, 0.8),
     ),
     "vit_t": ModelInfo(
         name="vit_t",
@@ -219,6 +223,13 @@ def ensure_checkpoint(
             f"{info.url} in {dest.parent} as {dest.name}"
         )
     return weights.download(info.url, dest, sha256=info.sha256, size=info.size, progress=progress, cancel=cancel)
+
+
+def automask_thresholds(name: Optional[str]) -> tuple[float, float]:
+    """Recommended (pred_iou_thresh, stability_score_thresh) for zoo model ``name``; SAM's defaults
+    (0.88, 0.95) for any other model or checkpoint."""
+    info = MODELS.get(name) if name else None
+    return info.automask_thresholds if info else (0.88, 0.95)
 
 
 def list_models(cache_dir: Optional[PathLike] = None) -> list[ModelStatus]:

@@ -63,10 +63,11 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
             "POINTS_PER_SIDE", "Points per side (grid of prompts per tile)", QgsProcessingParameterNumber.Integer,
             32, False, 1, 256))
         self.addParameter(QgsProcessingParameterNumber(
-            "PRED_IOU_THRESH", "Predicted IoU threshold", QgsProcessingParameterNumber.Double, 0.88, False, 0.0, 1.0))
+            "PRED_IOU_THRESH", "Predicted IoU threshold (empty: the model's, 0.88; demo 0.5)",
+            QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            "STABILITY_THRESH", "Stability score threshold", QgsProcessingParameterNumber.Double, 0.95, False,
-            0.0, 1.0))
+            "STABILITY_THRESH", "Stability score threshold (empty: the model's, 0.95; demo 0.8)",
+            QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterNumber(
             "MIN_AREA", "Minimum area (map units²)", QgsProcessingParameterNumber.Double, 0.0, False, 0.0))
         self.addParameter(QgsProcessingParameterNumber(
@@ -93,8 +94,12 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
             [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
             "generator_params": {
                 "points_per_side": self.parameterAsInt(parameters, "POINTS_PER_SIDE", context),
-                "pred_iou_thresh": self.parameterAsDouble(parameters, "PRED_IOU_THRESH", context),
-                "stability_score_thresh": self.parameterAsDouble(parameters, "STABILITY_THRESH", context),
+                **{
+                    key: self.parameterAsDouble(parameters, name, context)
+                    for name, key in (("PRED_IOU_THRESH", "pred_iou_thresh"),
+                                      ("STABILITY_THRESH", "stability_score_thresh"))
+                    if parameters.get(name) not in (None, "")
+                },
             },
             "min_area": self.parameterAsDouble(parameters, "MIN_AREA", context),
             "simplify": self.parameterAsDouble(parameters, "SIMPLIFY", context),

@@ -36,6 +36,8 @@ UTM = CRS.from_epsg(32632)
 TRANSFORM = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 5300000.0)
 SHAPE = (448, 448)
 TILES = dict(tile_size=256, overlap=64)  # tiles start at 0 and 192: seams in [192, 256)
+# the thresholds the README gives for demo (its predicted IoU is less confident than the official models')
+DEMO_PARAMS = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8, "min_mask_region_area": 100}
 
 
 def _scene():
@@ -70,13 +72,15 @@ def predictor():
     return Predictor("demo")
 
 
-@pytest.mark.xfail(reason="issue 3: the bundled demo does not reach its quality targets yet (click IoU 0.57, box 0.66, no mask passes the official 0.88/0.95 thresholds; benchmarks/RESULTS.md); this test keeps issue 4's numbers and must pass once demo is retrained", strict=False)
+@pytest.mark.xfail(reason="with the retrained demo the seam ellipse is joined (IoU 0.94, 2 tiles) and the other "
+                   "objects reach IoU 0.94-0.96, but the disk over the four-tile corner comes out in pieces (best "
+                   "IoU 0.79, 1 tile): near-duplicate masks from neighbouring tiles carve it up", strict=False)
 def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_path):
     from sam_core.geo import automask_raster
 
     raster, footprints = demo_raster
     out = tmp_path / "demo.gpkg"
-    automask_raster(raster, out, model="demo", generator_params={"points_per_side": 16}, **TILES)
+    automask_raster(raster, out, model="demo", generator_params=DEMO_PARAMS, **TILES)
     geoms, attrs, crs = read_output(out)
     assert crs == UTM
     assert geoms, "demo found no object at all"

@@ -313,3 +313,11 @@ def test_models_command_in_a_new_process(tmp_path):
     for name in zoo.MODELS:
         assert name in done.stdout
     assert str(tmp_path / "ckpt") in done.stdout
+
+
+def test_recommended_automask_thresholds():
+    from sam_core.zoo import automask_thresholds
+
+    assert automask_thresholds("demo") == (0.5, 0.8)
+    assert automask_thresholds("vit_b") == automask_thresholds("vit_t") == (0.88, 0.95)
+    assert automask_thresholds(None) == automask_thresholds("custom") == (0.88, 0.95)

@@ -191,13 +191,12 @@ def test_demo_segments_known_objects_in_place(processing, which, request, tmp_pa
         geometry = QgsGeometry.unaryUnion([f.geometry() for f in layer.getFeatures()])
         assert iou(geometry, QgsGeometry.fromWkt(item["wkt"])) >= 0.8, (index, iou(geometry, QgsGeometry.fromWkt(item["wkt"])))
 
-    # automatic masks: the demo model's predicted IoU is low, so its thresholds are lowered. Its automatic
-    # masks are rougher than its prompted ones (measured IoU 0.45-0.65 here): polygons in place are checked
-    # as at least 3 of the 4 objects matched at IoU 0.4
-    result = run("sam:automask_raster", {"INPUT": str(path), "MODEL": "demo", "PRED_IOU_THRESH": 0.5,
-                                         "STABILITY_THRESH": 0.8, "OUTPUT": str(tmp_path / f"{which}_auto.gpkg")})
+    # automatic masks with the thresholds left empty: the engine uses demo's (0.5 / 0.8)
+    result = run("sam:automask_raster", {"INPUT": str(path), "MODEL": "demo",
+                                         "OUTPUT": str(tmp_path / f"{which}_auto.gpkg")})
     layer = vector(result["OUTPUT"])
     assert same_crs(layer.crs(), raster.crs())
     found = [f.geometry() for f in layer.getFeatures()]
     best = [max((iou(QgsGeometry.fromWkt(item["wkt"]), g) for g in found), default=0.0) for item in objects]
-    assert sum(value >= 0.4 for value in best) >= 3, best
+    # measured: 0.98, 0.96, 0.88 and 0.49 (the fourth object comes out in part)
+    assert sum(value >= 0.8 for value in best) >= 3, best
