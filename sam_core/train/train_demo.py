@@ -11,9 +11,10 @@ SAM's training simulation (:mod:`sam_core.train.interactive`), with class-balanc
 on the masks (SAM's focal loss leaves a model trained from scratch stuck on empty masks). The whole
 model trains end to end with AdamW, linear warm-up and cosine decay. The weights are written
 atomically every ``--save-every`` steps in the official format (a plain state dict); a sidecar
-``OUT.state`` holds the optimizer state and the step for ``--resume``. The default run (2700 steps)
-takes about 41 minutes on the project's 2-core CPU; a CUDA device is used when ``--device cuda`` is
-given. Quality: ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md``.
+``OUT.state`` holds the optimizer state and the step for ``--resume``. At the end the BatchNorm
+statistics are re-estimated (:func:`recalibrate_batchnorm`). The default run (2700 steps) takes about
+43 minutes on the project's 2-core CPU (42 training, 1 recalibrating); a CUDA device is used when
+``--device cuda`` is given. Quality: ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
