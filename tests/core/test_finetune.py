@@ -110,7 +110,6 @@ def test_resume_and_cancel(demo, tmp_path):
         finetune(demo(), images[:2], labels[:2], epochs=3, checkpoint_path=out)
 
 
-
 def test_finetuned_checkpoint_loads_in_the_official_package(small_vit_checkpoint, tmp_path):
     """A fine-tuned checkpoint is a plain state dict that segment_anything's network loads strictly."""
     from helpers.checkpoints import SMALL_VIT
