@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_sam.image_access import ImageAccess
 from napari_sam.workers import Job, start_job
 from sam_core.errors import SamError
+from sam_core.volume import STOP_IOU
 
 POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
@@ -538,7 +539,7 @@ class SamSession:
 
     # ----------------------------------------------------------------------------------- volumes
 
-    def propagate(self, first: Optional[int] = None, last: Optional[int] = None, stop_iou: float = 0.75,
+    def propagate(self, first: Optional[int] = None, last: Optional[int] = None, stop_iou: float = STOP_IOU,
                   stop_stability: float = 0.5, min_overlap: float = 0.3,
                   on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional[Job]:
         """Carry the object through the stack (last stack axis) into the preview.

@@ -27,6 +27,7 @@ from superqt import QCollapsible
 
 from napari_sam.session import KEYS, ModelChoice, SamSession
 from napari_sam.windows import CT_WINDOWS, window_range
+from sam_core.volume import STOP_IOU
 
 _LOCAL_FILE = "local checkpoint file…"
 _NO_WINDOW = "layer contrast"
@@ -159,7 +160,7 @@ class SamWidget(QWidget):
         self.stop_iou_spin = QDoubleSpinBox()
         self.stop_iou_spin.setRange(0.0, 1.0)
         self.stop_iou_spin.setSingleStep(0.05)
-        self.stop_iou_spin.setValue(0.75)
+        self.stop_iou_spin.setValue(STOP_IOU)
         form.addRow("Stop below predicted IoU", self.stop_iou_spin)
         self.propagate_button = QPushButton("Propagate through stack")
         self.propagate_button.clicked.connect(self.propagate)

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--tile-size", type=int, default=1024)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.5, help="automask threshold (demo: 0.5)")
-    parser.add_argument("--stability-thresh", type=float, default=0.8, help="automask threshold (demo: 0.8)")
+    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="automask threshold (default: the model's)")
+    parser.add_argument("--stability-thresh", type=float, default=None, help="automask threshold (default: the model's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "qgis.png"))
     args = parser.parse_args(argv)
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = {"INPUT": raster, "MODEL": args.model, "TILE_SIZE": args.tile_size, "OVERLAP": 64,
               "PRED_IOU_THRESH": args.pred_iou_thresh, "STABILITY_THRESH": args.stability_thresh,
-              "OUTPUT": os.path.join(workdir, "segments.gpkg")}
+              "OUTPUT": os.path.join(workdir, "segments.gpkg")}  # None: the model's thresholds
     if args.checkpoint:
         params["CHECKPOINT"] = args.checkpoint
     result = processing.run("sam:automask_raster", params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
 from sam_core.cli.options import (
     add_generator_args,
     add_model_args,

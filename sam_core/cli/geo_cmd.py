@@ -13,10 +13,8 @@ where it stopped when run again with the same arguments.
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
 
-from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name
-from sam_core.errors import SamError
+from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name, parse_numbers
 from sam_core.progress import TqdmProgress
 
 
@@ -30,18 +28,6 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, default=None, metavar="N", help="run tiles on a local Dask cluster of N processes")
     group.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run tiles on an existing Dask cluster (tcp://host:8786)")
-
-
-def _floats(text: Optional[str], count: int, name: str) -> Optional[Sequence[float]]:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != count:
-        raise SamError(f"{name} needs {count} numbers separated by commas, got {text!r}")
-    return values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -103,7 +89,7 @@ def run_automask(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             overlap=args.overlap,
             resolution=args.resolution,
-            extent=_floats(args.extent, 4, "--extent"),
+            extent=parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None,
             model=model_name(args),
             checkpoint=args.checkpoint,
             device=args.device,

@@ -17,7 +17,7 @@ def parse_numbers(text: str, count: Optional[int], option: str, form: str) -> Li
     except ValueError:
         raise SamError(f"{option} takes numbers as {form}, got {text!r}") from None
     if count is not None and len(numbers) != count:
-        raise SamError(f"{option} takes {count} numbers as {form}, got {text!r}")
+        raise SamError(f"{option} needs {count} numbers as {form}, got {text!r}")
     if not all(np.isfinite(numbers)):
         raise SamError(f"{option} takes finite numbers, got {text!r}")
     return numbers

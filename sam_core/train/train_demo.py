@@ -61,9 +61,6 @@ class _Batches(torch.utils.data.Dataset):
     def __init__(self, seed: int, batch: int, objects: int, size: int) -> None:
         self.seed, self.batch, self.objects, self.size = seed, batch, objects, size
 
-    def __len__(self) -> int:
-        return 1 << 30
-
     def __getitem__(self, step: int):
         rng = np.random.default_rng((self.seed, step, 1_000_000))
         return _batch(self.seed, step, self.batch, self.objects, self.size, rng)
@@ -176,6 +173,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
@@ -185,8 +183,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
         for i in range(batches):
             images = np.stack([generate_scene((seed, RECALIBRATION_STEP + i, j), size=size).image for j in range(batch)])
             model.image_encoder(model.preprocess(torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()))
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
     model.train(was_training)
 
 
