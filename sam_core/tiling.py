@@ -6,6 +6,11 @@ Coordinates: tiles and masks are in pixel (row, col) of the full image; prompts 
 column is flush with the image's edge (its overlap with the previous tile may be larger). Each tile also
 *owns* a core: the overlap between two neighbours is split at its middle, so the cores partition the image.
 
+**Duplicates within a tile** (:func:`drop_duplicates`). Box NMS inside the mask generator keeps two masks of
+one object when one of them also holds a few stray pixels far away (their boxes differ). Before merging, such
+pairs (mask IoU >= ``duplicate_iou``) are reduced to the mask with the higher predicted IoU (ties: stability
+score, then the canonical order), as SAM's NMS does with boxes.
+
 **Seam merging rule** (:func:`merge_tile_masks`). Masks are compared only between tiles whose windows
 overlap, and only inside that shared window ``W``. A mask ``p`` of tile ``A`` and a mask ``q`` of tile ``B``
 match when ``IoU(p ∩ W, q ∩ W) >= seam_iou`` and each is the other's best match in that tile pair (mutual
@@ -37,6 +42,7 @@ __all__ = [
     "TileGrid",
     "MaskPiece",
     "records_to_pieces",
+    "drop_duplicates",
     "merge_tile_masks",
     "remove_overlaps",
     "pieces_to_labels",
@@ -357,6 +363,27 @@ def _window_iou(p: MaskPiece, q: MaskPiece, window: tuple[int, int, int, int]) -
     return float(np.count_nonzero(a & b) / union) if union else 0.0
 
 
+def _iou(p: MaskPiece, q: MaskPiece) -> float:
+    if not _boxes_meet(p, q):
+        return 0.0
+    return _window_iou(p, q, (min(p.y0, q.y0), min(p.x0, q.x0), max(p.y1, q.y1), max(p.x1, q.x1)))
+
+
+def drop_duplicates(pieces: Sequence[MaskPiece], duplicate_iou: float = 0.8) -> list[MaskPiece]:
+    """Keep one mask of each group of near-identical masks (mask IoU >= ``duplicate_iou``).
+
+    Masks are visited by decreasing predicted IoU (ties: stability score, then :meth:`MaskPiece.sort_key`)
+    and one is dropped when it matches a mask already kept, so the result does not depend on input order.
+    Returns the kept masks in canonical order.
+    """
+    order = sorted(pieces, key=lambda p: (-p.predicted_iou, -p.stability_score, p.sort_key()))
+    kept: list[MaskPiece] = []
+    for piece in order:
+        if all(_iou(piece, other) < duplicate_iou for other in kept):
+            kept.append(piece)
+    return sorted(kept, key=MaskPiece.sort_key)
+
+
 def _join(grid: TileGrid, members: list[tuple[int, MaskPiece]]) -> MaskPiece:
     if len(members) == 1:
         return members[0][1]
@@ -389,15 +416,19 @@ def _join(grid: TileGrid, members: list[tuple[int, MaskPiece]]) -> MaskPiece:
 
 
 def merge_tile_masks(
-    grid: TileGrid, tile_pieces: Mapping[int, Sequence[MaskPiece]], seam_iou: float = 0.5
+    grid: TileGrid,
+    tile_pieces: Mapping[int, Sequence[MaskPiece]],
+    seam_iou: float = 0.5,
+    duplicate_iou: float = 0.8,
 ) -> list[MaskPiece]:
-    """Join the masks of all tiles into objects of the whole image (rule in the module docstring).
+    """Join the masks of all tiles into objects of the whole image (rules in the module docstring).
 
     ``tile_pieces`` maps a tile index to that tile's pieces (image coordinates); tiles may be missing
-    (e.g. all nodata). The result is in a canonical order and does not depend on the order of the input.
+    (e.g. all nodata). Each tile's near-duplicates are dropped first (:func:`drop_duplicates`). The result
+    is in a canonical order and does not depend on the order of the input.
     """
     canon: dict[int, list[MaskPiece]] = {
-        int(t): sorted(pieces, key=MaskPiece.sort_key) for t, pieces in tile_pieces.items() if pieces
+        int(t): drop_duplicates(pieces, duplicate_iou) for t, pieces in tile_pieces.items() if pieces
     }
     members = [(t, i) for t in sorted(canon) for i in range(len(canon[t]))]
     edges: list[tuple[float, tuple[int, int], tuple[int, int]]] = []

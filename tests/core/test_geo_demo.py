@@ -72,11 +72,6 @@ def predictor():
     return Predictor("demo")
 
 
-@pytest.mark.xfail(reason="with the retrained demo the seam ellipse is joined (IoU 0.94, 2 tiles) and the other "
-                   "objects reach IoU 0.94-0.96, but one tile gives the four-tile corner disk two overlapping masks "
-                   "(one also takes in part of a neighbour, so box NMS keeps both); the seam join takes that one "
-                   "(joined IoU 0.91) and the overlap rule (smaller piece wins) hands the disk's pixels to the "
-                   "other, a 1-tile piece of IoU 0.79", strict=False)
 def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_path):
     from sam_core.geo import automask_raster
 

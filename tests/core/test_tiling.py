@@ -19,6 +19,7 @@ from sam_core.tiling import (  # noqa: E402
     TiledPredictor,
     TileGrid,
     automask_tiled,
+    drop_duplicates,
     merge_tile_masks,
     pieces_to_labels,
     records_to_pieces,
@@ -154,6 +155,27 @@ def test_duplicate_in_overlap_is_dropped_and_distinct_masks_of_one_tile_never_ch
     assert sum(len(m.tiles) == 2 for m in merged) == 1
     merged = merge_tile_masks(grid, {a.index: [piece(a, obj)], b.index: [piece(b, obj)]})
     assert len(merged) == 1 and merged[0].area == obj.sum()
+
+
+def test_a_tiles_near_duplicate_with_stray_pixels_is_dropped_before_the_seam_join():
+    """One tile sees an object twice: once clean, once with a stray blob far away (box NMS keeps both)."""
+    grid = TileGrid(100, 200, tile_size=120, overlap=40)
+    a, b = grid[0], grid[1]
+    obj = disk((100, 200), 50, 100, 15)  # crosses the seam
+    stray = obj | disk((100, 200), 90, 190, 3)
+    inner = disk((100, 200), 50, 100, 5)  # a part inside the object: distinct, must stay
+
+    def piece(tile, mask, score):
+        return MaskPiece(tile.y0, tile.x0, mask[tile.slices].copy(), score, 0.9, (tile.index,)).trimmed()
+
+    clean, noisy, part = piece(b, obj, 0.95), piece(b, stray, 0.8), piece(b, inner, 0.9)
+    for order in ([clean, noisy, part], [part, noisy, clean]):
+        kept = drop_duplicates(order)
+        assert len(kept) == 2 and all(k is not noisy for k in kept)
+    merged = merge_tile_masks(grid, {a.index: [piece(a, obj, 0.9)], b.index: [noisy, part, clean]})
+    whole = [m for m in merged if len(m.tiles) == 2]
+    assert len(merged) == 2 and len(whole) == 1
+    assert iou(whole[0].window(0, 0, 100, 200), obj) == 1.0
 
 
 def test_overlaps_go_to_the_smaller_object_in_label_images():
