@@ -175,14 +175,13 @@ class SamWidget(QWidget):
         form = QFormLayout(inner)
         self.points_per_side_spin = QSpinBox()
         self.points_per_side_spin.setRange(1, 128)
-        self.points_per_side_spin.setValue(32)
         self.pred_iou_spin = QDoubleSpinBox()
         self.pred_iou_spin.setRange(0.0, 1.0)
         self.pred_iou_spin.setSingleStep(0.01)
         self.stability_spin = QDoubleSpinBox()
         self.stability_spin.setRange(0.0, 1.0)
         self.stability_spin.setSingleStep(0.01)
-        self._use_model_thresholds(self.choices[self.model_combo.currentIndex()])
+        self._use_model_defaults(self.choices[self.model_combo.currentIndex()])
         self.min_area_spin = QSpinBox()
         self.min_area_spin.setRange(0, 1_000_000)
         self.link_iou_spin = QDoubleSpinBox()
@@ -248,15 +247,16 @@ class SamWidget(QWidget):
             else:
                 self.model_combo.setCurrentIndex(0)
         elif index >= 0:
-            self._use_model_thresholds(self.choices[index])
+            self._use_model_defaults(self.choices[index])
 
-    def _use_model_thresholds(self, choice: ModelChoice) -> None:
-        """Set the automatic-mask thresholds to those recommended for ``choice``'s zoo model."""
-        from sam_core.zoo import automask_thresholds
+    def _use_model_defaults(self, choice: ModelChoice) -> None:
+        """Set the automatic-mask grid and thresholds to those recommended for ``choice``'s zoo model."""
+        from sam_core.zoo import automask_defaults
 
-        pred_iou, stability = automask_thresholds(choice.name)
-        self.pred_iou_spin.setValue(pred_iou)
-        self.stability_spin.setValue(stability)
+        recommended = automask_defaults(choice.name)
+        self.points_per_side_spin.setValue(recommended["points_per_side"])
+        self.pred_iou_spin.setValue(recommended["pred_iou_thresh"])
+        self.stability_spin.setValue(recommended["stability_score_thresh"])
 
     def _browse_cache(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Embedding cache folder", self.cache_edit.text())

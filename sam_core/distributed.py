@@ -31,13 +31,16 @@ class GeneratorSpec:
 
     @classmethod
     def create(cls, model=None, checkpoint=None, device=None, params: Optional[dict] = None) -> "GeneratorSpec":
+        """Parameters left out of ``params`` are the model's recommended ones (:func:`sam_core.zoo.automask_defaults`)."""
+        from sam_core.zoo import automask_defaults
+
         if checkpoint is not None and model == "demo":
             model = None  # a checkpoint file: its configuration is inferred from the weights
         return cls(
             model=model,
             checkpoint=None if checkpoint is None else str(checkpoint),
             device=None if device is None else str(device),
-            params_json=json.dumps(params or {}, sort_keys=True),
+            params_json=json.dumps({**automask_defaults(model), **(params or {})}, sort_keys=True),
         )
 
     @property

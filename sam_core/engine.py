@@ -143,16 +143,10 @@ class Engine:
 
     def _cmd_automask_raster(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
-        from sam_core.zoo import automask_thresholds
 
         if "extent" in params:
             params["extent"] = tuple(float(v) for v in params["extent"])
-        # thresholds left out: those recommended for the model (SAM's defaults; lower for demo)
-        pred_iou, stability = automask_thresholds(params.get("model", "demo"))
-        generator = dict(params.get("generator_params") or {})
-        generator.setdefault("pred_iou_thresh", pred_iou)
-        generator.setdefault("stability_score_thresh", stability)
-        params["generator_params"] = generator
+        # generator parameters left out are the model's recommended ones (geo fills them in)
         return geo.automask_raster(params.pop("raster"), params.pop("output"), progress=progress,
                                    cancel=cancel, **params)
 

@@ -39,9 +39,9 @@ class ModelInfo:
     description: str
     filename: str
     bundled: Optional[Path] = None
-    # recommended automatic-mask thresholds (pred_iou_thresh, stability_score_thresh): SAM's defaults,
-    # lower for demo, whose predicted IoU is less confident
-    automask_thresholds: tuple[float, float] = (0.88, 0.95)
+    # recommended automatic-mask settings (points_per_side, pred_iou_thresh, stability_score_thresh):
+    # SAM's defaults; for demo (256-pixel input, less confident predicted IoU) those its quality was measured at
+    automask: tuple[int, float, float] = (32, 0.88, 0.95)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ MODELS: dict[str, ModelInfo] = {
         description="small model trained by this project on generated images, for trying the tools and for tests (not for real data)",
         filename="demo.pt",
         bundled=_DATA / "demo.pt",
-        automask_thresholds=(0.5, 0.8),
+        automask=(16, 0.5, 0.8),
     ),
     "vit_t": ModelInfo(
         name="vit_t",
@@ -225,11 +225,13 @@ def ensure_checkpoint(
     return weights.download(info.url, dest, sha256=info.sha256, size=info.size, progress=progress, cancel=cancel)
 
 
-def automask_thresholds(name: Optional[str]) -> tuple[float, float]:
-    """Recommended (pred_iou_thresh, stability_score_thresh) for zoo model ``name``; SAM's defaults
-    (0.88, 0.95) for any other model or checkpoint."""
+def automask_defaults(name: Optional[str]) -> dict:
+    """Recommended automatic-mask settings for zoo model ``name``, as generator keyword arguments:
+    ``points_per_side``, ``pred_iou_thresh`` and ``stability_score_thresh``. SAM's defaults (32, 0.88,
+    0.95) for any other model or checkpoint; (16, 0.5, 0.8) for ``demo``."""
     info = MODELS.get(name) if name else None
-    return info.automask_thresholds if info else (0.88, 0.95)
+    points, pred_iou, stability = info.automask if info else ModelInfo.automask
+    return {"points_per_side": points, "pred_iou_thresh": pred_iou, "stability_score_thresh": stability}
 
 
 def list_models(cache_dir: Optional[PathLike] = None) -> list[ModelStatus]:

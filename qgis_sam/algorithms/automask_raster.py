@@ -60,8 +60,8 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole raster)", None, True))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterNumber(
-            "POINTS_PER_SIDE", "Points per side (grid of prompts per tile)", QgsProcessingParameterNumber.Integer,
-            32, False, 1, 256))
+            "POINTS_PER_SIDE", "Points per side (grid of prompts per tile; empty: the model's, 32; demo 16)",
+            QgsProcessingParameterNumber.Integer, None, True, 1, 256))
         self.addParameter(QgsProcessingParameterNumber(
             "PRED_IOU_THRESH", "Predicted IoU threshold (empty: the model's, 0.88; demo 0.5)",
             QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
@@ -92,14 +92,13 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
             "resolution": None if exported else resolution,
             "extent": None if exported or extent is None or extent.isEmpty() else
             [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+            # parameters left empty are the model's recommended ones (filled in by the engine)
             "generator_params": {
-                "points_per_side": self.parameterAsInt(parameters, "POINTS_PER_SIDE", context),
-                **{
-                    key: self.parameterAsDouble(parameters, name, context)
-                    for name, key in (("PRED_IOU_THRESH", "pred_iou_thresh"),
-                                      ("STABILITY_THRESH", "stability_score_thresh"))
-                    if parameters.get(name) not in (None, "")
-                },
+                key: number(parameters, name, context)
+                for name, key, number in (("POINTS_PER_SIDE", "points_per_side", self.parameterAsInt),
+                                          ("PRED_IOU_THRESH", "pred_iou_thresh", self.parameterAsDouble),
+                                          ("STABILITY_THRESH", "stability_score_thresh", self.parameterAsDouble))
+                if parameters.get(name) not in (None, "")
             },
             "min_area": self.parameterAsDouble(parameters, "MIN_AREA", context),
             "simplify": self.parameterAsDouble(parameters, "SIMPLIFY", context),

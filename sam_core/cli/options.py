@@ -61,12 +61,15 @@ def preparation(args: argparse.Namespace):
 
 
 def add_generator_args(parser: argparse.ArgumentParser) -> None:
-    """The automatic mask generator's parameters, with the official defaults."""
+    """The automatic mask generator's parameters, with the official defaults (the model's for the first three)."""
     gen = parser.add_argument_group("generator parameters (official names and defaults)")
-    gen.add_argument("--points-per-side", type=int, default=32, help="grid points per image or tile side (default 32)")
+    gen.add_argument("--points-per-side", type=int, default=None,
+                     help="grid points per image or tile side (default: the model's, 32; demo 16)")
     gen.add_argument("--points-per-batch", type=int, default=64, help="points decoded at once (default 64)")
-    gen.add_argument("--pred-iou-thresh", type=float, default=0.88, help="minimum predicted IoU (default 0.88)")
-    gen.add_argument("--stability-thresh", type=float, default=0.95, help="minimum stability score (default 0.95)")
+    gen.add_argument("--pred-iou-thresh", type=float, default=None,
+                     help="minimum predicted IoU (default: the model's, 0.88; demo 0.5)")
+    gen.add_argument("--stability-thresh", type=float, default=None,
+                     help="minimum stability score (default: the model's, 0.95; demo 0.8)")
     gen.add_argument("--stability-offset", type=float, default=1.0, help="logit offset of the stability score (default 1.0)")
     gen.add_argument("--box-nms-thresh", type=float, default=0.7, help="box IoU above which duplicates are dropped (default 0.7)")
     gen.add_argument("--crop-n-layers", type=int, default=0, help="layers of image crops (default 0)")
@@ -81,8 +84,12 @@ def add_generator_args(parser: argparse.ArgumentParser) -> None:
 
 
 def generator_params(args: argparse.Namespace) -> dict:
-    """Keyword arguments of :class:`sam_core.automask.AutomaticMaskGenerator` from the parsed options."""
-    return {
+    """Keyword arguments of :class:`sam_core.automask.AutomaticMaskGenerator` from the parsed options;
+    the options left out are the model's recommended ones (:func:`sam_core.zoo.automask_defaults`)."""
+    from sam_core.zoo import automask_defaults
+
+    recommended = automask_defaults(model_name(args))
+    chosen = {
         "points_per_side": args.points_per_side,
         "points_per_batch": args.points_per_batch,
         "pred_iou_thresh": args.pred_iou_thresh,
@@ -96,3 +103,4 @@ def generator_params(args: argparse.Namespace) -> dict:
         "min_mask_region_area": args.min_region_area,
         "skip_covered_points": args.skip_covered_points,
     }
+    return {**chosen, **{key: value for key, value in recommended.items() if chosen[key] is None}}

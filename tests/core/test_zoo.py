@@ -315,9 +315,22 @@ def test_models_command_in_a_new_process(tmp_path):
     assert str(tmp_path / "ckpt") in done.stdout
 
 
-def test_recommended_automask_thresholds():
-    from sam_core.zoo import automask_thresholds
+def test_recommended_automask_settings():
+    from sam_core.zoo import automask_defaults
 
-    assert automask_thresholds("demo") == (0.5, 0.8)
-    assert automask_thresholds("vit_b") == automask_thresholds("vit_t") == (0.88, 0.95)
-    assert automask_thresholds(None) == automask_thresholds("custom") == (0.88, 0.95)
+    sam = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95}
+    assert automask_defaults("demo") == {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    assert automask_defaults("vit_b") == automask_defaults("vit_t") == sam
+    assert automask_defaults(None) == automask_defaults("custom") == sam
+
+
+def test_generator_parameters_left_out_are_the_models():
+    from sam_core.distributed import GeneratorSpec
+
+    assert GeneratorSpec.create("demo").params == {"points_per_side": 16, "pred_iou_thresh": 0.5,
+                                                   "stability_score_thresh": 0.8}
+    spec = GeneratorSpec.create("vit_b", params={"points_per_side": 8, "box_nms_thresh": 0.5})
+    assert spec.params == {"points_per_side": 8, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95,
+                           "box_nms_thresh": 0.5}
+    # a checkpoint file (no zoo model): SAM's defaults
+    assert GeneratorSpec.create("demo", checkpoint="x.pth").params["pred_iou_thresh"] == 0.88

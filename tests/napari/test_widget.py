@@ -50,11 +50,14 @@ def test_plugin_menu_opens_the_widget_and_the_samples(make_napari_viewer):
     assert "demo" in [c.name for c in widget.choices if c is not None]
 
 
-def test_automask_thresholds_follow_the_chosen_model(make_widget):
+def test_automask_grid_and_thresholds_follow_the_chosen_model(make_widget):
+    def settings():
+        return widget.points_per_side_spin.value(), widget.pred_iou_spin.value(), widget.stability_spin.value()
+
     viewer, widget = make_widget(model="demo")
-    assert (widget.pred_iou_spin.value(), widget.stability_spin.value()) == (0.5, 0.8)
+    assert settings() == (16, 0.5, 0.8)
     widget.model_combo.setCurrentIndex([c.name if c else None for c in widget.choices].index("vit_b"))
-    assert (widget.pred_iou_spin.value(), widget.stability_spin.value()) == (0.88, 0.95)
+    assert settings() == (32, 0.88, 0.95)
 
 
 def test_points_give_the_predictors_mask_with_scale_and_translate(make_widget, qtbot):

@@ -191,12 +191,11 @@ def test_demo_segments_known_objects_in_place(processing, which, request, tmp_pa
         geometry = QgsGeometry.unaryUnion([f.geometry() for f in layer.getFeatures()])
         assert iou(geometry, QgsGeometry.fromWkt(item["wkt"])) >= 0.8, (index, iou(geometry, QgsGeometry.fromWkt(item["wkt"])))
 
-    # automatic masks with the thresholds left empty: the engine uses demo's (0.5 / 0.8)
+    # automatic masks with the grid and thresholds left empty: the engine uses demo's (16 points, 0.5, 0.8)
     result = run("sam:automask_raster", {"INPUT": str(path), "MODEL": "demo",
                                          "OUTPUT": str(tmp_path / f"{which}_auto.gpkg")})
     layer = vector(result["OUTPUT"])
     assert same_crs(layer.crs(), raster.crs())
     found = [f.geometry() for f in layer.getFeatures()]
     best = [max((iou(QgsGeometry.fromWkt(item["wkt"]), g) for g in found), default=0.0) for item in objects]
-    # measured: 0.98, 0.96, 0.88 and 0.49 (the fourth object comes out in part)
-    assert sum(value >= 0.8 for value in best) >= 3, best
+    assert min(best) >= 0.8, best
