@@ -1,8 +1,10 @@
 """Engine settings and first-run dialog: choose a Python with sam_core, or create one with pip.
 
 Creating an environment runs, with live output and progress (never blocking QGIS):
-``BASE_PYTHON -m venv FOLDER``, ``VENV_PYTHON -m pip install --upgrade pip`` and
-``VENV_PYTHON -m pip install PACKAGE`` (default ``sam-suite[geo]``; a local folder or wheel also works).
+``BASE_PYTHON -m venv FOLDER``, ``VENV_PYTHON -m pip install --upgrade pip``, for the CPU build of
+PyTorch ``VENV_PYTHON -m pip install torch --index-url CPU_TORCH_INDEX`` (about 200 MB instead of the
+several GB of PyPI's default CUDA build on Linux and Windows), ``VENV_PYTHON -m pip install PACKAGE``
+(default ``sam-suite[geo]``; a local folder or wheel also works) and a check that the engine imports.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from qgis.PyQt.QtWidgets import (
 from . import settings
 from .engine_client import ENV_VAR, engine_environment
 
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_BUILDS = ("CPU only (smaller download; for computers without an NVIDIA GPU)",
+                "PyPI's default (with CUDA on Linux and Windows, for NVIDIA GPUs)")
+
 CHECK_SCRIPT = "import sam_core, torch, rasterio; print('sam_core', sam_core.__version__, '| torch', torch.__version__)"
 
 
@@ -65,16 +71,28 @@ def default_package() -> str:
     return "sam-suite[geo]"
 
 
-def install_steps(base_python: str, folder: str, package: str) -> list[tuple[str, list[str]]]:
-    """(description, command) for each step of creating the environment."""
+def has_nvidia_gpu() -> bool:
+    """Whether this computer seems to have an NVIDIA driver (``nvidia-smi`` on the PATH)."""
+    return shutil.which("nvidia-smi") is not None
+
+
+def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool) -> list[tuple[str, list[str]]]:
+    """(description, command) for each step of creating the environment; ``cpu_torch`` installs
+    PyTorch's CPU build first, so that installing ``package`` keeps it."""
     python = venv_python(folder)
-    return [
+    steps = [
         ("Creating the virtual environment", [base_python, "-m", "venv", folder]),
         ("Updating pip", [python, "-m", "pip", "install", "--upgrade", "pip"]),
+    ]
+    if cpu_torch:
+        steps.append(("Installing PyTorch, CPU build (about 200 MB)",
+                      [python, "-m", "pip", "install", "torch", "--index-url", CPU_TORCH_INDEX]))
+    steps += [
         (f"Installing {package} (torch and friends: this can take several minutes)",
          [python, "-m", "pip", "install", package]),
         ("Checking the engine", [python, "-c", CHECK_SCRIPT]),
     ]
+    return steps
 
 
 def _path_row(edit: QLineEdit, browse) -> QWidget:
@@ -132,6 +150,10 @@ class EngineSetupDialog(QDialog):
         form.addRow("Base Python (3.10+)", _path_row(self.base_edit, self._browse_base))
         form.addRow("Folder", _path_row(self.folder_edit, self._browse_folder))
         form.addRow("Package", self.package_edit)
+        self.torch_combo = QComboBox()
+        self.torch_combo.addItems(TORCH_BUILDS)
+        self.torch_combo.setCurrentIndex(1 if has_nvidia_gpu() else 0)
+        form.addRow("PyTorch", self.torch_combo)
         self.create_button = QPushButton("Create and install")
         self.create_button.clicked.connect(self.create_environment)
         form.addRow("", self.create_button)
@@ -287,9 +309,26 @@ class EngineSetupDialog(QDialog):
     def create_environment(self) -> None:
         """Create the environment and install sam_core into it, step by step with live output."""
         self.create_new.setChecked(True)
+        problem = self._environment_problem()
+        if problem:
+            self._log(f"== cannot create the environment: {problem}")
+            return
         self._creating = True
         self._run_steps(install_steps(self.base_edit.text().strip(), self.folder_edit.text().strip(),
-                                      self.package_edit.text().strip()))
+                                      self.package_edit.text().strip(), cpu_torch=self.torch_combo.currentIndex() == 0))
+
+    def _environment_problem(self) -> str:
+        """What is wrong with the base Python, folder or package fields ('' when nothing)."""
+        base, folder = self.base_edit.text().strip(), self.folder_edit.text().strip()
+        if not base or not os.path.isfile(base):
+            return f"the base Python {base!r} does not exist: choose a Python 3.10 or newer interpreter"
+        if not folder:
+            return "choose a folder for the environment"
+        if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "pyvenv.cfg")):
+            return f"the folder {folder} is not empty and is not a Python environment: choose a new or empty folder"
+        if not self.package_edit.text().strip():
+            return "the package to install is empty (normally sam-suite[geo])"
+        return ""
 
     @property
     def running(self) -> bool:
