@@ -253,7 +253,23 @@ def export_decoder(sam: "Sam", path: PathLike, *, metadata: Optional[dict] = Non
         "low_res_masks": {0: "num_objects"},
     }
     values = dict(metadata or _metadata(sam), **{"sam_core.part": "decoder"})
-    return _export(decoder, example, Path(path), DECODER_INPUTS, DECODER_OUTPUTS, dynamic, values, opset)
+    with _official_decoder_operations(sam):
+        return _export(decoder, example, Path(path), DECODER_INPUTS, DECODER_OUTPUTS, dynamic, values, opset)
+
+
+@contextlib.contextmanager
+def _official_decoder_operations(sam: "Sam") -> Iterator[None]:
+    """Trace the mask decoder's official operations: its fused forms choose by the prompt count, which
+    the exported graph leaves dynamic."""
+    modules = [m for m in sam.mask_decoder.modules() if hasattr(m, "fused")]
+    fused = [m.fused for m in modules]
+    for module in modules:
+        module.fused = False
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, fused):
+            module.fused = value
 
 
 def export_encoder(sam: "Sam", path: PathLike, *, metadata: Optional[dict] = None, opset: int = OPSET) -> Path:

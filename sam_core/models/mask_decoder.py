@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam_core.models.common import MLP, LayerNorm2d
@@ -13,7 +14,13 @@ class MaskDecoder(nn.Module):
     """Predicts mask logits at 4x the embedding resolution and their IoU, one token per candidate.
 
     Token 0 is the single-mask output; tokens 1..num_multimask_outputs are the ambiguity-aware ones.
+    ``fused = True`` (all precisions but ``exact``) runs the upscaling on the transformer's
+    channels-last tokens: each 2x2-stride-2 transposed convolution is one matrix product, the layer norm
+    is a plain one over channels, and only the few candidate masks are rearranged into the pixel grid.
+    Same values up to float rounding; ``fused = False`` computes exactly the official operations.
     """
+
+    fused: bool = True
 
     def __init__(self, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
                  iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
@@ -82,10 +89,33 @@ class MaskDecoder(nn.Module):
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(bs, c, h, w))
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        if self.fused:
+            masks = self._upscaled_masks(src, h, w, hyper_in)
+        else:
+            upscaled = self.output_upscaling(src.transpose(1, 2).reshape(bs, c, h, w))
+            b, c, h, w = upscaled.shape
+            masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+    def _upscaled_masks(self, tokens: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` and the hypernetwork product on (B, h*w, C) tokens -> (B, K, 4h, 4w)."""
+        first, norm, _, second, _ = self.output_upscaling
+        b = tokens.shape[0]
+
+        def transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+            # (B, P, Cin) -> (B, P, 2, 2, Cout): every input pixel gives its own 2x2 block of outputs
+            c_in, c_out = conv.weight.shape[:2]
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+            return torch.addmm(conv.bias.repeat(4), x.reshape(-1, c_in), weight).view(b, -1, 2, 2, c_out)
+
+        x = transposed_conv(tokens, first)
+        x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = F.gelu(transposed_conv(x.reshape(b, -1, x.shape[-1]), second))
+        masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)  # (B, h*w*16, K)
+        k = masks.shape[-1]
+        # pixel (i, j), first block (a1, b1), second block (a2, b2) -> row 4i + 2a1 + a2, col 4j + 2b1 + b2
+        masks = masks.view(b, h, w, 2, 2, 2, 2, k).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, k, 4 * h, 4 * w)

@@ -13,6 +13,10 @@
 - ``auto``: ``bf16`` where the device runs it natively, ``fp16`` on GPUs without bf16, else ``fp32``.
 
 The prompt encoder and the mask decoder always run in fp32; the embedding is returned as float32.
+Every precision but ``exact`` also runs the mask decoder's fused forms (regrouped attention between
+prompt and image tokens, upscaling as matrix products; see ``transformer.Attention`` and
+``mask_decoder.MaskDecoder``): equal within float rounding, about twice as fast at full size. ``exact``
+runs the official decoder operations too.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ class Sam(nn.Module):
         if resolved == "int8" and self.precision != "int8":
             self._quantize_encoder_mlps()
         self.image_encoder.compute_dtype = COMPUTE_DTYPES[resolved]
-        for module in self.image_encoder.modules():
+        for module in self.modules():
             if hasattr(module, "fused"):
                 module.fused = resolved != "exact"
         self.precision = resolved

@@ -11,7 +11,17 @@ from sam_core.models.common import MLPBlock
 
 
 class Attention(nn.Module):
-    """Multi-head attention whose projections may shrink the width by ``downsample_rate``."""
+    """Multi-head attention whose projections may shrink the width by ``downsample_rate``.
+
+    ``fused = True`` (all precisions but ``exact``) lets the decoder's lopsided attentions skip most of
+    the work on image tokens. When a few prompt tokens meet thousands of image tokens, the per-head
+    products are regrouped: ``(q Wq_h) (k Wk_h)^T = (q Wq_h Wk_h^T) k^T`` and
+    ``softmax(.) (v Wv_h) Wo_h = (softmax(.) v) (Wv_h Wo_h)``, so the image tokens are multiplied by
+    (heads x prompt tokens) columns instead of the projection width; the estimated cost picks the cheaper
+    form. Same values up to float rounding; ``fused = False`` computes exactly the official operations.
+    """
+
+    fused: bool = True
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
         super().__init__()
@@ -30,6 +40,12 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.fused:
+            plain, few_queries, few_keys = self._costs(q, k, v)
+            if few_queries < plain and few_queries <= few_keys:
+                return self._few_queries(q, k, v)
+            if few_keys < plain:
+                return self._few_keys(q, k, v)
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
@@ -37,6 +53,48 @@ class Attention(nn.Module):
         attn = torch.softmax(attn / math.sqrt(q.shape[-1]), dim=-1)
         out = (attn @ v).transpose(1, 2)
         return self.out_proj(out.reshape(out.shape[0], out.shape[1], -1))
+
+    def _costs(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int]:
+        """Multiply-adds of the plain form, of the few-queries form and of the few-keys form."""
+        c, d, h = self.embedding_dim, self.internal_dim, self.num_heads
+        b = max(q.shape[0], k.shape[0], v.shape[0])
+        nq, nk = q.shape[1], k.shape[1]
+        projections = (q.shape[0] * nq + (k.shape[0] + v.shape[0]) * nk) * c * d
+        plain = projections + b * (2 * nq * nk * d + nq * d * c)
+        few_queries = b * (2 * h * nq * nk * c + 3 * nq * d * c)
+        few_keys = b * (2 * h * nq * nk * c + 3 * nk * d * c)
+        return plain, few_queries, few_keys
+
+    def _few_queries(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Few queries (prompt tokens), many keys (image tokens; batch 1 is broadcast)."""
+        b, n, _ = q.shape
+        h, d, c = self.num_heads, self.internal_dim // self.num_heads, self.embedding_dim
+        queries = self._heads(self.q_proj(q)) / math.sqrt(d)  # (b, h, n, d), scaled
+        # logits_h = Q_h (k Wk_h^T + bk_h)^T; the bias term is the same for every key: softmax ignores it
+        mixed = (queries @ self.k_proj.weight.view(h, d, c)).reshape(b, h * n, c)
+        attn = torch.softmax(mixed @ k.transpose(1, 2), dim=-1)  # (b, h*n, keys)
+        # rows of attn sum to 1: attn (v Wv_h^T + bv_h) = (attn v) Wv_h^T + bv_h
+        mixed = attn @ v
+        b = mixed.shape[0]  # the larger of the queries' and keys' batch sizes
+        out = mixed.view(b, h, n, c) @ self.v_proj.weight.view(h, d, c).transpose(1, 2)
+        out = out + self.v_proj.bias.view(h, 1, d)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, h * d))
+
+    def _few_keys(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Many queries (image tokens; batch 1 is broadcast), few keys (prompt tokens)."""
+        h, d, c = self.num_heads, self.internal_dim // self.num_heads, self.embedding_dim
+        keys = self._heads(self.k_proj(k)) / math.sqrt(d)  # (b, h, n, d), scaled
+        values = self._heads(self.v_proj(v))
+        b, _, n, _ = keys.shape
+        # logits_h^T = K_h (q Wq_h^T + bq_h)^T = (K_h Wq_h) q^T + K_h bq_h, laid out (b, h*n, queries) so
+        # that the softmax over the n keys of each head runs along a long axis
+        mixed = (keys @ self.q_proj.weight.view(h, d, c)).reshape(b, h * n, c)
+        offset = (keys @ self.q_proj.bias.view(h, d, 1)).reshape(b, h * n, 1)
+        logits = torch.baddbmm(offset, mixed, q.transpose(1, 2)) if q.shape[0] == b else mixed @ q.transpose(1, 2) + offset
+        attn = torch.softmax(logits.view(logits.shape[0], h, n, -1), dim=2).view(logits.shape[0], h * n, -1)
+        # out = sum_h attn_h V_h Wo_h^T + bo, with Wo_h the columns of head h
+        projected = (values @ self.out_proj.weight.view(c, h, d).permute(1, 2, 0)).reshape(b, h * n, c)
+        return torch.baddbmm(self.out_proj.bias, attn.transpose(1, 2), projected.expand(attn.shape[0], -1, -1))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -75,7 +133,13 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    """Decoder transformer: (B, C, h, w) image embedding + (B, N, C) tokens -> updated tokens and image."""
+    """Decoder transformer: (B, C, h, w) image embedding + (B, N, C) tokens -> updated tokens and image.
+
+    ``fused = True`` (all precisions but ``exact``) lays the image tokens and their positional encoding
+    out contiguously once, so that the element-wise sums of every layer run at memory speed.
+    """
+
+    fused: bool = True
 
     def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
                  attention_downsample_rate: int = 2) -> None:
@@ -100,6 +164,8 @@ class TwoWayTransformer(nn.Module):
         """
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        if self.fused:
+            keys, key_pe = keys.contiguous(), key_pe.contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=key_pe)

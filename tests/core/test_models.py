@@ -226,6 +226,53 @@ def test_shared_image_tokens_decode_like_one_embedding_per_prompt(small_vit_chec
             _assert_close(a, b, 1e-5)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("queries,keys", [((1, 7), (1, 4096)), ((3, 7), (1, 4096)), ((3, 7), (3, 4096)),
+                                          ((1, 4096), (1, 7)), ((3, 4096), (3, 7)), ((3, 4096), (1, 7)), ((2, 5), (2, 6))])
+def test_regrouped_attention_forms_equal_the_plain_one(queries, keys):
+    from sam_core.models.transformer import Attention
+
+    g = torch.Generator().manual_seed(0)
+    attention = Attention(256, 8, downsample_rate=2)
+    for parameter in attention.parameters():
+        parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.1)
+    q = torch.randn((*queries, 256), generator=g)
+    k, v = torch.randn((*keys, 256), generator=g), torch.randn((*keys, 256), generator=g)
+    attention.fused = False
+    plain = attention(q, k, v)
+    for form in (attention._few_queries, attention._few_keys):
+        _assert_close(form(q, k, v), plain, 1e-5)
+
+
+@torch.no_grad()
+def test_fused_decoder_equals_the_official_operations_at_full_size():
+    """vit_b's decoder (4096 image tokens): the regrouped attentions and the matrix-product upscaling give
+    the official operations' logits, for one prompt, shared image tokens and per-prompt mask inputs."""
+    from sam_core.models.mask_decoder import MaskDecoder
+    from sam_core.models.transformer import TwoWayTransformer
+
+    g = torch.Generator().manual_seed(0)
+    decoder = MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048), iou_head_hidden_dim=256).eval()
+    for parameter in decoder.parameters():
+        parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.05)
+    embedding, pe = torch.randn((1, 256, 64, 64), generator=g), torch.randn((1, 256, 64, 64), generator=g)
+    for batch, tokens, per_prompt_dense in ((1, 2, False), (4, 3, False), (2, 2, True)):
+        sparse = torch.randn((batch, tokens, 256), generator=g)
+        dense = (torch.randn((batch, 256, 64, 64), generator=g) if per_prompt_dense
+                 else torch.randn((1, 256, 1, 1), generator=g).expand(batch, -1, 64, 64))
+        for multimask in (True, False):
+            results = []
+            for fused in (False, True):
+                for module in decoder.modules():
+                    if hasattr(module, "fused"):
+                        module.fused = fused
+                results.append(decoder(embedding, pe, sparse, dense, multimask))
+            (exact_masks, exact_iou), (masks, iou) = results
+            _assert_close(masks, exact_masks, 1e-4)
+            _assert_close(iou, exact_iou, 1e-4)
+            assert ((masks > 0) == (exact_masks > 0)).float().mean() > 0.999
+
+
 def _models(config: SamConfig, checkpoint):
     return load_official(config, checkpoint), load_ours(config, checkpoint)
 
@@ -320,8 +367,11 @@ def test_precision_choices(small_vit_checkpoint):
         model.set_precision("fp32")
     back = build_sam(SMALL_VIT).set_precision("bf16").set_precision("fp32")
     assert back.image_encoder.compute_dtype is None and back.precision == "fp32"
-    fused = [getattr(m, "fused") for m in back.modules() if hasattr(m, "fused")]
-    assert len(fused) == SMALL_VIT.depth and all(fused)
+    encoder = [m.fused for m in back.image_encoder.modules() if hasattr(m, "fused")]
+    decoder = [m.fused for m in back.mask_decoder.modules() if hasattr(m, "fused")]
+    assert len(encoder) == SMALL_VIT.depth and all(encoder)
+    # the mask decoder, its transformer and each of its attentions (three per block and the final one)
+    assert len(decoder) == 2 + 3 * back.mask_decoder.transformer.depth + 1 and all(decoder)
     assert not any(getattr(m, "fused", False) for m in back.set_precision("exact").modules())
 
 
