@@ -10,6 +10,11 @@ from sam_core.models.common import MLP, LayerNorm2d
 from sam_core.models.transformer import TwoWayTransformer
 
 
+# Prompts decoded together by the fused forms: each holds image-sized intermediates (4 to 8 MB per prompt
+# and tensor at vit_b's size), so a batch of 64 would hold gigabytes at once.
+FUSED_CHUNK = 16
+
+
 class MaskDecoder(nn.Module):
     """Predicts mask logits at 4x the embedding resolution and their IoU, one token per candidate.
 
@@ -17,7 +22,8 @@ class MaskDecoder(nn.Module):
     ``fused = True`` (all precisions but ``exact``) runs the upscaling on the transformer's
     channels-last tokens: each 2x2-stride-2 transposed convolution is one matrix product, the layer norm
     is a plain one over channels, and only the few candidate masks are rearranged into the pixel grid.
-    Same values up to float rounding; ``fused = False`` computes exactly the official operations.
+    Large batches are decoded ``FUSED_CHUNK`` prompts at a time. Same values up to float rounding;
+    ``fused = False`` computes exactly the official operations.
     """
 
     fused: bool = True
@@ -57,8 +63,17 @@ class MaskDecoder(nn.Module):
         ``image_pe`` (1, C, h, w); sparse (B, N, C); dense (B, C, h, w). Returns low-res logits
         (B, K, 4h, 4w) and IoU predictions (B, K), K = num_multimask_outputs or 1.
         """
-        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                             dense_prompt_embeddings)
+        chunk = FUSED_CHUNK if self.fused else len(sparse_prompt_embeddings)
+        parts = [
+            self.predict_masks(
+                image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[start : start + chunk],
+                image_pe,
+                sparse_prompt_embeddings[start : start + chunk],
+                dense_prompt_embeddings[start : start + chunk],
+            )
+            for start in range(0, len(sparse_prompt_embeddings), max(chunk, 1))
+        ]
+        masks, iou_pred = (torch.cat(column) if len(parts) > 1 else column[0] for column in zip(*parts))
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 

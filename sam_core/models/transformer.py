@@ -90,11 +90,15 @@ class Attention(nn.Module):
         # that the softmax over the n keys of each head runs along a long axis
         mixed = (keys @ self.q_proj.weight.view(h, d, c)).reshape(b, h * n, c)
         offset = (keys @ self.q_proj.bias.view(h, d, 1)).reshape(b, h * n, 1)
-        logits = torch.baddbmm(offset, mixed, q.transpose(1, 2)) if q.shape[0] == b else mixed @ q.transpose(1, 2) + offset
-        attn = torch.softmax(logits.view(logits.shape[0], h, n, -1), dim=2).view(logits.shape[0], h * n, -1)
+        if q.shape[0] == b:
+            logits = torch.baddbmm(offset, mixed, q.transpose(1, 2))
+        else:  # image tokens shared by all prompts (batch 1), or one prompt for per-prompt image tokens
+            logits = mixed @ q.transpose(1, 2) + offset
+        batch = logits.shape[0]
+        attn = torch.softmax(logits.view(batch, h, n, -1), dim=2).view(batch, h * n, -1)
         # out = sum_h attn_h V_h Wo_h^T + bo, with Wo_h the columns of head h
         projected = (values @ self.out_proj.weight.view(c, h, d).permute(1, 2, 0)).reshape(b, h * n, c)
-        return torch.baddbmm(self.out_proj.bias, attn.transpose(1, 2), projected.expand(attn.shape[0], -1, -1))
+        return torch.baddbmm(self.out_proj.bias, attn.transpose(1, 2), projected.expand(batch, -1, -1))
 
 
 class TwoWayAttentionBlock(nn.Module):

@@ -256,7 +256,8 @@ def test_fused_decoder_equals_the_official_operations_at_full_size():
     for parameter in decoder.parameters():
         parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.05)
     embedding, pe = torch.randn((1, 256, 64, 64), generator=g), torch.randn((1, 256, 64, 64), generator=g)
-    for batch, tokens, per_prompt_dense in ((1, 2, False), (4, 3, False), (2, 2, True)):
+    # batches above FUSED_CHUNK (16) are decoded in chunks
+    for batch, tokens, per_prompt_dense in ((1, 2, False), (4, 3, False), (2, 2, True), (18, 2, False), (18, 2, True)):
         sparse = torch.randn((batch, tokens, 256), generator=g)
         dense = (torch.randn((batch, 256, 64, 64), generator=g) if per_prompt_dense
                  else torch.randn((1, 256, 1, 1), generator=g).expand(batch, -1, 64, 64))
@@ -266,7 +267,8 @@ def test_fused_decoder_equals_the_official_operations_at_full_size():
                 for module in decoder.modules():
                     if hasattr(module, "fused"):
                         module.fused = fused
-                results.append(decoder(embedding, pe, sparse, dense, multimask))
+                image = embedding.expand(batch, -1, -1, -1) if per_prompt_dense else embedding
+                results.append(decoder(image, pe, sparse, dense, multimask))
             (exact_masks, exact_iou), (masks, iou) = results
             _assert_close(masks, exact_masks, 1e-4)
             _assert_close(iou, exact_iou, 1e-4)
