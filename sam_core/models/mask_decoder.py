@@ -63,17 +63,22 @@ class MaskDecoder(nn.Module):
         ``image_pe`` (1, C, h, w); sparse (B, N, C); dense (B, C, h, w). Returns low-res logits
         (B, K, 4h, 4w) and IoU predictions (B, K), K = num_multimask_outputs or 1.
         """
-        chunk = FUSED_CHUNK if self.fused else len(sparse_prompt_embeddings)
-        parts = [
-            self.predict_masks(
-                image_embeddings if image_embeddings.shape[0] == 1 else image_embeddings[start : start + chunk],
-                image_pe,
-                sparse_prompt_embeddings[start : start + chunk],
-                dense_prompt_embeddings[start : start + chunk],
-            )
-            for start in range(0, len(sparse_prompt_embeddings), max(chunk, 1))
-        ]
-        masks, iou_pred = (torch.cat(column) if len(parts) > 1 else column[0] for column in zip(*parts))
+        count = len(sparse_prompt_embeddings)
+        if self.fused and count > FUSED_CHUNK:
+            shared = image_embeddings.shape[0] == 1
+            parts = [
+                self.predict_masks(
+                    image_embeddings if shared else image_embeddings[part],
+                    image_pe,
+                    sparse_prompt_embeddings[part],
+                    dense_prompt_embeddings[part],
+                )
+                for part in (slice(start, start + FUSED_CHUNK) for start in range(0, count, FUSED_CHUNK))
+            ]
+            masks, iou_pred = (torch.cat(column) for column in zip(*parts))
+        else:
+            masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                                 dense_prompt_embeddings)
         selected = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, selected], iou_pred[:, selected]
 
