@@ -146,7 +146,6 @@ class Engine:
 
         if "extent" in params:
             params["extent"] = tuple(float(v) for v in params["extent"])
-        # generator parameters left out are the model's recommended ones (geo fills them in)
         return geo.automask_raster(params.pop("raster"), params.pop("output"), progress=progress,
                                    cancel=cancel, **params)
 

@@ -92,7 +92,7 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
             "resolution": None if exported else resolution,
             "extent": None if exported or extent is None or extent.isEmpty() else
             [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
-            # parameters left empty are the model's recommended ones (filled in by the engine)
+            # parameters left empty are the model's recommended ones (sam_core.zoo.automask_defaults)
             "generator_params": {
                 key: number(parameters, name, context)
                 for name, key, number in (("POINTS_PER_SIDE", "points_per_side", self.parameterAsInt),

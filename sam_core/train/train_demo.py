@@ -70,6 +70,12 @@ def _as_is(batch):
     return batch
 
 
+def _encode(model: torch.nn.Module, images: np.ndarray, device: str) -> torch.Tensor:
+    """Image embeddings of (B, H, W, 3) uint8 scenes."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
+    return model.image_encoder(model.preprocess(x))
+
+
 def _learning_rate(step: int, steps: int, base: float, warmup: int) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -135,8 +141,7 @@ def train(
         rng = np.random.default_rng((seed, step, 2_000_000))
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
-        x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
-        embeddings = model.image_encoder(model.preprocess(x))
+        embeddings = _encode(model, images, device)
         result = simulate(model, embeddings, index, targets, rng, rounds=int(rng.choice(rounds)),
                           background=backgrounds, loss_size=loss_size, loss_fn=partial(balanced_bce_dice_loss,
                           balance=max(0.0, 1.0 - step / (balance_until * steps))))
@@ -181,8 +186,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
     model.train()
     with torch.no_grad():
         for i in range(batches):
-            images = np.stack([generate_scene((seed, RECALIBRATION_STEP + i, j), size=size).image for j in range(batch)])
-            model.image_encoder(model.preprocess(torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()))
+            _encode(model, np.stack([generate_scene((seed, RECALIBRATION_STEP + i, j), size=size).image
+                                     for j in range(batch)]), device)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.train(was_training)
