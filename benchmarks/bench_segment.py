@@ -31,7 +31,7 @@ sys.path.insert(0, {tests!r})
 import numpy as np
 from PIL import Image
 from helpers.official import {package}
-sam = {package}().sam_model_registry[{name!r}](checkpoint={checkpoint!r})
+sam = {package}().sam_model_registry[{name!r}](checkpoint={checkpoint!r}).to({device!r})
 predictor = {package}().SamPredictor(sam)
 predictor.set_image(np.asarray(Image.open({image!r}).convert("RGB")))
 masks, scores, _ = predictor.predict(point_coords=np.array([[{x}, {y}]]), point_labels=np.array([1]),
@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "vit_t"])
     parser.add_argument("--size", default="768x1024", help="image size HxW (default 768x1024)")
     parser.add_argument("--runs", type=int, default=3, help="runs of each side, alternating (median reported)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda, for both sides")
     parser.add_argument("--checkpoints", default=None, help="folder for the random checkpoints (default: a temp folder)")
     args = parser.parse_args()
     from PIL import Image
@@ -70,10 +71,12 @@ def main() -> None:
         package = "mobile_sam" if args.model == "vit_t" else "segment_anything"
         official_out, ours_out = Path(tmp) / "official.png", Path(tmp) / "ours.png"
         script = OFFICIAL_SCRIPT.format(tests=str(ROOT / "tests"), package=package, name=args.model,
-                                        checkpoint=str(weights), image=str(image), x=x, y=y, out=str(official_out))
+                                        checkpoint=str(weights), image=str(image), x=x, y=y, out=str(official_out),
+                                        device=args.device)
         official_cmd = [sys.executable, "-c", script]
         ours_cmd = [sys.executable, "-m", "sam_core", "segment", str(image), "--point", f"{x},{y}",
-                    "--model", args.model, "--checkpoint", str(weights), "--out", str(ours_out)]
+                    "--model", args.model, "--checkpoint", str(weights), "--out", str(ours_out),
+                    "--device", args.device]
         times: dict[str, list[float]] = {"official": [], "sam_core": []}
         for _ in range(args.runs):
             times["official"].append(_run(official_cmd))
@@ -82,7 +85,7 @@ def main() -> None:
         a = np.asarray(Image.open(official_out)) > 0
         b = np.asarray(Image.open(ours_out)) > 0
         print(f"machine: {machine()}")
-        print(f"segment, {args.model}, {height}x{width} image, one click, {args.runs} runs each (median wall time)")
+        print(f"segment, {args.model} on {args.device}, {height}x{width} image, one click, {args.runs} runs each (median wall time)")
         print(f"  official script : {official:8.2f} s  {[round(t, 2) for t in times['official']]}")
         print(f"  sam_core segment: {ours:8.2f} s  {[round(t, 2) for t in times['sam_core']]}")
         print(f"  speed-up        : {official / ours:8.2f}x")

@@ -34,10 +34,11 @@ def main() -> None:
     parser.add_argument("--pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="cpu (default) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    predictor = Predictor(args.model, checkpoint=args.checkpoint)
+    predictor = Predictor(args.model, checkpoint=args.checkpoint, device=args.device)
     scenes = generate_scenes(max(args.scenes, args.automask_scenes), seed=args.seed)
     started = time.time()
     prompts = prompt_quality(predictor, scenes[: args.scenes]) if args.scenes else None

@@ -206,13 +206,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing the scenes ahead of the training")
     parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     train(args.out, steps=args.steps, batch=args.batch, objects=args.objects, lr=args.lr, warmup=args.warmup,
           seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,
-          log_every=args.log_every, state_path=args.state)
+          log_every=args.log_every, state_path=args.state, workers=args.workers)
     return 0
 
 

@@ -20,14 +20,14 @@ def _box_iou(boxes1, boxes2):
 def nms(boxes, scores, iou_threshold):
     order = torch.argsort(scores, descending=True, stable=True)
     boxes = boxes[order].float()
-    iou = _box_iou(boxes, boxes)
+    iou = _box_iou(boxes, boxes).cpu()
     keep = torch.ones(len(order), dtype=torch.bool)
     for i in range(len(order)):
         if keep[i]:
             suppressed = iou[i] > iou_threshold
             suppressed[: i + 1] = False
             keep &= ~suppressed
-    return order[keep]
+    return order[keep.to(order.device)]
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold):
