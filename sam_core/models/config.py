@@ -110,16 +110,17 @@ CONFIGS: dict[str, SamConfig] = {
     ),
 }
 
-# The project's own small model (trained by sam_core.train). Checkpoints do not record the decoder's
-# head count, so keep decoder_num_heads at 8 for infer_config to recover this entry from a file.
+# The project's own small model (trained by sam_core.train): three TinyViT stages give a 32 x 32
+# embedding (stride 8) at 256 px input. Checkpoints do not record the decoder's head count, so keep
+# decoder_num_heads at 8 for infer_config to recover this entry from a file.
 CONFIGS["demo"] = SamConfig(
     name="demo",
     encoder="tiny_vit",
     image_size=256,
-    tiny_embed_dims=(32, 64, 128, 160),
-    tiny_depths=(2, 2, 4, 2),
-    tiny_num_heads=(1, 2, 4, 5),
-    tiny_window_sizes=(7, 8, 16, 8),
+    tiny_embed_dims=(32, 64, 128),
+    tiny_depths=(2, 2, 4),
+    tiny_num_heads=(1, 2, 4),
+    tiny_window_sizes=(7, 8, 16),
     tiny_num_classes=0,
     prompt_embed_dim=96,
     decoder_mlp_dim=512,

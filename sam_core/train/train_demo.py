@@ -1,20 +1,25 @@
 """Train the bundled ``demo`` model from scratch on generated scenes (seeded and reproducible).
 
-    python -m sam_core.train.train_demo --out sam_core/data/demo.pt
+    python -m sam_core.train.train_demo --out demo.pt                  # 2 CPU cores, about 40 minutes
+    python -m sam_core.train.train_demo --out demo.pt --device cuda --batch 16 --workers 7 \
+        --steps 1700 --stop-after 1400                                  # the shipped weights (GPU)
 
 The network is ``CONFIGS["demo"]`` built by :func:`sam_core.models.build.build_sam` (the same code as
-the official models): MobileSAM's TinyViT encoder at 256 px input (its convolutional first stages learn
-far faster from scratch than a plain ViT) and SAM's prompt encoder and mask decoder at width 96. Every
-step draws ``--batch`` scenes from :mod:`sam_core.train.synthetic` with seeds (``--seed``, step, i) in a
-worker process, so step ``n`` sees the same data whether or not the run was resumed; prompts follow
-SAM's training simulation (:mod:`sam_core.train.interactive`), with class-balanced cross-entropy + dice
-on the masks (SAM's focal loss leaves a model trained from scratch stuck on empty masks). The whole
-model trains end to end with AdamW, linear warm-up and cosine decay. The weights are written
-atomically every ``--save-every`` steps in the official format (a plain state dict); a sidecar
-``OUT.state`` holds the optimizer state and the step for ``--resume``. At the end the BatchNorm
-statistics are re-estimated (:func:`recalibrate_batchnorm`). The default run (2700 steps) takes about
-43 minutes on the project's 2-core CPU (42 training, 1 recalibrating); a CUDA device is used when
-``--device cuda`` is given. Quality: ``benchmarks/quality.py`` and ``benchmarks/RESULTS.md``.
+the official models): MobileSAM's TinyViT encoder at 256 px input with three stages (a 32 x 32
+embedding) and SAM's prompt encoder and mask decoder at width 96. Every step draws ``--batch`` scenes
+from :mod:`sam_core.train.synthetic` with seeds (``--seed``, step, i) in worker processes, so step ``n``
+sees the same data whether or not the run was resumed; prompts follow SAM's training simulation
+(:mod:`sam_core.train.interactive`), with class-balanced cross-entropy + dice on the masks (SAM's focal
+loss leaves a model trained from scratch stuck on empty masks). The whole model trains end to end with
+AdamW, linear warm-up and cosine decay over ``--steps``; ``--stop-after`` ends the run earlier on that
+schedule. The weights are written atomically every ``--save-every`` steps in the official format (a
+plain state dict); a sidecar ``OUT.state`` holds the optimizer state and the step for ``--resume``. At
+the end the BatchNorm statistics are re-estimated (:func:`recalibrate_batchnorm`).
+
+The default run (1300 steps of 4 scenes) fits the 45 minutes of the project's 2-core CPU (1.4 to 1.9 s
+a step, 2 minutes recalibrating). The shipped weights come from the GPU command above (16 scenes a
+step), run on an NVIDIA H200 lent to the project: 1400 steps took 6.5 minutes. Quality of both:
+``benchmarks/quality.py`` and ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from sam_core.train.losses import balanced_bce_dice_loss
 from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
-DEFAULT_STEPS = 2700
+DEFAULT_STEPS = 1300
 RECALIBRATION_STEP = 10**6  # scene seeds (seed, RECALIBRATION_STEP + i, j): beyond any training step
 
 
@@ -108,15 +113,20 @@ def train(
     loss_size: int = 128,
     balance_until: float = 0.6,
     workers: int = 1,
+    stop_after: Optional[int] = None,
 ) -> torch.nn.Module:
     """Train ``demo`` and write it to ``out``; returns the trained model (train mode).
 
     ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``; ``rounds``
     lists the numbers of corrective-click rounds drawn from for each step; losses are computed at
-    ``loss_size`` pixels per side; ``workers`` processes draw the scenes ahead of the training.
+    ``loss_size`` pixels per side; ``workers`` processes draw the scenes ahead of the training;
+    ``stop_after`` ends the run at that step of the ``steps``-long learning-rate schedule.
     The cross-entropy is class-balanced at first, fading linearly to
     plain cross-entropy at ``balance_until`` of the steps (see ``balanced_bce_dice_loss``).
     """
+    last = steps if stop_after is None else stop_after
+    if not 0 < last <= steps:
+        raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
     torch.manual_seed(seed)
     config = CONFIGS["demo"]
     model = build_sam(config).to(device).train()
@@ -135,9 +145,9 @@ def train(
     ious: dict[str, list[float]] = {}
     batches = torch.utils.data.DataLoader(
         _Batches(seed, batch, objects, size), batch_size=None, num_workers=workers,
-        sampler=range(first, steps), collate_fn=_as_is, prefetch_factor=4 if workers else None,
+        sampler=range(first, last), collate_fn=_as_is, prefetch_factor=4 if workers else None,
     )
-    for step, (images, targets, index, backgrounds) in zip(range(first, steps), batches):
+    for step, (images, targets, index, backgrounds) in zip(range(first, last), batches):
         rng = np.random.default_rng((seed, step, 2_000_000))
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
@@ -156,13 +166,13 @@ def train(
         if (step + 1) % log_every == 0:
             elapsed = time.time() - started
             summary = " ".join(f"{k}={np.mean(v):.3f}" for k, v in sorted(ious.items()))
-            print(f"step {step + 1}/{steps} loss={np.mean(window):.4f} {summary} "
+            print(f"step {step + 1}/{last} loss={np.mean(window):.4f} {summary} "
                   f"lr={optimizer.param_groups[0]['lr']:.2e} elapsed={elapsed / 60:.1f}min", flush=True)
             window, ious = [], {}
-        if (step + 1) % save_every == 0 and step + 1 < steps:
+        if (step + 1) % save_every == 0 and step + 1 < last:
             _save(model, optimizer, step + 1, out, state_path)
     recalibrate_batchnorm(model, seed, size, device)
-    _save(model, optimizer, steps, out, state_path)
+    _save(model, optimizer, last, out, state_path)
     return model
 
 
@@ -172,8 +182,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
 
     The TinyViT encoder normalises each step by the statistics of its few scenes; the running averages
     kept during training follow the last steps only. Averaging over 800 scenes with the final weights
-    (in large batches) gives the statistics inference should use: on held-out scenes it raised the
-    click IoU from 0.69 to 0.72. Only the BatchNorm buffers change.
+    (in large batches) gives the statistics inference should use: for an earlier demo trained on 4
+    scenes a step, it raised the held-out click IoU from 0.69 to 0.72. Only the BatchNorm buffers change.
     """
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -196,7 +206,8 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo.pt"))
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--objects", type=int, default=8, help="objects prompted per scene")
     parser.add_argument("--lr", type=float, default=1.5e-3)
@@ -213,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     train(args.out, steps=args.steps, batch=args.batch, objects=args.objects, lr=args.lr, warmup=args.warmup,
           seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,
-          log_every=args.log_every, state_path=args.state, workers=args.workers)
+          log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
     return 0
 
 

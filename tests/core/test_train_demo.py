@@ -1,11 +1,14 @@
-"""The demo training's BatchNorm recalibration: statistics from training scenes, nothing else changes."""
+"""The demo training: the BatchNorm recalibration changes only statistics; a run can stop early on its
+learning-rate schedule (how the shipped weights were made)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sam_core.models.build import build_sam
 from sam_core.models.config import CONFIGS
+from sam_core.train import train_demo
 from sam_core.train.train_demo import recalibrate_batchnorm
 
 
@@ -18,3 +21,22 @@ def test_recalibration_changes_only_batchnorm_statistics():
     assert changed and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked") for k in changed)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(m.momentum == 0.1 for m in norms) and not model.training
+
+
+def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_demo, "recalibrate_batchnorm", lambda *args, **kwargs: None)  # tested above
+    schedule = []
+    learning_rate = train_demo._learning_rate
+
+    def recording(step, steps, base, warmup):
+        schedule.append((step, steps))
+        return learning_rate(step, steps, base, warmup)
+
+    monkeypatch.setattr(train_demo, "_learning_rate", recording)
+    out = tmp_path / "demo.pt"
+    train_demo.train(out, steps=6, stop_after=2, batch=1, objects=1, warmup=1, workers=0, log_every=100)
+    assert schedule == [(0, 6), (1, 6)]
+    assert torch.load(out.with_name("demo.pt.state"), weights_only=True)["step"] == 2
+    assert set(torch.load(out, weights_only=True)) == set(build_sam(CONFIGS["demo"]).state_dict())
+    with pytest.raises(ValueError, match="stop_after"):
+        train_demo.train(out, steps=2, stop_after=3)
