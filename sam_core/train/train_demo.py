@@ -221,6 +221,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
+        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
     torch.set_num_threads(args.threads)
     train(args.out, steps=args.steps, batch=args.batch, objects=args.objects, lr=args.lr, warmup=args.warmup,
           seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,

@@ -23,7 +23,7 @@ def test_recalibration_changes_only_batchnorm_statistics():
     assert all(m.momentum == 0.1 for m in norms) and not model.training
 
 
-def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch):
+def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_demo, "recalibrate_batchnorm", lambda *args, **kwargs: None)  # tested above
     schedule = []
     learning_rate = train_demo._learning_rate
@@ -40,3 +40,6 @@ def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch):
     assert set(torch.load(out, weights_only=True)) == set(build_sam(CONFIGS["demo"]).state_dict())
     with pytest.raises(ValueError, match="stop_after"):
         train_demo.train(out, steps=2, stop_after=3)
+    with pytest.raises(SystemExit):
+        train_demo.main(["--out", str(out), "--steps", "2", "--stop-after", "3"])
+    assert "--stop-after must be between 1 and --steps (2)" in capsys.readouterr().err
