@@ -256,7 +256,10 @@ class AutomaticMaskGenerator:
         coord_dtype = torch.float32 if device.type == "mps" else torch.float64
         coords = torch.as_tensor(coords, dtype=coord_dtype, device=device)
         labels = torch.ones((len(points), 1), dtype=torch.int, device=device)
-        low_res, iou, _ = self.predictor.decode_torch(embedding, coords[:, None, :], labels, multimask=True, upscale=False)
+        # prompts with no candidate above the IoU threshold need no masks (the filter below drops them)
+        floor = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        low_res, iou, _ = self.predictor.decode_torch(embedding, coords[:, None, :], labels, multimask=True,
+                                                      upscale=False, iou_floor=floor)
         k = iou.shape[1]
         iou = iou.flatten(0, 1)
         low_res = low_res.flatten(0, 1)

@@ -615,8 +615,10 @@ class OnnxPredictor(Predictor):
         mask_input: Optional[torch.Tensor] = None,
         multimask: bool = True,
         upscale: bool = True,
+        iou_floor: Optional[float] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`Predictor.decode_torch` (model-input frame, unsorted), run by the ONNX decoder."""
+        """As :meth:`Predictor.decode_torch` (model-input frame, unsorted), run by the ONNX decoder, which
+        computes every mask (``iou_floor`` changes nothing here)."""
         self._check_embedding(embedding)
         point_coords, point_labels = _onnx_points(coords, labels, boxes, mask_input)
         features = embedding.features.detach().to("cpu", torch.float32).numpy()

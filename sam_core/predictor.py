@@ -261,13 +261,16 @@ class Predictor:
         mask_input: Optional[torch.Tensor] = None,
         multimask: bool = True,
         upscale: bool = True,
+        iou_floor: Optional[float] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Low-level batched decoding, as the official ``predict_torch`` with ``return_logits=True``.
 
         coords (B, N, 2) and boxes (B, 4) are in the MODEL-INPUT frame (see ``to_input_coords``);
         labels (B, N); mask_input (B, 1, low, low). Returns (mask logits (B, K, H, W) at the original
         size, or the low-res logits when ``upscale`` is False; IoU predictions (B, K); low-res logits
-        (B, K, low, low)), unsorted, on the model's device.
+        (B, K, low, low)), unsorted, on the model's device. For callers that drop every candidate whose
+        predicted IoU is not above ``iou_floor``: prompts with no candidate above it may come back with
+        logits of -inf (their masks are not computed; see ``MaskDecoder.forward``).
         """
         self._check_embedding(embedding)
         features = self._on_device(embedding).features
@@ -284,6 +287,7 @@ class Predictor:
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
+                iou_floor=iou_floor,
             )
             masks = self.upscale(low_res, embedding.input_size, embedding.original_size) if upscale else low_res
         return masks, iou, low_res

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,8 @@ class MaskDecoder(nn.Module):
     channels-last tokens: each 2x2-stride-2 transposed convolution is one matrix product, the layer norm
     is a plain one over channels, and only the few candidate masks are rearranged into the pixel grid.
     Large batches are decoded ``FUSED_CHUNK`` prompts at a time. Same values up to float rounding;
-    ``fused = False`` computes exactly the official operations.
+    ``fused = False`` computes exactly the official operations. The fused forms also skip the upscaling
+    of prompts whose candidates all fall at or below an ``iou_floor`` (see :meth:`forward`).
     """
 
     fused: bool = True
@@ -56,14 +59,20 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        iou_floor: Optional[float] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode B prompts.
 
         ``image_embeddings`` is (1, C, h, w), shared by all prompts, or (B, C, h, w), one per prompt;
         ``image_pe`` (1, C, h, w); sparse (B, N, C); dense (B, C, h, w). Returns low-res logits
         (B, K, 4h, 4w) and IoU predictions (B, K), K = num_multimask_outputs or 1.
+
+        With ``iou_floor`` (for callers that drop every candidate whose predicted IoU is not above it),
+        the fused forms leave out the upscaling of prompts none of whose K candidates predicts more:
+        their logits are -inf. Every other prompt's logits are unchanged.
         """
         count = len(sparse_prompt_embeddings)
+        selected = slice(1, None) if multimask_output else slice(0, 1)
         if self.fused and count > FUSED_CHUNK:
             shared = image_embeddings.shape[0] == 1
             parts = [
@@ -72,14 +81,15 @@ class MaskDecoder(nn.Module):
                     image_pe,
                     sparse_prompt_embeddings[part],
                     dense_prompt_embeddings[part],
+                    iou_floor,
+                    selected,
                 )
                 for part in (slice(start, start + FUSED_CHUNK) for start in range(0, count, FUSED_CHUNK))
             ]
             masks, iou_pred = (torch.cat(column) for column in zip(*parts))
         else:
             masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                                 dense_prompt_embeddings)
-        selected = slice(1, None) if multimask_output else slice(0, 1)
+                                                 dense_prompt_embeddings, iou_floor, selected)
         return masks[:, selected], iou_pred[:, selected]
 
     def predict_masks(
@@ -88,8 +98,13 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        iou_floor: Optional[float] = None,
+        selected: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and IoU of every mask token (single-mask token first): (B, K+1, 4h, 4w), (B, K+1)."""
+        """Logits and IoU of every mask token (single-mask token first): (B, K+1, 4h, 4w), (B, K+1).
+
+        ``iou_floor`` and ``selected`` (the tokens returned): see :meth:`forward`.
+        """
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat((output_tokens.unsqueeze(0).expand(bs, -1, -1), sparse_prompt_embeddings), dim=1)
@@ -112,13 +127,18 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        if self.fused:
-            masks = self._upscaled_masks(src, h, w, hyper_in)
-        else:
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        if not self.fused:
             upscaled = self.output_upscaling(src.transpose(1, 2).reshape(bs, c, h, w))
             b, c, h, w = upscaled.shape
-            masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
-        return masks, self.iou_prediction_head(iou_token_out)
+            return (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w), iou_pred
+        if iou_floor is None:
+            return self._upscaled_masks(src, h, w, hyper_in), iou_pred
+        needed = (iou_pred[:, selected] > iou_floor).any(dim=1)
+        masks = src.new_full((bs, self.num_mask_tokens, 4 * h, 4 * w), float("-inf"))
+        if bool(needed.any()):
+            masks[needed] = self._upscaled_masks(src[needed], h, w, hyper_in[needed])
+        return masks, iou_pred
 
     def _upscaled_masks(self, tokens: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` and the hypernetwork product on (B, h*w, C) tokens -> (B, K, 4h, 4w)."""

@@ -275,6 +275,36 @@ def test_fused_decoder_equals_the_official_operations_at_full_size():
             assert ((masks > 0) == (exact_masks > 0)).float().mean() > 0.999
 
 
+@torch.no_grad()
+def test_iou_floor_skips_only_prompts_without_a_candidate_above_it():
+    """Automatic masks drop candidates at or below the IoU threshold: the fused decoder leaves out the
+    upscaling of prompts with no candidate above it (-inf logits) and gives every other prompt its usual
+    logits; the official operations (exact) compute everything."""
+    from sam_core.models.mask_decoder import MaskDecoder
+    from sam_core.models.transformer import TwoWayTransformer
+
+    g = torch.Generator().manual_seed(1)
+    decoder = MaskDecoder(256, TwoWayTransformer(2, 256, 8, 2048), iou_head_hidden_dim=256).eval()
+    for parameter in decoder.parameters():
+        parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.05)
+    embedding, pe = torch.randn((1, 256, 64, 64), generator=g), torch.randn((1, 256, 64, 64), generator=g)
+    sparse = torch.randn((20, 2, 256), generator=g)  # above FUSED_CHUNK: two chunks
+    dense = torch.randn((1, 256, 1, 1), generator=g).expand(20, -1, 64, 64)
+    masks, iou = decoder(embedding, pe, sparse, dense, True)
+    floor = float(iou.max(dim=1).values.median())
+    needed = (iou > floor).any(dim=1)
+    assert 0 < int(needed.sum()) < 20
+    floored_masks, floored_iou = decoder(embedding, pe, sparse, dense, True, iou_floor=floor)
+    assert torch.equal(floored_iou, iou)
+    _assert_close(floored_masks[needed], masks[needed], 1e-5)
+    assert bool(torch.isneginf(floored_masks[~needed]).all())
+    for module in decoder.modules():
+        if hasattr(module, "fused"):
+            module.fused = False
+    exact_masks, _ = decoder(embedding, pe, sparse, dense, True)
+    assert torch.equal(decoder(embedding, pe, sparse, dense, True, iou_floor=floor)[0], exact_masks)
+
+
 def _models(config: SamConfig, checkpoint):
     return load_official(config, checkpoint), load_ours(config, checkpoint)
 
