@@ -91,35 +91,29 @@ def _measure(model, image: torch.Tensor, reference: torch.Tensor | None, repeats
         grid = ((torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="xy"), -1).reshape(64, 1, 2)
                  + 0.5) * (size / 8)).to(DEVICE)
 
-        def decode(points: torch.Tensor) -> torch.Tensor:
-            labels = torch.ones(points.shape[:2], dtype=torch.int64, device=DEVICE)
-            sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            low_res, _ = model.mask_decoder(
-                image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
-            )
-            return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
-
         result = {
             "first_encode_s": first,
             "encoder_s": encoder,
             "encoder_peak_mb": peak_mb,
-            "decode_one_s": _timed(lambda: decode(one), 3 * repeats),
-            "decode_64_s": _timed(lambda: decode(grid), repeats),
+            "decode_one_s": _timed(lambda: _decode(model, embedding, one), 3 * repeats),
+            "decode_64_s": _timed(lambda: _decode(model, embedding, grid), repeats),
         }
         if reference is not None:
             result["cosine"] = float(torch.nn.functional.cosine_similarity(
                 embedding.flatten(), reference.flatten(), dim=0))
-            result["mask_iou_one"] = _iou(decode(one), _reference_masks(model, reference, one, size))
+            # the same decoder on the official embedding: isolates the encoder's difference
+            result["mask_iou_one"] = _iou(_decode(model, embedding, one), _decode(model, reference, one))
     return result
 
 
-def _reference_masks(model, reference: torch.Tensor, points: torch.Tensor, size: int) -> torch.Tensor:
-    """Masks of ``model``'s decoder on the official embedding (isolates the encoder's difference)."""
+def _decode(model, embedding: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Masks (B, 3, S, S) of positive points (B, 1, 2) in the model-input frame, upsampled to the input size
+    S and thresholded."""
+    size = model.image_encoder.img_size
     labels = torch.ones(points.shape[:2], dtype=torch.int64, device=DEVICE)
     sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
     low_res, _ = model.mask_decoder(
-        image_embeddings=reference, image_pe=model.prompt_encoder.get_dense_pe(),
+        image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
     )
     return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
