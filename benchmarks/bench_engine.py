@@ -47,21 +47,9 @@ def _worker(side: str, name: str, path: str, precision: str, repeats: int, threa
     with torch.no_grad():
         encoder = common.timed(lambda: model.image_encoder(model.preprocess(image)), repeats)
         embedding = model.image_encoder(model.preprocess(image))
-        one = torch.tensor([[[size * 0.4, size * 0.6]]])
-        grid = (torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="xy"), -1).reshape(64, 1, 2)
-                + 0.5) * (size / 8)
-
-        def decode(points: torch.Tensor):
-            labels = torch.ones(points.shape[:2], dtype=torch.int64)
-            sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-            low_res, iou = model.mask_decoder(
-                image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
-            )
-            return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
-
-        decoder = common.timed(lambda: decode(one), max(repeats, 10))
-        decoder64 = common.timed(lambda: decode(grid), repeats)
+        one, grid = common.prompt_points(size)
+        decoder = common.timed(lambda: common.decode_points(model, embedding, one), max(repeats, 10))
+        decoder64 = common.timed(lambda: common.decode_points(model, embedding, grid), repeats)
     return {
         "side": side,
         "precision": precision,

@@ -87,36 +87,22 @@ def _measure(model, image: torch.Tensor, reference: torch.Tensor | None, repeats
             peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
         encoder = _timed(lambda: model.image_encoder(x), repeats)
         embedding = embedding.float()
-        one = torch.tensor([[[size * 0.4, size * 0.6]]], device=DEVICE)
-        grid = ((torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="xy"), -1).reshape(64, 1, 2)
-                 + 0.5) * (size / 8)).to(DEVICE)
+        one, grid = common.prompt_points(size, DEVICE)
 
         result = {
             "first_encode_s": first,
             "encoder_s": encoder,
             "encoder_peak_mb": peak_mb,
-            "decode_one_s": _timed(lambda: _decode(model, embedding, one), 3 * repeats),
-            "decode_64_s": _timed(lambda: _decode(model, embedding, grid), repeats),
+            "decode_one_s": _timed(lambda: common.decode_points(model, embedding, one), 3 * repeats),
+            "decode_64_s": _timed(lambda: common.decode_points(model, embedding, grid), repeats),
         }
         if reference is not None:
             result["cosine"] = float(torch.nn.functional.cosine_similarity(
                 embedding.flatten(), reference.flatten(), dim=0))
             # the same decoder on the official embedding: isolates the encoder's difference
-            result["mask_iou_one"] = _iou(_decode(model, embedding, one), _decode(model, reference, one))
+            result["mask_iou_one"] = _iou(common.decode_points(model, embedding, one),
+                                          common.decode_points(model, reference, one))
     return result
-
-
-def _decode(model, embedding: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Masks (B, 3, S, S) of positive points (B, 1, 2) in the model-input frame, upsampled to the input size
-    S and thresholded."""
-    size = model.image_encoder.img_size
-    labels = torch.ones(points.shape[:2], dtype=torch.int64, device=DEVICE)
-    sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
-    low_res, _ = model.mask_decoder(
-        image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
-    )
-    return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -259,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_automask:
             _automask(args.automask_model, folder, results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        from sam_core.fileio import atomic_write
+
+        with atomic_write(args.json, "w") as handle:
+            handle.write(json.dumps(results, indent=1))
     _print_table(results)
     return 0
 

@@ -85,7 +85,8 @@ def main() -> None:
         a = np.asarray(Image.open(official_out)) > 0
         b = np.asarray(Image.open(ours_out)) > 0
         print(f"machine: {machine()}")
-        print(f"segment, {args.model} on {args.device}, {height}x{width} image, one click, {args.runs} runs each (median wall time)")
+        print(f"segment, {args.model} on {args.device}, {height}x{width} image, one click, "
+              f"{args.runs} runs each (median wall time)")
         print(f"  official script : {official:8.2f} s  {[round(t, 2) for t in times['official']]}")
         print(f"  sam_core segment: {ours:8.2f} s  {[round(t, 2) for t in times['sam_core']]}")
         print(f"  speed-up        : {official / ours:8.2f}x")

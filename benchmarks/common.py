@@ -41,6 +41,33 @@ def official_model(name: str, path: Path):
     return load_official(get_config(name), path)
 
 
+def prompt_points(size: int, device: str = "cpu"):
+    """The benchmarks' prompts in the model-input frame of a ``size`` x ``size`` image: one positive point
+    (1, 1, 2) at (0.4, 0.6) of the image, and 64 single points (64, 1, 2) on an 8 x 8 grid."""
+    import torch
+
+    one = torch.tensor([[[size * 0.4, size * 0.6]]], device=device)
+    grid = (torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="xy"), -1).reshape(64, 1, 2)
+            + 0.5) * (size / 8)
+    return one, grid.to(device)
+
+
+def decode_points(model, embedding, points):
+    """Masks (B, 3, S, S) of positive points (B, 1, 2) in the model-input frame: prompt encoder, mask
+    decoder (three candidates), upsampled to the input size S and thresholded. Works for the official
+    models and ours alike."""
+    import torch
+
+    size = model.image_encoder.img_size
+    labels = torch.ones(points.shape[:2], dtype=torch.int64, device=points.device)
+    sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+    low_res, _ = model.mask_decoder(
+        image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True,
+    )
+    return model.postprocess_masks(low_res, (size, size), (size, size)) > model.mask_threshold
+
+
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict[str, float]:
     """Run ``fn`` warmup + repeats times; seconds of the median and best repeat, and the CPU time split."""
     for _ in range(warmup):

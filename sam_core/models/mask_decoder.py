@@ -73,23 +73,16 @@ class MaskDecoder(nn.Module):
         """
         count = len(sparse_prompt_embeddings)
         selected = slice(1, None) if multimask_output else slice(0, 1)
-        if self.fused and count > FUSED_CHUNK:
-            shared = image_embeddings.shape[0] == 1
-            parts = [
-                self.predict_masks(
-                    image_embeddings if shared else image_embeddings[part],
-                    image_pe,
-                    sparse_prompt_embeddings[part],
-                    dense_prompt_embeddings[part],
-                    iou_floor,
-                    selected,
-                )
-                for part in (slice(start, start + FUSED_CHUNK) for start in range(0, count, FUSED_CHUNK))
-            ]
-            masks, iou_pred = (torch.cat(column) for column in zip(*parts))
-        else:
-            masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                                 dense_prompt_embeddings, iou_floor, selected)
+        chunked = self.fused and count > FUSED_CHUNK
+        parts = ([slice(start, start + FUSED_CHUNK) for start in range(0, count, FUSED_CHUNK)] if chunked
+                 else [slice(None)])
+        shared = image_embeddings.shape[0] == 1
+        results = [
+            self.predict_masks(image_embeddings if shared else image_embeddings[part], image_pe,
+                               sparse_prompt_embeddings[part], dense_prompt_embeddings[part], iou_floor, selected)
+            for part in parts
+        ]
+        masks, iou_pred = (torch.cat(column) for column in zip(*results)) if chunked else results[0]
         return masks[:, selected], iou_pred[:, selected]
 
     def predict_masks(
