@@ -20,12 +20,28 @@ from sam_core.models.precision import autocast
 
 
 class ConvBN(nn.Sequential):
-    """Conv2d without bias followed by BatchNorm2d (keys ``c`` and ``bn``)."""
+    """Conv2d without bias followed by BatchNorm2d (keys ``c`` and ``bn``).
+
+    ``fused = True`` (all precisions but ``exact``) folds the batch norm's running statistics into the
+    convolution's weights and bias in eval mode: one convolution, equal up to float rounding. In
+    training mode, and with ``fused = False``, the two run as the official layers.
+    """
+
+    fused: bool = True
 
     def __init__(self, in_chans: int, out_chans: int, kernel: int = 1, stride: int = 1, pad: int = 0, groups: int = 1) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(in_chans, out_chans, kernel, stride, pad, 1, groups, bias=False))
         self.add_module("bn", nn.BatchNorm2d(out_chans))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused or self.training:
+            return super().forward(x)
+        conv, norm = self.c, self.bn
+        scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, norm.bias - norm.running_mean * scale, conv.stride, conv.padding, conv.dilation,
+                        conv.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -80,7 +96,7 @@ class PatchMerging(nn.Module):
         x = self.act(self.conv1(x))
         x = self.act(self.conv2(x))
         x = self.conv3(x)
-        return x.flatten(2).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # a view for channels-last maps
 
 
 class ConvLayer(nn.Module):
@@ -150,14 +166,23 @@ class Attention(nn.Module):
         q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
         bias = self.attention_biases[:, self.attention_bias_idxs]
         if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+            # a 4-D mask: torch's fused CPU kernel takes no 3-D one (it would fall back to a slower path)
+            mask = bias.to(q.dtype).unsqueeze(0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
             return self.proj(out.transpose(1, 2).reshape(b, n, -1))
         attn = ((q @ k.transpose(-2, -1)) * self.scale + bias).softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
 
 
 class TinyViTBlock(nn.Module):
-    """Windowed attention, depthwise local conv, MLP, on tokens (B, L, C) of a resolution x resolution grid."""
+    """Windowed attention, depthwise local conv, MLP, on tokens (B, L, C) of a resolution x resolution grid.
+
+    ``fused = True`` (all precisions but ``exact``) runs the local convolution on the tokens seen as a
+    channels-last map, without rearranging them into channels-first order and back; ``fused = False``
+    runs the official rearrangements.
+    """
+
+    fused: bool = True
 
     def __init__(self, dim: int, resolution: int, num_heads: int, window: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -189,8 +214,12 @@ class TinyViTBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, c = x.shape
         x = x + self._windowed_attention(x)
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution))
-        x = x.view(b, c, l).transpose(1, 2)
+        if self.fused:
+            grid = x.view(b, self.resolution, self.resolution, c).permute(0, 3, 1, 2)
+            x = self.local_conv(grid).permute(0, 2, 3, 1).reshape(b, l, c)
+        else:
+            x = self.local_conv(x.transpose(1, 2).reshape(b, c, self.resolution, self.resolution))
+            x = x.view(b, c, l).transpose(1, 2)
         return x + self.mlp(x)
 
 
