@@ -8,6 +8,7 @@ Coordinates: points are (x, y) pixels of the ORIGINAL image (x = column, y = row
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
@@ -97,6 +98,7 @@ class Predictor:
         self.encoder_runs = 0
         self.model_id = getattr(model, "model_id", None) or _weights_id(model)
         self._dense_pe: Optional[torch.Tensor] = None
+        self._context: Optional[tuple] = None  # (weakref to the features, their state, ImageContext)
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -281,6 +283,9 @@ class Predictor:
                 boxes=None if boxes is None else boxes.to(self.device),
                 masks=None if mask_input is None else mask_input.to(self.device),
             )
+            context = None
+            if mask_input is None and getattr(self.model.mask_decoder, "fused", False):
+                context = self._image_context(embedding.features, features, dense)
             low_res, iou = self.model.mask_decoder(
                 image_embeddings=features,
                 image_pe=self.dense_pe(),
@@ -288,6 +293,7 @@ class Predictor:
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask,
                 iou_floor=iou_floor,
+                context=context,
             )
             masks = self.upscale(low_res, embedding.input_size, embedding.original_size) if upscale else low_res
         return masks, iou, low_res
@@ -313,6 +319,27 @@ class Predictor:
                 pe = self.model.prompt_encoder.get_dense_pe()
             self._dense_pe = pe
         return pe
+
+    def _image_context(self, source: torch.Tensor, features: torch.Tensor, dense: torch.Tensor):
+        """The decoder's per-image context (``MaskDecoder.image_context``) for prompts without mask input
+        on the embedding whose features tensor is ``source`` (``features`` on this device), reused while
+        the same embedding is decoded again (one click after another) and the decoder's weights stay."""
+        state = (self.device, *(p._version for p in self._context_parameters()))
+        try:
+            state += (source._version,)
+        except RuntimeError:  # an inference tensor: never modified in place
+            pass
+        held = self._context
+        if held is not None and held[0]() is source and held[1] == state:
+            return held[2]
+        context = self.model.mask_decoder.image_context(features, self.dense_pe(), dense)
+        self._context = (weakref.ref(source), state, context)
+        return context
+
+    def _context_parameters(self) -> list[torch.Tensor]:
+        first = self.model.mask_decoder.transformer.layers[0]
+        return [*first.cross_attn_token_to_image.parameters(), *first.cross_attn_image_to_token.parameters(),
+                self.model.prompt_encoder.no_mask_embed.weight]
 
     # --- helpers ------------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam_core.models.common import MLP, LayerNorm2d
-from sam_core.models.transformer import TwoWayTransformer
+from sam_core.models.transformer import ImageContext, TwoWayTransformer
 
 
 # Prompts decoded together by the fused forms: each holds image-sized intermediates (4 to 8 MB per prompt
@@ -52,6 +52,16 @@ class MaskDecoder(nn.Module):
         )
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
+    def image_context(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> ImageContext:
+        """What decoding shares across prompts on one (1, C, h, w) image embedding, for prompts whose
+        dense embedding is ``dense_prompt_embeddings`` (the prompt encoder's "no mask" embedding,
+        (1, C, h, w) or broadcast): pass it as ``context`` to :meth:`forward` for every later prompt
+        without a mask input on that image. Fused forms only (not ``exact``)."""
+        if not self.fused:
+            raise ValueError("image contexts belong to the fused forms; the exact precision recomputes everything")
+        return self.transformer.image_context(image_embeddings + dense_prompt_embeddings[:1], image_pe)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,
@@ -60,6 +70,7 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         iou_floor: Optional[float] = None,
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode B prompts.
 
@@ -70,6 +81,10 @@ class MaskDecoder(nn.Module):
         With ``iou_floor`` (for callers that drop every candidate whose predicted IoU is not above it),
         the fused forms leave out the upscaling of prompts none of whose K candidates predicts more:
         their logits are -inf. Every other prompt's logits are unchanged.
+
+        ``context`` (from :meth:`image_context` on this ``image_embeddings`` and the same dense
+        embedding; prompts without mask input) skips the work every prompt on the image shares; the
+        values stay the same up to float rounding.
         """
         count = len(sparse_prompt_embeddings)
         selected = slice(1, None) if multimask_output else slice(0, 1)
@@ -79,7 +94,8 @@ class MaskDecoder(nn.Module):
         shared = image_embeddings.shape[0] == 1
         results = [
             self.predict_masks(image_embeddings if shared else image_embeddings[part], image_pe,
-                               sparse_prompt_embeddings[part], dense_prompt_embeddings[part], iou_floor, selected)
+                               sparse_prompt_embeddings[part], dense_prompt_embeddings[part], iou_floor, selected,
+                               context)
             for part in parts
         ]
         masks, iou_pred = (torch.cat(column) for column in zip(*results)) if chunked else results[0]
@@ -93,10 +109,11 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         iou_floor: Optional[float] = None,
         selected: slice = slice(None),
+        context: Optional[ImageContext] = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and IoU of every mask token (single-mask token first): (B, K+1, 4h, 4w), (B, K+1).
 
-        ``iou_floor`` and ``selected`` (the tokens returned): see :meth:`forward`.
+        ``iou_floor``, ``selected`` (the tokens returned) and ``context``: see :meth:`forward`.
         """
         bs = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -104,16 +121,20 @@ class MaskDecoder(nn.Module):
 
         if image_embeddings.shape[0] not in (1, bs):
             raise ValueError("image_embeddings must have batch size 1 or one per prompt")
+        c, h, w = image_embeddings.shape[1:]
         dense = dense_prompt_embeddings
-        if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
-            # one image and the same dense embedding for every prompt (no mask input): the image tokens
-            # stay batch 1 until the first layer mixes in the prompts (the transformer broadcasts)
-            src = image_embeddings + dense[:1]
+        if context is not None:
+            if not self.fused:
+                raise ValueError("image contexts belong to the fused forms; the exact precision recomputes everything")
+            hs, src = self.transformer(None, None, tokens, context)
         else:
-            src = (image_embeddings + dense).expand(bs, -1, -1, -1)
-        c, h, w = src.shape[1:]
-
-        hs, src = self.transformer(src, image_pe, tokens)
+            if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
+                # one image and the same dense embedding for every prompt (no mask input): the image
+                # tokens stay batch 1 until the first layer mixes in the prompts (the transformer broadcasts)
+                src = image_embeddings + dense[:1]
+            else:
+                src = (image_embeddings + dense).expand(bs, -1, -1, -1)
+            hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

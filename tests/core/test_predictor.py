@@ -255,6 +255,34 @@ def test_decode_torch_is_unsorted_model_frame(small):
     np.testing.assert_array_equal(result.masks, (masks[0, order] > 0).numpy())
 
 
+def test_clicks_share_the_image_work_and_see_weight_changes(small_vit_checkpoint):
+    """Prompts on one image reuse the decoder's per-image work (``MaskDecoder.image_context``): the
+    logits equal a decode that recomputes it, for single and batched prompts, and a change of the
+    decoder's weights (a fine-tuning step) or another image is seen by the next prompt."""
+    predictor = Predictor(None, checkpoint=small_vit_checkpoint)
+    model = predictor.model
+    first, second = predictor.encode(_image(90, 140, seed=1)), predictor.encode(_image(90, 140, seed=4))
+    coords = torch.tensor([[[30.0, 40.0], [90.0, 20.0]], [[60.0, 60.0], [10.0, 100.0]]])
+    labels = torch.tensor([[1, 0], [1, 1]], dtype=torch.int)
+    boxes = torch.tensor([[10.0, 20.0, 80.0, 110.0], [40.0, 0.0, 120.0, 60.0]])
+
+    def recomputed(embedding):
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=boxes, masks=None)
+            return model.mask_decoder(embedding.features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
+
+    for _ in range(2):
+        for embedding in (first, second, first):
+            _, iou, low = predictor.decode_torch(embedding, coords, labels, boxes, multimask=True, upscale=False)
+            expected_low, expected_iou = recomputed(embedding)
+            torch.testing.assert_close(low, expected_low, atol=1e-5, rtol=0)
+            torch.testing.assert_close(iou, expected_iou, atol=1e-6, rtol=0)
+        with torch.no_grad():  # a training step on the first block's attention to the image
+            model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="exact"):
+        model.set_precision("exact").mask_decoder.image_context(first.features, first.features, first.features)
+
+
 def test_invalid_pixels_are_never_in_masks(small_vit_checkpoint):
     predictor = Predictor(None, checkpoint=small_vit_checkpoint)
     image = _image(60, 80, seed=3).astype(np.float32)
