@@ -7,8 +7,10 @@ random-weight checkpoint, same input.
 Each side runs in its own fresh process: the official package as users run it (fp32, default
 allocator), sam_core with ``keep_freed_memory()`` and the chosen precision. Decoding is one positive
 point, three candidates, upsampled to the 1024 x 1024 image and thresholded (model level: prompt
-encoder + mask decoder + postprocess_masks); "64 prompts" decodes 64 single-point prompts on an 8 x 8
-grid in one batch the same way. Times are the median of ``--repeats`` after one warm-up.
+encoder + mask decoder + postprocess_masks); "one click" is the same prompt through the predictor users
+call (the official ``SamPredictor.predict`` on the cached embedding, ``sam_core.Predictor.predict``);
+"64 prompts" decodes 64 single-point prompts on an 8 x 8 grid in one batch at model level. Times are
+the median of ``--repeats`` after one warm-up (decoding: at least 10).
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ def _worker(side: str, name: str, path: str, precision: str, repeats: int, threa
         embedding = model.image_encoder(model.preprocess(image))
         one, grid = common.prompt_points(size)
         decoder = common.timed(lambda: common.decode_points(model, embedding, one), max(repeats, 10))
+        click = common.timed(common.one_click(side, name, model, embedding), max(repeats, 10))
         decoder64 = common.timed(lambda: common.decode_points(model, embedding, grid), repeats)
     return {
         "side": side,
         "precision": precision,
         "encoder": encoder,
         "decoder": decoder,
+        "one click": click,
         "64 prompts": decoder64,
         "rss_loaded_mb": rss_loaded,
         "peak_rss_mb": common.peak_rss_mb(),
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             for precision in args.precision.split(","):
                 ours = common.run_worker(script, ["ours", name, str(path), precision, str(args.repeats), str(args.threads)])
                 label = f"{precision}->{ours['precision']}" if precision == "auto" else precision
-                for part in ("encoder", "decoder", "64 prompts"):
+                for part in ("encoder", "decoder", "one click", "64 prompts"):
                     o, s = official[part]["median_s"], ours[part]["median_s"]
                     lines.append(f"{name:6} {part:10} {o:11.3f} {label:>20} {s:11.3f} {o / s:8.2f}x")
                 lines.append(

@@ -41,6 +41,34 @@ def official_model(name: str, path: Path):
     return load_official(get_config(name), path)
 
 
+def one_click(side: str, name: str, model, embedding):
+    """A function that predicts the masks of one positive click through the predictor users call, on
+    an already encoded ``size`` x ``size`` image (the official ``SamPredictor.predict``, three
+    candidates at full size, thresholded; or ``sam_core.Predictor.predict``, which also sorts them)."""
+    import numpy as np
+
+    size = model.image_encoder.img_size
+    point = np.array([[size * 0.4, size * 0.6]])
+    if side == "official":
+        from helpers.official import mobile_sam, segment_anything
+
+        from sam_core.models import get_config
+
+        package = segment_anything() if get_config(name).encoder == "vit" else mobile_sam()
+        predictor = package.SamPredictor(model)
+        # what set_image leaves behind, with the embedding computed outside
+        predictor.features, predictor.is_image_set = embedding, True
+        predictor.original_size = predictor.input_size = (size, size)
+        return lambda: predictor.predict(point_coords=point, point_labels=np.array([1]), multimask_output=True)
+    from sam_core.imaging import Preparation
+    from sam_core.predictor import Embedding, Predictor
+
+    predictor = Predictor(model)
+    encoded = Embedding(features=embedding, original_size=(size, size), input_size=(size, size),
+                        model_id=predictor.model_id, preparation=Preparation(), key="benchmark")
+    return lambda: predictor.predict(encoded, points=point, labels=np.array([1]), multimask=True)
+
+
 def prompt_points(size: int, device: str = "cpu"):
     """The benchmarks' prompts in the model-input frame of a ``size`` x ``size`` image: one positive point
     (1, 1, 2) at (0.4, 0.6) of the image, and 64 single points (64, 1, 2) on an 8 x 8 grid."""
