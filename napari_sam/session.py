@@ -215,6 +215,7 @@ class SamSession:
         from sam_core import zoo
         from sam_core.cache import EmbeddingCache
         from sam_core.predictor import Predictor
+        from sam_core.runtime import keep_freed_memory
 
         s = self.settings
         key = (s.model.name, s.model.checkpoint, s.device, s.cache_dir)
@@ -227,6 +228,7 @@ class SamSession:
                     zoo.ensure_checkpoint(s.model.name, progress=progress, cancel=cancel)
                 cache = EmbeddingCache(memory_bytes=s.cache_memory_bytes, directory=s.cache_dir)
                 predictor = Predictor(s.model.name, checkpoint=s.model.checkpoint, device=s.device, cache=cache)
+                keep_freed_memory()  # the workers encode in napari's process (see sam_core.runtime)
                 self._predictors[key] = predictor
             return predictor
 

@@ -3,7 +3,8 @@
 ``keep_freed_memory()`` stops glibc's allocator from handing big freed blocks (the encoder's attention
 buffers, hundreds of MB) back to the kernel after every layer and faulting them in again on the next:
 on the official encoder this alone was worth 1.7x on CPU. Call it once at start-up of a process that
-encodes images (the command line, the QGIS engine process, napari workers).
+encodes images (the command line, the QGIS engine process, the napari plugin when it first loads a
+model, Dask workers).
 """
 
 from __future__ import annotations

@@ -152,7 +152,11 @@ def test_restarting_keeps_committed_objects(make_widget, qtbot):
     assert len(kept) == 1 and (kept[0].data == 1).sum() == (labels == 1).sum()
 
 
-def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot):
+def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot, monkeypatch):
+    import sam_core.runtime
+
+    kept = []
+    monkeypatch.setattr(sam_core.runtime, "keep_freed_memory", lambda: kept.append(True) or True)
     volume = np.stack([make_cells_2d((96, 96), count=3, seed=s)[0] for s in range(4)])
     viewer, widget = make_widget(volume)
     widget.start()
@@ -163,6 +167,7 @@ def test_second_compute_runs_no_encoder_also_after_restart(make_widget, qtbot):
     widget.session.compute_embeddings(True, on_done=runs.append)
     wait_for(qtbot, widget.session)
     assert runs == [4, 0]
+    assert kept  # the workers encode in napari's process, which keeps freed memory from then on
     # A new session (as after a restart) finds the embeddings on disk.
     viewer2, widget2 = make_widget(volume)
     widget2.start()
