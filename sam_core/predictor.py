@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -455,7 +455,21 @@ class Predictor:
 def _weights_id(model: torch.nn.Module) -> str:
     """An id for a model without ``model_id``: a hash of the image encoder's weights (what embeddings depend on)."""
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.image_encoder.state_dict().items()):
+    for name, value in sorted(model.image_encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        for chunk in _state_bytes(value):
+            digest.update(chunk)
     return f"weights:{digest.hexdigest()}"
+
+
+def _state_bytes(value: object) -> Iterator[bytes]:
+    """The bytes of a state-dict entry: a tensor, or the (weight, bias) of an int8-quantized layer."""
+    if isinstance(value, torch.Tensor):
+        if value.is_quantized:
+            value = value.dequantize()
+        yield value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _state_bytes(item)
+    elif value is not None:
+        yield repr(value).encode()

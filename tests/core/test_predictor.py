@@ -347,6 +347,18 @@ def test_model_instance_and_device(small_vit_checkpoint):
         Predictor(model, checkpoint=small_vit_checkpoint)
 
 
+def test_models_of_every_precision_are_accepted_as_instances(small_vit_checkpoint):
+    """A loaded model passed in (no zoo id) is identified by its encoder's weights, int8 ones included."""
+    image = _image(40, 50, seed=2)
+    ids = set()
+    for precision in ("fp32", "int8"):
+        model = load_ours(SMALL_VIT, small_vit_checkpoint).set_precision(precision)
+        predictor = Predictor(model)
+        assert predictor.predict(predictor.encode(image), points=[[20, 20]]).masks.shape == (3, 40, 50)
+        ids.add(predictor.model_id)
+    assert len(ids) == 2
+
+
 def test_embedding_of_another_model_is_refused(small, small_tiny_vit_checkpoint):
     _, _, embedding = small
     other = Predictor(load_ours(SMALL_TINY_VIT, small_tiny_vit_checkpoint))
