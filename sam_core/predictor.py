@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import os
 
     from sam_core.models.sam import Sam
+    from sam_core.models.transformer import ImageContext
 
 # Upscaled float logits of one decode chunk are kept under about this many bytes.
 _CHUNK_BYTES = 256 << 20
@@ -320,7 +321,7 @@ class Predictor:
             self._dense_pe = pe
         return pe
 
-    def _image_context(self, source: torch.Tensor, features: torch.Tensor, dense: torch.Tensor):
+    def _image_context(self, source: torch.Tensor, features: torch.Tensor, dense: torch.Tensor) -> "ImageContext":
         """The decoder's per-image context (``MaskDecoder.image_context``) for prompts without mask input
         on the embedding whose features tensor is ``source`` (``features`` on this device), reused while
         the same embedding is decoded again (one click after another) and the decoder's weights stay."""

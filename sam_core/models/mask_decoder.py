@@ -58,8 +58,7 @@ class MaskDecoder(nn.Module):
         dense embedding is ``dense_prompt_embeddings`` (the prompt encoder's "no mask" embedding,
         (1, C, h, w) or broadcast): pass it as ``context`` to :meth:`forward` for every later prompt
         without a mask input on that image. Fused forms only (not ``exact``)."""
-        if not self.fused:
-            raise ValueError("image contexts belong to the fused forms; the exact precision recomputes everything")
+        self._require_fused()
         return self.transformer.image_context(image_embeddings + dense_prompt_embeddings[:1], image_pe)
 
     def forward(
@@ -124,8 +123,7 @@ class MaskDecoder(nn.Module):
         c, h, w = image_embeddings.shape[1:]
         dense = dense_prompt_embeddings
         if context is not None:
-            if not self.fused:
-                raise ValueError("image contexts belong to the fused forms; the exact precision recomputes everything")
+            self._require_fused()
             hs, src = self.transformer(None, None, tokens, context)
         else:
             if image_embeddings.shape[0] == 1 and (dense.shape[0] == 1 or dense.stride(0) == 0):
@@ -153,6 +151,10 @@ class MaskDecoder(nn.Module):
         if bool(needed.any()):
             masks[needed] = self._upscaled_masks(src[needed], h, w, hyper_in[needed])
         return masks, iou_pred
+
+    def _require_fused(self) -> None:
+        if not self.fused:
+            raise ValueError("image contexts belong to the fused forms; the exact precision recomputes everything")
 
     def _upscaled_masks(self, tokens: torch.Tensor, h: int, w: int, hyper_in: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` and the hypernetwork product on (B, h*w, C) tokens -> (B, K, 4h, 4w)."""
