@@ -17,7 +17,7 @@ from sam_core.cli.options import (
     add_model_args,
     add_preparation_args,
     generator_params,
-    model_name,
+    load_predictor,
     preparation,
 )
 from sam_core.errors import SamError
@@ -48,7 +48,6 @@ def run(args: argparse.Namespace) -> int:
     from sam_core.automask import AutomaticMaskGenerator, masks_to_labels
     from sam_core.fileio import atomic_write
     from sam_core.io import read_image, write_label_image
-    from sam_core.predictor import Predictor
 
     out = Path(args.out)
     suffix = out.suffix.lower()
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise SamError(f"--out {out} is a folder: give a file name such as {out / 'labels.tif'}")
     image = read_image(args.image)
     output_mode = "coco_rle" if suffix == ".json" else "uncompressed_rle"
-    predictor = Predictor(model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision)
+    predictor = load_predictor(args)
     generator = AutomaticMaskGenerator(predictor, output_mode=output_mode, **generator_params(args))
     with TqdmProgress(desc="automask", disable=args.quiet) as progress:
         records = generator.generate(image, preparation=preparation(args), progress=progress)

@@ -15,7 +15,7 @@ from typing import List
 
 import numpy as np
 
-from sam_core.cli.options import add_model_args, add_preparation_args, model_name, parse_numbers, preparation
+from sam_core.cli.options import add_model_args, add_preparation_args, load_predictor, parse_numbers, preparation
 from sam_core.errors import SamError
 
 
@@ -49,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from sam_core.cache import EmbeddingCache
     from sam_core.io import read_image, write_mask_png
-    from sam_core.predictor import Predictor
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise SamError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     image = read_image(args.image)
     cache = EmbeddingCache(directory=Path(args.cache_dir).expanduser()) if args.cache_dir else None
-    predictor = Predictor(model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision, cache=cache)
+    predictor = load_predictor(args, cache)
     embedding = predictor.encode(image, preparation(args))
     result = predictor.predict(embedding, points=points, labels=labels, box=box, multimask=args.multimask)
 

@@ -43,6 +43,24 @@ def test_writes_best_mask_png_of_image_size(image_png, small_vit_checkpoint, tmp
     np.testing.assert_array_equal(mask == 255, expected.masks[0])
 
 
+@pytest.mark.slow
+def test_compile_gives_the_same_mask_and_keeps_the_compiled_code(image_png, small_vit_checkpoint, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setenv("SAM_CORE_HOME", str(tmp_path / "home"))
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE"):
+        monkeypatch.setenv(name, "")  # compile_encoder sets them: restored after the test
+        monkeypatch.delenv(name)
+    masks = []
+    for extra in ([], ["--compile"]):
+        out = tmp_path / f"mask{len(extra)}.png"
+        code, _, err = _run(["segment", image_png, "--point", "45,35", "--out", out, "--checkpoint",
+                             small_vit_checkpoint, *extra], capsys)
+        assert code == 0, err
+        masks.append(read_image(out))
+    assert (masks[0] == masks[1]).mean() >= 0.999
+    assert any((tmp_path / "home" / "inductor").iterdir())  # reused by the next process
+
+
 def test_all_candidates_with_scores(image_png, small_vit_checkpoint, tmp_path, capsys):
     out = tmp_path / "m.png"
     code, stdout, err = _run(
