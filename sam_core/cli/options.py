@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
 from sam_core.errors import SamError
+
+if TYPE_CHECKING:
+    from sam_core.cache import EmbeddingCache
+    from sam_core.predictor import Predictor
 
 
 def parse_numbers(text: str, count: Optional[int], option: str, form: str) -> List[float]:
@@ -39,7 +43,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, prec
                                  "about 5%% on a CPU")
 
 
-def load_predictor(args: argparse.Namespace, cache: Any = None) -> Any:
+def load_predictor(args: argparse.Namespace, cache: Optional["EmbeddingCache"] = None) -> "Predictor":
     """The :class:`sam_core.predictor.Predictor` that :func:`add_model_args` (with precision) describes."""
     from sam_core.predictor import Predictor
 
