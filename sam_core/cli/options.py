@@ -43,7 +43,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, prec
                                  "about 5%% on a CPU")
 
 
-def load_predictor(args: argparse.Namespace, cache: Optional["EmbeddingCache"] = None) -> "Predictor":
+def load_predictor(args: argparse.Namespace, cache: Optional[EmbeddingCache] = None) -> Predictor:
     """The :class:`sam_core.predictor.Predictor` that :func:`add_model_args` (with precision) describes."""
     from sam_core.predictor import Predictor
 
