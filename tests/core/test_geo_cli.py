@@ -19,7 +19,7 @@ from sam_core.cli import main  # noqa: E402
 
 UTM = CRS.from_epsg(32633)
 TRANSFORM = Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5600000.0)
-CORRUPT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "corrupt.tif"
+CORRUPT = Path(__file__).resolve().parents[1] / "data" / "corrupt.tif"
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,6 @@ def test_bad_input_is_one_line_exit_2_and_no_output(raster, tmp_path, capsys, ex
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(not CORRUPT.exists(), reason="../shared/data is not present")
 def test_corrupt_raster_and_missing_prompts(raster, tmp_path, capsys):
     assert main(["geo", "automask", str(CORRUPT), str(tmp_path / "x.gpkg"), "--quiet"]) == 2
     assert "corrupt" in capsys.readouterr().err

@@ -194,8 +194,7 @@ def test_cancel_leaves_no_output_and_rerun_resumes(scene_raster, tmp_path):
 def test_bad_inputs_give_clear_errors(scene_raster, tmp_path):
     raster, _ = scene_raster
     with pytest.raises(SamError, match="corrupt"):
-        automask_raster(SHARED_CORRUPT if SHARED_CORRUPT.exists() else _corrupt(tmp_path),
-                        tmp_path / "x.gpkg", generator=ColourComponents())
+        automask_raster(SHARED_CORRUPT, tmp_path / "x.gpkg", generator=ColourComponents())
     with pytest.raises(SamError, match="band 5"):
         automask_raster(raster, tmp_path / "x.gpkg", bands="5,2,1", generator=ColourComponents())
     with pytest.raises(SamError, match="extension"):
@@ -212,17 +211,7 @@ def test_bad_inputs_give_clear_errors(scene_raster, tmp_path):
     assert not (tmp_path / "x.gpkg").exists()
 
 
-SHARED_CORRUPT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "corrupt.tif"
-
-
-def _corrupt(tmp_path):
-    path = tmp_path / "corrupt.tif"
-    image, _ = known_scene()
-    write_raster(path, image, TRANSFORM, UTM)
-    data = bytearray(path.read_bytes())
-    data[2000:] = b"\xff" * (len(data) - 2000)
-    path.write_bytes(bytes(data))
-    return path
+SHARED_CORRUPT = Path(__file__).resolve().parents[1] / "data" / "corrupt.tif"
 
 
 def test_segment_prompts_from_a_vector_file_in_another_crs(scene_raster, tmp_path):

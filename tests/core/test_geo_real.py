@@ -1,4 +1,4 @@
-"""The pipeline on the real GeoTIFFs of ../shared/data (Landsat in UTM with a nodata frame, world in EPSG:4326)."""
+"""The pipeline on the real GeoTIFFs of tests/data (copies of ../shared/data): Landsat in UTM with a nodata frame, world in EPSG:4326."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from helpers.georasters import read_output  # noqa: E402
 
 from sam_core.geo import automask_raster  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (DATA / "RGB.byte.tif").exists(), reason="../shared/data is not present")
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def test_landsat_nodata_frame_never_becomes_a_polygon(tmp_path):

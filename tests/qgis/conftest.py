@@ -24,7 +24,7 @@ sys.path.append("/usr/share/qgis/python/plugins")
 if not os.environ.get("SAM_ENGINE_PYTHON") and (ROOT / ".venv" / "bin" / "python").is_file():
     os.environ["SAM_ENGINE_PYTHON"] = str(ROOT / ".venv" / "bin" / "python")
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = ROOT / "tests" / "data"  # small copies of ../shared/data, so nothing skips in a fresh clone
 
 # The engine's embedding cache (and any sam_core per-user files) go to a folder of this test session.
 _HOME = tempfile.mkdtemp(prefix="sam_qgis_tests_")
