@@ -59,7 +59,7 @@ class TileStore:
     """
 
     def __init__(self, output: Path, fingerprint: dict, fresh: bool = False) -> None:
-        self.folder = output.parent / f".{output.name}.tiles"
+        self.folder = self.folder_for(output)
         self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
         manifest = self.folder / "manifest.json"
         if fresh:
@@ -75,6 +75,11 @@ class TileStore:
         if not manifest.exists():
             with atomic_write(manifest, "w") as handle:
                 handle.write(self.fingerprint)
+
+    @staticmethod
+    def folder_for(output: Path) -> Path:
+        """The folder that keeps the finished tiles of a run writing ``output``."""
+        return output.parent / f".{output.name}.tiles"
 
     def _path(self, index: int) -> Path:
         return self.folder / f"tile_{index:06d}.npz"
