@@ -1,0 +1,1 @@
+"""Test-only shim: see tests/helpers/shims/README.md."""

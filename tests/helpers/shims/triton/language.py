@@ -1,0 +1,3 @@
+"""Test-only stand-in for ``triton.language`` (names used in annotations only)."""
+
+constexpr = object
