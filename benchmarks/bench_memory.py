@@ -64,7 +64,7 @@ def _encode_worker(side: str, name: str, checkpoint: str, onnx_dir: str, threads
         encode = predictor.set_image
         precision = "fp32"
     elif side.startswith("onnx"):
-        from sam_core.export import OnnxPredictor
+        from sam_core.onnx_backend import OnnxPredictor
 
         predictor = OnnxPredictor(onnx_dir, int8=side == "onnx-int8", threads=threads or None)
         encode = predictor.encode

@@ -45,7 +45,7 @@ _EXPORTS = {
     "masks_to_labels": "sam_core.automask",
     # ONNX export and the onnxruntime backend
     "export_onnx": "sam_core.export",
-    "OnnxPredictor": "sam_core.export",
+    "OnnxPredictor": "sam_core.onnx_backend",
     # large images, rasters and datasets
     "TileGrid": "sam_core.tiling",
     "TiledPredictor": "sam_core.tiling",

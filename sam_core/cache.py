@@ -28,16 +28,14 @@ import struct
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
 from sam_core.errors import SamError
 from sam_core.fileio import atomic_write
 from sam_core.imaging import Preparation
-
-if TYPE_CHECKING:
-    from sam_core.predictor import Embedding
+from sam_core.types import Embedding
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def cache_key(image: np.ndarray, model_id: str, preparation: Optional[Preparatio
     return digest.hexdigest()
 
 
-def embedding_nbytes(embedding: "Embedding") -> int:
+def embedding_nbytes(embedding: Embedding) -> int:
     """Bytes an embedding holds in memory (features plus valid mask)."""
     size = embedding.features.element_size() * embedding.features.nelement()
     if embedding.valid is not None:
@@ -112,7 +110,7 @@ class EmbeddingCache:
                 return True
         return self.directory is not None and self.path_for(key).is_file()
 
-    def get(self, key: str) -> Optional["Embedding"]:
+    def get(self, key: str) -> Optional[Embedding]:
         """The embedding stored under ``key`` (memory first, then disk), or None."""
         with self._lock:
             entry = self._entries.get(key)
@@ -126,7 +124,7 @@ class EmbeddingCache:
             self._remember(key, embedding)
         return embedding
 
-    def put(self, key: str, embedding: "Embedding") -> None:
+    def put(self, key: str, embedding: Embedding) -> None:
         """Store ``embedding`` in memory (evicting the least recently used) and on disk if configured."""
         self._remember(key, embedding)
         if self.directory is not None:
@@ -151,7 +149,7 @@ class EmbeddingCache:
 
     # --- memory -------------------------------------------------------------------------------------
 
-    def _remember(self, key: str, embedding: "Embedding") -> None:
+    def _remember(self, key: str, embedding: Embedding) -> None:
         size = embedding_nbytes(embedding)
         with self._lock:
             old = self._entries.pop(key, None)
@@ -167,7 +165,7 @@ class EmbeddingCache:
 
     # --- disk ---------------------------------------------------------------------------------------
 
-    def _write(self, key: str, embedding: "Embedding") -> None:
+    def _write(self, key: str, embedding: Embedding) -> None:
         features = embedding.features.detach().to("cpu").numpy().astype(_DTYPES[self.dtype])
         features = np.ascontiguousarray(features)
         payload = [features.tobytes()]
@@ -223,7 +221,7 @@ class EmbeddingCache:
             path.unlink(missing_ok=True)
             total -= size
 
-    def _read(self, key: str) -> Optional["Embedding"]:
+    def _read(self, key: str) -> Optional[Embedding]:
         path = self.path_for(key)
         try:
             data = path.read_bytes()
@@ -242,10 +240,8 @@ class EmbeddingCache:
             return None
 
 
-def _decode(data: bytes, key: str) -> "Embedding":
+def _decode(data: bytes, key: str) -> Embedding:
     import torch
-
-    from sam_core.predictor import Embedding
 
     if data[: len(_MAGIC)] != _MAGIC:
         raise ValueError("not an embedding cache file")

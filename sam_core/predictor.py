@@ -7,10 +7,9 @@ Coordinates: points are (x, y) pixels of the ORIGINAL image (x = column, y = row
 
 from __future__ import annotations
 
-import hashlib
 import weakref
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Tuple, Union
+from dataclasses import replace
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,8 +17,10 @@ import torch.nn.functional as F
 
 from sam_core.cache import EmbeddingCache, cache_key
 from sam_core.errors import SamError
+from sam_core.identity import model_id
 from sam_core.imaging import Preparation, prepare_image, resize_image, to_input_boxes, to_input_coords
 from sam_core.progress import CancelToken, ProgressFn, check, report
+from sam_core.types import Embedding, Prediction
 
 if TYPE_CHECKING:
     import os
@@ -31,41 +32,12 @@ if TYPE_CHECKING:
 _CHUNK_BYTES = 256 << 20
 
 
-@dataclass
-class Embedding:
-    """The image encoder's output for one image, with what is needed to map prompts and masks.
-
-    features: (1, C, h, w) tensor. original_size: (H, W) of the image. input_size: (h, w) of the image
-    resized for the model (before padding). valid: (H, W) bool mask of valid pixels, or None if all are.
-    """
-
-    features: torch.Tensor
-    original_size: Tuple[int, int]
-    input_size: Tuple[int, int]
-    model_id: str
-    preparation: Preparation
-    key: str
-    valid: Optional[np.ndarray] = None
-
-
-@dataclass
-class Prediction:
-    """Candidate masks, best first.
-
-    masks: bool (K, H, W) (or (B, K, H, W) from a batched call). scores: float32 (K,) predicted IoU.
-    logits: float32 (K, low, low) low-resolution logits, usable as the next ``mask_input``.
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    logits: np.ndarray
-
-
 class Predictor:
     """SAM on one model: ``encode`` images (cached) and ``predict`` masks from prompts.
 
-    ``model`` is a loaded ``Sam`` or a zoo name (with an optional ``checkpoint`` file, then loaded by
-    :func:`sam_core.zoo.load_model`). ``cache`` defaults to an in-memory :class:`EmbeddingCache`; pass
+    ``model`` is a loaded ``Sam`` (or another backend with its surface, such as
+    :class:`sam_core.onnx_backend.OnnxModel`) or a zoo name (with an optional ``checkpoint`` file, then
+    loaded by :func:`sam_core.zoo.load_model`). ``cache`` defaults to an in-memory :class:`EmbeddingCache`; pass
     ``EmbeddingCache(directory=...)`` to keep embeddings on disk across processes. ``encoder_runs``
     counts how often the image encoder really ran. ``precision`` (``auto``, ``fp32``, ``exact``,
     ``bf16``, ``fp16``, ``int8``; see :mod:`sam_core.models.precision`) sets the encoder's precision;
@@ -97,9 +69,9 @@ class Predictor:
         self.model = model.eval()
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encoder_runs = 0
-        self.model_id = getattr(model, "model_id", None) or _weights_id(model)
+        self.model_id = model_id(model)
         self._dense_pe: Optional[torch.Tensor] = None
-        self._context: Optional[tuple] = None  # (weakref to the features, their state, ImageContext)
+        self._context: Optional[tuple] = None  # (weakref to the features, state, no-mask embedding, ImageContext)
 
     # --- properties ---------------------------------------------------------------------------------
 
@@ -324,23 +296,21 @@ class Predictor:
     def _image_context(self, source: torch.Tensor, features: torch.Tensor, dense: torch.Tensor) -> "ImageContext":
         """The decoder's per-image context (``MaskDecoder.image_context``) for prompts without mask input
         on the embedding whose features tensor is ``source`` (``features`` on this device), reused while
-        the same embedding is decoded again (one click after another) and the decoder's weights stay."""
-        state = (self.device, *(p._version for p in self._context_parameters()))
+        the same embedding is decoded again (one click after another), the decoder's weights stay
+        (``MaskDecoder.context_version``) and the "no mask" dense embedding keeps its values (it is the
+        same at every position, so one position is compared)."""
+        state = (self.device, self.model.mask_decoder.context_version())
         try:
             state += (source._version,)
         except RuntimeError:  # an inference tensor: never modified in place
             pass
+        no_mask = dense[:1, :, :1, :1]
         held = self._context
-        if held is not None and held[0]() is source and held[1] == state:
-            return held[2]
+        if held is not None and held[0]() is source and held[1] == state and torch.equal(held[2], no_mask):
+            return held[3]
         context = self.model.mask_decoder.image_context(features, self.dense_pe(), dense)
-        self._context = (weakref.ref(source), state, context)
+        self._context = (weakref.ref(source), state, no_mask.clone(), context)
         return context
-
-    def _context_parameters(self) -> list[torch.Tensor]:
-        first = self.model.mask_decoder.transformer.layers[0]
-        return [*first.cross_attn_token_to_image.parameters(), *first.cross_attn_image_to_token.parameters(),
-                self.model.prompt_encoder.no_mask_embed.weight]
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -452,25 +422,3 @@ class Predictor:
             raise SamError(f"mask input must be low-resolution logits of shape {expected}, got {array.shape}")
         return array.reshape(-1, 1, low, low)
 
-
-def _weights_id(model: torch.nn.Module) -> str:
-    """An id for a model without ``model_id``: a hash of the image encoder's weights (what embeddings depend on)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for name, value in sorted(model.image_encoder.state_dict().items()):
-        digest.update(name.encode())
-        for chunk in _state_bytes(value):
-            digest.update(chunk)
-    return f"weights:{digest.hexdigest()}"
-
-
-def _state_bytes(value: object) -> Iterator[bytes]:
-    """The bytes of a state-dict entry: a tensor, or the (weight, bias) of an int8-quantized layer."""
-    if isinstance(value, torch.Tensor):
-        if value.is_quantized:
-            value = value.dequantize()
-        yield value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _state_bytes(item)
-    elif value is not None:
-        yield repr(value).encode()

@@ -3,7 +3,7 @@
 Writes ``decoder.onnx`` (prompt encoder + mask decoder, the official SamOnnxModel's inputs and
 outputs, any number of points and objects) and ``encoder.onnx`` (the image encoder in float32) into
 DIR, and with ``--quantize-encoder`` also ``encoder.int8.onnx``. The files appear only when every
-part is done; an interrupted or failed export changes nothing in DIR. ``sam_core.export.OnnxPredictor``
+part is done; an interrupted or failed export changes nothing in DIR. ``sam_core.onnx_backend.OnnxPredictor``
 runs them with onnxruntime.
 """
 

@@ -61,6 +61,13 @@ class MaskDecoder(nn.Module):
         self._require_fused()
         return self.transformer.image_context(image_embeddings + dense_prompt_embeddings[:1], image_pe)
 
+    def context_version(self) -> tuple[int, ...]:
+        """A value that changes whenever a weight :meth:`image_context` uses is changed in place (an
+        optimizer step, ``load_state_dict``): a context made under another value is stale."""
+        first = self.transformer.layers[0]
+        weights = (*first.cross_attn_token_to_image.parameters(), *first.cross_attn_image_to_token.parameters())
+        return tuple(weight._version for weight in weights)
+
     def forward(
         self,
         image_embeddings: torch.Tensor,

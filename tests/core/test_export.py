@@ -15,14 +15,8 @@ import torch
 from sam_core import zoo
 from sam_core.cache import EmbeddingCache
 from sam_core.errors import SamError
-from sam_core.export import (
-    DECODER_FILE,
-    ENCODER_FILE,
-    INT8_ENCODER_FILE,
-    OnnxModel,
-    OnnxPredictor,
-    export_onnx,
-)
+from sam_core.export import DECODER_FILE, ENCODER_FILE, INT8_ENCODER_FILE, export_onnx
+from sam_core.onnx_backend import OnnxModel, OnnxPredictor
 from sam_core.imaging import to_input_coords
 from sam_core.predictor import Predictor
 from sam_core.progress import CancelToken, Cancelled

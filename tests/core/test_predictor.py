@@ -271,14 +271,23 @@ def test_clicks_share_the_image_work_and_see_weight_changes(small_vit_checkpoint
             sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=boxes, masks=None)
             return model.mask_decoder(embedding.features, model.prompt_encoder.get_dense_pe(), sparse, dense, True)
 
-    for _ in range(2):
+    changes = [
+        # a training step on the first block's attention to the image
+        lambda: model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.5),
+        # a training step on the prompt encoder's "no mask" embedding, added to the image tokens
+        lambda: model.prompt_encoder.no_mask_embed.weight.add_(0.25),
+        lambda: None,
+    ]
+    for change in changes:
         for embedding in (first, second, first):
             _, iou, low = predictor.decode_torch(embedding, coords, labels, boxes, multimask=True, upscale=False)
             expected_low, expected_iou = recomputed(embedding)
             torch.testing.assert_close(low, expected_low, atol=1e-5, rtol=0)
             torch.testing.assert_close(iou, expected_iou, atol=1e-6, rtol=0)
-        with torch.no_grad():  # a training step on the first block's attention to the image
-            model.mask_decoder.transformer.layers[0].cross_attn_token_to_image.k_proj.weight.mul_(1.5)
+        version = model.mask_decoder.context_version()
+        with torch.no_grad():
+            change()
+        assert (model.mask_decoder.context_version() != version) == (change is changes[0])
     with pytest.raises(ValueError, match="exact"):
         model.set_precision("exact").mask_decoder.image_context(first.features, first.features, first.features)
 
