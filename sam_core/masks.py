@@ -38,7 +38,8 @@ def stability_score(
 
     Pixel counts are exact integers (as the official ``calculate_stability_score``); the leading
     dimensions are processed ``chunk_size`` masks at a time to bound temporary memory. Returns a float
-    tensor of shape ``(...)``.
+    tensor of shape ``(...)``. Where no pixel is above ``mask_threshold - offset`` the score is NaN
+    (0 / 0, as the official function): such a mask passes no stability threshold.
     """
     shape = logits.shape[:-2]
     flat = logits.reshape(-1, *logits.shape[-2:])
@@ -51,6 +52,21 @@ def stability_score(
         inter[start : start + part.shape[0]] = (part > high).flatten(1).sum(1, dtype=torch.int32)
         union[start : start + part.shape[0]] = (part > low).flatten(1).sum(1, dtype=torch.int32)
     return (inter / union).reshape(shape)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one shape (``(H, W)``, or a stack
+    ``(Z, Y, X)`` as one 3D object): ``|a & b| / |a | b|``.
+
+    Two empty masks are the same mask: their IoU is 1.0. The one mask IoU of sam_core (volumes, quality
+    measures, tests).
+    """
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks of different shapes {a.shape} and {b.shape} have no IoU")
+    union = int(np.count_nonzero(a | b))
+    return float(np.count_nonzero(a & b) / union) if union else 1.0
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,11 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from sam_core.errors import SamError
+from sam_core.masks import mask_iou, stability_score
 from sam_core.progress import CancelToken, ProgressFn, check, report
 
 __all__ = [
@@ -93,15 +95,10 @@ def prompts_from_mask(mask: np.ndarray, margin: float = 0.1) -> Tuple[np.ndarray
     return points, np.ones(1, dtype=np.int64), box
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
 def _stability(logits: np.ndarray, offset: float = 1.0) -> float:
-    """Stability score of low-resolution logits: area above +offset over area above -offset."""
-    union = int((logits > -offset).sum())
-    return float((logits > offset).sum() / union) if union else 0.0
+    """Stability score (:func:`sam_core.masks.stability_score`) of low-resolution logits at threshold 0;
+    NaN when no logit is above -offset."""
+    return float(stability_score(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)), 0.0, offset))
 
 
 def _decode(predictor: Any, image: np.ndarray, prompt_mask: np.ndarray, logits: Optional[np.ndarray],
@@ -183,8 +180,8 @@ def propagate(
             if (
                 not mask.any()
                 or score < stop_iou
-                or _stability(logits) < stop_stability
-                or _iou(mask, previous) < min_overlap
+                or not _stability(logits) >= stop_stability  # NaN (nothing near the mask) stops too
+                or mask_iou(mask, previous) < min_overlap
             ):
                 break
             result[index] = mask

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from sam_core.masks import mask_iou
 from sam_core.progress import CancelToken, ProgressFn, check, report
 from sam_core.train.prompts import interior_point, mask_box
 from sam_core.train.synthetic import Scene
@@ -39,12 +40,6 @@ class AutomaskQuality:
     masks: int
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def prompt_quality(
     predictor: Any,
     scenes: Sequence[Scene],
@@ -67,9 +62,9 @@ def prompt_quality(
             target = scene.labels == obj
             x, y = interior_point(target)
             click = predictor.predict(embedding, points=np.array([[x, y]]), labels=np.array([1]))
-            clicks.append(iou(click.masks[0], target))
+            clicks.append(mask_iou(click.masks[0], target))
             box = predictor.predict(embedding, box=mask_box(target))
-            boxes.append(iou(box.masks[0], target))
+            boxes.append(mask_iou(box.masks[0], target))
         report(progress, n + 1, len(scenes), "prompt quality")
     return PromptQuality(float(np.mean(clicks)), float(np.mean(boxes)), len(clicks))
 
@@ -88,7 +83,7 @@ def automask_quality(
         records = generator.generate(scene.image)
         predicted = [np.asarray(r["segmentation"], bool) for r in records]
         targets = [scene.labels == i for i in range(1, scene.num_objects + 1)]
-        matrix = np.array([[iou(p, t) for t in targets] for p in predicted]).reshape(len(predicted), len(targets))
+        matrix = np.array([[mask_iou(p, t) for t in targets] for p in predicted]).reshape(len(predicted), len(targets))
         matched = matrix >= match_iou
         found += int(matched.any(axis=0).sum())
         spurious += int((~matched.any(axis=1)).sum())

@@ -18,15 +18,12 @@ from sam_core.errors import SamError
 from sam_core.export import DECODER_FILE, ENCODER_FILE, INT8_ENCODER_FILE, export_onnx
 from sam_core.onnx_backend import OnnxModel, OnnxPredictor
 from sam_core.imaging import to_input_coords
+from sam_core.masks import mask_iou
 from sam_core.predictor import Predictor
 from sam_core.progress import CancelToken, Cancelled
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,7 +44,7 @@ def _assert_same_prediction(torch_pred, onnx_pred, min_iou: float = 0.99) -> Non
     assert onnx_pred.masks.shape == torch_pred.masks.shape
     for t, o in zip(torch_pred.masks.reshape(-1, *torch_pred.masks.shape[-2:]),
                     onnx_pred.masks.reshape(-1, *onnx_pred.masks.shape[-2:])):
-        assert _iou(t, o) >= min_iou
+        assert mask_iou(t, o) >= min_iou
     np.testing.assert_allclose(onnx_pred.scores, torch_pred.scores, atol=1e-3)
     np.testing.assert_allclose(onnx_pred.logits, torch_pred.logits, atol=1e-2)
 
@@ -142,7 +139,7 @@ def test_one_decoder_takes_1_2_and_5_points_and_many_objects(small_export, small
         order = np.argsort(-iou[0, 1:], kind="stable")
         np.testing.assert_allclose(iou[0, 1:][order], expected.scores, atol=1e-4)
         for k, mask in zip(order, expected.masks):
-            assert _iou(masks[0, 1 + k] > 0, mask) >= 0.99
+            assert mask_iou(masks[0, 1 + k] > 0, mask) >= 0.99
     points = rng.uniform(5, 90, (4, 3, 2))
     _assert_same_prediction(small_torch.predict_batch(embedding, points=points, multimask=True),
                             OnnxPredictor(small_export).predict_batch(embedding, points=points, multimask=True))
@@ -358,7 +355,7 @@ def test_demo_onnx_equals_torch_on_generated_scenes(tmp_path):
             for prompt in ({"points": points, "labels": labels}, {"box": box}):
                 expected = predictor.predict(et, **prompt)
                 _assert_same_prediction(expected, onnx_pred.predict(eo, **prompt))
-                ious.append(_iou(expected.masks[0], onnx_pred.predict(eo, **prompt).masks[0]))
-                int8_ious.append(_iou(expected.masks[0], int8.predict(eq, **prompt).masks[0]))
+                ious.append(mask_iou(expected.masks[0], onnx_pred.predict(eo, **prompt).masks[0]))
+                int8_ious.append(mask_iou(expected.masks[0], int8.predict(eq, **prompt).masks[0]))
     assert min(ious) >= 0.99
     assert np.mean(int8_ious) >= 0.9

@@ -217,3 +217,28 @@ def test_postprocess_small_regions_equals_official(official):
         assert np.array_equal(new_masks[k].numpy(), official.rle_to_mask(rle))
         assert torch.equal(M.masks_to_boxes(new_masks[k]), box)
     assert not bool(changed[6])
+
+
+def test_mask_iou_is_the_one_rule_for_empty_masks():
+    """One IoU for sam_core and its tests: two empty masks are the same mask (1.0); one empty is 0.0."""
+    a = np.zeros((4, 5), bool)
+    b = a.copy()
+    assert M.mask_iou(a, b) == 1.0
+    b[1:3, 1:4] = True
+    assert M.mask_iou(a, b) == 0.0
+    a[1:3, 1:2] = True
+    assert M.mask_iou(a, b) == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="shapes"):
+        M.mask_iou(a, b[:3])
+
+
+def test_stability_of_logits_with_nothing_near_the_mask_is_nan_and_stops_propagation():
+    """The one stability score (official: 0 / 0 is NaN); volume propagation uses it and stops at NaN."""
+    from sam_core import volume
+
+    logits = torch.full((1, 8, 8), -5.0)
+    assert torch.isnan(M.stability_score(logits, 0.0, 1.0)).all()
+    assert np.isnan(volume._stability(logits[0].numpy()))
+    logits[0, 2:6, 2:6] = 3.0
+    logits[0, 6, 2:6] = 0.5  # above -1, below +1
+    assert volume._stability(logits[0].numpy()) == pytest.approx(16 / 20)

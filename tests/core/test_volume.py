@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from sam_core.errors import SamError
+from sam_core.masks import mask_iou
 from sam_core.progress import CancelToken, Cancelled
 from sam_core.volume import (
     automask_volume,
@@ -69,9 +70,6 @@ def _ball_volume(depth: int = 20, size: int = 64):
     return volume, ball
 
 
-def _iou(a, b):
-    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
-
 
 def test_prompts_from_mask_point_inside_and_box_with_margin():
     mask = np.zeros((50, 60), bool)
@@ -92,7 +90,7 @@ def test_propagate_follows_object_both_ways_and_stops_where_it_ends():
     steps = []
     result = propagate(predictor, volume, 9, ball[9], progress=lambda d, t, m: steps.append((d, t)))
     assert result.shape == volume.shape and result.dtype == bool
-    assert _iou(result, ball) == 1.0
+    assert mask_iou(result, ball) == 1.0
     assert not result[:, :12, :12].any()  # never jumps to the column
     # Stopped one slice after the object ended in each direction, not at the stack's ends.
     assert predictor.encoded == int(ball.reshape(len(ball), -1).any(axis=1).sum()) - 1 + 2
@@ -229,6 +227,6 @@ def test_propagate_with_demo_segments_a_generated_3d_object():
     predictor = Predictor("demo")
     points, point_labels, box = prompts_from_mask(truth[start], margin=0.05)  # a user's box and click
     mask = predictor.predict(predictor.encode(volume[start]), points, point_labels, box).masks[0]
-    assert _iou(mask, truth[start]) >= 0.8
+    assert mask_iou(mask, truth[start]) >= 0.8
     result = propagate(predictor, volume, start, mask)
-    assert _iou(result, truth) >= 0.75
+    assert mask_iou(result, truth) >= 0.75
