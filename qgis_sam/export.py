@@ -41,7 +41,7 @@ def local_raster_path(layer: QgsRasterLayer) -> Optional[str]:
 
 def _is_image_service(layer: QgsRasterLayer) -> bool:
     provider = layer.dataProvider()
-    return provider.dataType(1) in (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+    return provider.dataType(1) in (Qgis.DataType.ARGB32, Qgis.DataType.ARGB32_Premultiplied)
 
 
 class RasterExport:
@@ -85,7 +85,7 @@ class RasterExport:
         writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
         error = writer.writeRaster(self.pipe, self.width, self.height, self.extent, self.crs,
                                    self.transform_context, feedback)
-        if error != QgsRasterFileWriter.NoError:
+        if error != QgsRasterFileWriter.WriterError.NoError:
             if os.path.exists(path):
                 os.unlink(path)
             raise ExportError(f"exporting the raster layer '{self.name}' failed (QGIS raster writer error {int(error)})")

@@ -33,7 +33,7 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand, QgsVertexMarker
-from qgis.PyQt.QtCore import QPoint, Qt, QVariant, pyqtSignal
+from qgis.PyQt.QtCore import QMetaType, QPoint, Qt, QVariant, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
 from . import settings
@@ -45,15 +45,21 @@ OUTPUT_PROPERTY = "qgis_sam/output"
 DRAG_PIXELS = 5
 
 
+if Qgis.QGIS_VERSION_INT >= 33800:  # QgsField takes QMetaType.Type (QGIS 4's PyQt6 has no QVariant.Type)
+    _INT, _DOUBLE, _STRING = QMetaType.Type.Int, QMetaType.Type.Double, QMetaType.Type.QString
+else:
+    _INT, _DOUBLE, _STRING = QVariant.Type.Int, QVariant.Type.Double, QVariant.Type.String
+
+
 def output_fields() -> list[QgsField]:
     return [
-        QgsField("id", QVariant.Int),
-        QgsField("predicted_iou", QVariant.Double),
-        QgsField("area", QVariant.Double),
-        QgsField("points", QVariant.Int),
-        QgsField("box", QVariant.Int),
-        QgsField("model", QVariant.String),
-        QgsField("raster", QVariant.String),
+        QgsField("id", _INT),
+        QgsField("predicted_iou", _DOUBLE),
+        QgsField("area", _DOUBLE),
+        QgsField("points", _INT),
+        QgsField("box", _INT),
+        QgsField("model", _STRING),
+        QgsField("raster", _STRING),
     ]
 
 
@@ -75,13 +81,13 @@ def output_layer(crs: QgsCoordinateReferenceSystem, gpkg: str = "") -> QgsVector
             options.driverName = "GPKG"
             options.layerName = "sam_segments"
             if os.path.exists(gpkg):
-                options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+                options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
             fields = QgsVectorLayer("MultiPolygon", "tmp", "memory").fields()
             for field in output_fields():
                 fields.append(field)
-            writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.MultiPolygon, crs,
+            writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.Type.MultiPolygon, crs,
                                                 project.transformContext(), options)
-            if writer.hasError() != QgsVectorFileWriter.NoError:
+            if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
                 raise EngineError(f"could not create the output GeoPackage {gpkg}: {writer.errorMessage()}")
             del writer
             layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
@@ -103,7 +109,7 @@ class SegmentTask(QgsTask):
 
     def __init__(self, description: str, client: EngineClient, params: dict,
                  prepare: Optional[Callable[[], None]] = None) -> None:
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.client = client
         self.params = params
         self.prepare = prepare
@@ -157,19 +163,19 @@ class SamMapTool(QgsMapTool):
         self._exported: Optional[str] = None
         self._exported_extent: Optional[QgsRectangle] = None
         self._press: Optional[QPoint] = None
-        self._press_button = Qt.NoButton
+        self._press_button = Qt.MouseButton.NoButton
         self._markers: list[QgsVertexMarker] = []
-        self._preview = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self._preview = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self._preview.setColor(QColor(255, 170, 0, 200))
         self._preview.setFillColor(QColor(255, 170, 0, 70))
         self._preview.setWidth(2)
-        self._box_band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self._box_band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self._box_band.setColor(QColor(30, 110, 255, 220))
         self._box_band.setFillColor(QColor(30, 110, 255, 0))
         self._box_band.setWidth(2)
         self.resultReady.connect(self._on_result)
         self.requestFailed.connect(self._on_failure)
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     # -- coordinates --------------------------------------------------------------------------------
     def _to_raster(self) -> QgsCoordinateTransform:
@@ -191,7 +197,7 @@ class SamMapTool(QgsMapTool):
         self._press_button = event.button()
 
     def canvasMoveEvent(self, event) -> None:
-        if self._press is None or self._press_button != Qt.LeftButton:
+        if self._press is None or self._press_button != Qt.MouseButton.LeftButton:
             return
         if (event.pos() - self._press).manhattanLength() >= DRAG_PIXELS:
             start = self.toMapCoordinates(self._press)
@@ -202,19 +208,19 @@ class SamMapTool(QgsMapTool):
         if self._press is None:
             return
         press, button = self._press, self._press_button
-        self._press, self._press_button = None, Qt.NoButton
-        if button == Qt.LeftButton and (event.pos() - press).manhattanLength() >= DRAG_PIXELS:
+        self._press, self._press_button = None, Qt.MouseButton.NoButton
+        if button == Qt.MouseButton.LeftButton and (event.pos() - press).manhattanLength() >= DRAG_PIXELS:
             self.add_box(press, event.pos())
-        elif button in (Qt.LeftButton, Qt.RightButton):
-            self.add_point(event.pos(), 1 if button == Qt.LeftButton else 0)
+        elif button in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
+            self.add_point(event.pos(), 1 if button == Qt.MouseButton.LeftButton else 0)
 
     def keyPressEvent(self, event) -> None:
         key = event.key()
-        if key in (Qt.Key_Return, Qt.Key_Enter):
+        if key in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.commit()
-        elif key == Qt.Key_Escape:
+        elif key == Qt.Key.Key_Escape:
             self.clear()
-        elif key == Qt.Key_Backspace:
+        elif key == Qt.Key.Key_Backspace:
             self.remove_last()
         else:
             event.ignore()
@@ -230,7 +236,7 @@ class SamMapTool(QgsMapTool):
         marker = QgsVertexMarker(self.canvas())
         marker.setCenter(self.toMapCoordinates(pixel))
         marker.setColor(QColor(0, 170, 0) if label else QColor(220, 0, 0))
-        marker.setIconType(QgsVertexMarker.ICON_CIRCLE if label else QgsVertexMarker.ICON_X)
+        marker.setIconType(QgsVertexMarker.IconType.ICON_CIRCLE if label else QgsVertexMarker.IconType.ICON_X)
         marker.setIconSize(12)
         marker.setPenWidth(3)
         self._markers.append(marker)
@@ -251,7 +257,7 @@ class SamMapTool(QgsMapTool):
             return
         if self.history.pop() == "box":
             self.box = None
-            self._box_band.reset(QgsWkbTypes.PolygonGeometry)
+            self._box_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         else:
             self.points.pop()
             self.canvas().scene().removeItem(self._markers.pop())
@@ -267,7 +273,7 @@ class SamMapTool(QgsMapTool):
         for marker in self._markers:
             self.canvas().scene().removeItem(marker)
         self._markers = []
-        self._box_band.reset(QgsWkbTypes.PolygonGeometry)
+        self._box_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         self._set_preview([])
 
     # -- engine -------------------------------------------------------------------------------------
@@ -324,7 +330,7 @@ class SamMapTool(QgsMapTool):
             try:
                 export = self._visible_export()
             except ExportError as error:
-                self.message(str(error), Qgis.Warning)
+                self.message(str(error), Qgis.MessageLevel.Warning)
                 return
 
             def prepare() -> None:
@@ -361,7 +367,7 @@ class SamMapTool(QgsMapTool):
         if sequence == self._sequence:
             self.busy = False
         if message != "cancelled":
-            self.message(message, Qgis.Critical)
+            self.message(message, Qgis.MessageLevel.Critical)
 
     def _set_preview(self, polygons: list[dict]) -> None:
         self.polygons = list(polygons)
@@ -369,7 +375,7 @@ class SamMapTool(QgsMapTool):
         parts = [part for part in parts if not part.isNull() and not part.isEmpty()]
         self.geometry = QgsGeometry.unaryUnion(parts) if parts else None
         if self.geometry is None:
-            self._preview.reset(QgsWkbTypes.PolygonGeometry)
+            self._preview.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         else:
             shown = QgsGeometry(self.geometry)
             shown.transform(self._to_canvas())
@@ -382,12 +388,12 @@ class SamMapTool(QgsMapTool):
         if self.geometry is None or self.busy:
             if self.busy:
                 self.message("Segment Anything is still computing; press Enter again when the preview shows.",
-                             Qgis.Info)
+                             Qgis.MessageLevel.Info)
             return None
         try:
             layer = output_layer(self.layer.crs(), settings.value("output_gpkg"))
         except EngineError as error:
-            self.message(str(error), Qgis.Critical)
+            self.message(str(error), Qgis.MessageLevel.Critical)
             return None
         feature = QgsFeature(layer.fields())
         geometry = QgsGeometry(self.geometry)

@@ -68,21 +68,21 @@ class SamPlugin:
         button = QPushButton("Set up…")
         button.clicked.connect(self.show_settings)
         item.layout().addWidget(button)
-        bar.pushWidget(item, Qgis.Info, 15)
+        bar.pushWidget(item, Qgis.MessageLevel.Info, 15)
 
-    def message(self, text: str, level: int = Qgis.Info) -> None:
+    def message(self, text: str, level: int = Qgis.MessageLevel.Info) -> None:
         """Show ``text`` in the message bar (GUI) and in the log."""
         settings.log(text, level)
         if self.iface is not None:
             self.iface.messageBar().pushMessage("Segment Anything", text.split("\n")[0], level,
-                                                10 if level != Qgis.Critical else 0)
+                                                10 if level != Qgis.MessageLevel.Critical else 0)
 
     def show_settings(self) -> bool:
         """Open the engine settings (first-run) dialog; True when accepted."""
         from .setup_dialog import EngineSetupDialog
 
         dialog = EngineSetupDialog(self.iface.mainWindow() if self.iface is not None else None)
-        accepted = bool(dialog.exec_())
+        accepted = bool(dialog.exec())
         if accepted:
             settings.stop_client()  # the next request starts the engine with the new settings
         return accepted
@@ -96,7 +96,7 @@ class SamPlugin:
         if layer is None or layer.type() != QgsMapLayerType.RasterLayer or not isinstance(layer, QgsRasterLayer):
             self.segment_action.setChecked(False)
             self.message("Select a raster layer in the Layers panel first, then start Segment on the map.",
-                         Qgis.Warning)
+                         Qgis.MessageLevel.Warning)
             return None
         if not settings.engine_python() and not self.show_settings():
             self.segment_action.setChecked(False)

@@ -19,9 +19,9 @@ def add_tiling_parameters(algorithm: SamAlgorithm) -> None:
     algorithm.addParameter(QgsProcessingParameterBand(
         "BANDS", "Bands (one or three; empty: the first three, or the only one)", None, "INPUT", True, True))
     algorithm.addParameter(QgsProcessingParameterNumber(
-        "TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Integer, 1024, False, 64, 8192))
+        "TILE_SIZE", "Tile size (pixels)", QgsProcessingParameterNumber.Type.Integer, 1024, False, 64, 8192))
     algorithm.addParameter(QgsProcessingParameterNumber(
-        "OVERLAP", "Tile overlap (pixels)", QgsProcessingParameterNumber.Integer, 128, False, 0, 4096))
+        "OVERLAP", "Tile overlap (pixels)", QgsProcessingParameterNumber.Type.Integer, 128, False, 0, 4096))
 
 
 def tiling_params(algorithm: SamAlgorithm, parameters: dict, context) -> dict:
@@ -55,26 +55,26 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         add_tiling_parameters(self)
         self.addParameter(QgsProcessingParameterNumber(
-            "RESOLUTION", "Resolution (map units per pixel; empty: native)", QgsProcessingParameterNumber.Double,
+            "RESOLUTION", "Resolution (map units per pixel; empty: native)", QgsProcessingParameterNumber.Type.Double,
             None, True, 0.0))
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole raster)", None, True))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterNumber(
             "POINTS_PER_SIDE", "Points per side (grid of prompts per tile; empty: the model's, 32; demo 16)",
-            QgsProcessingParameterNumber.Integer, None, True, 1, 256))
+            QgsProcessingParameterNumber.Type.Integer, None, True, 1, 256))
         self.addParameter(QgsProcessingParameterNumber(
             "PRED_IOU_THRESH", "Predicted IoU threshold (empty: the model's, 0.88; demo 0.5)",
-            QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
+            QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterNumber(
             "STABILITY_THRESH", "Stability score threshold (empty: the model's, 0.95; demo 0.8)",
-            QgsProcessingParameterNumber.Double, None, True, 0.0, 1.0))
+            QgsProcessingParameterNumber.Type.Double, None, True, 0.0, 1.0))
         self.addParameter(QgsProcessingParameterNumber(
-            "MIN_AREA", "Minimum area (map units²)", QgsProcessingParameterNumber.Double, 0.0, False, 0.0))
+            "MIN_AREA", "Minimum area (map units²)", QgsProcessingParameterNumber.Type.Double, 0.0, False, 0.0))
         self.addParameter(QgsProcessingParameterNumber(
-            "SIMPLIFY", "Simplification tolerance (map units; 0: none)", QgsProcessingParameterNumber.Double, 0.0,
+            "SIMPLIFY", "Simplification tolerance (map units; 0: none)", QgsProcessingParameterNumber.Type.Double, 0.0,
             False, 0.0))
         self.addParameter(QgsProcessingParameterFeatureSink(
-            "OUTPUT", "Segments", QgsProcessing.TypeVectorPolygon))
+            "OUTPUT", "Segments", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.raster(parameters, context)

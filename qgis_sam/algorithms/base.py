@@ -52,7 +52,7 @@ class SamAlgorithm(QgsProcessingAlgorithm):
             "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
         self.addParameter(QgsProcessingParameterFile(
             "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, MODEL is then ignored)",
-            QgsProcessingParameterFile.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
+            QgsProcessingParameterFile.Behavior.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
 
     def model_params(self, parameters: dict, context: QgsProcessingContext) -> dict:
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
@@ -116,7 +116,7 @@ class SamAlgorithm(QgsProcessingAlgorithm):
                     fields.append(field)
             wkb_type = source.wkbType()
         else:
-            wkb_type = QgsWkbTypes.MultiPolygon
+            wkb_type = QgsWkbTypes.Type.MultiPolygon
         # The engine writes polygons in the raster's CRS; the sink takes the raster layer's CRS object so
         # that QGIS sees exactly the same CRS (a WKT round trip may rename parts of a custom CRS).
         sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, fields, wkb_type, raster.crs())
@@ -130,7 +130,7 @@ class SamAlgorithm(QgsProcessingAlgorithm):
                 copy = QgsFeature(fields)
                 copy.setGeometry(feature.geometry())
                 copy.setAttributes([feature[name] for name in names])
-                sink.addFeature(copy, QgsFeatureSink.FastInsert)
+                sink.addFeature(copy, QgsFeatureSink.Flag.FastInsert)
         del source
         return dest_id
 

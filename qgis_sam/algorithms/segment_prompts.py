@@ -37,13 +37,13 @@ class SegmentPromptsAlgorithm(SamAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         self.addParameter(QgsProcessingParameterFeatureSource(
             "PROMPTS", "Prompts (points or polygons)",
-            [QgsProcessing.TypeVectorPoint, QgsProcessing.TypeVectorPolygon]))
+            [QgsProcessing.SourceType.TypeVectorPoint, QgsProcessing.SourceType.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(
             "LABEL_FIELD", "Positive/negative field (1 positive, 0 negative)", None, "PROMPTS",
-            QgsProcessingParameterField.Any, False, True))
+            QgsProcessingParameterField.DataType.Any, False, True))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterFeatureSink(
-            "OUTPUT", "Segments", QgsProcessing.TypeVectorPolygon))
+            "OUTPUT", "Segments", QgsProcessing.SourceType.TypeVectorPolygon))
 
     def _write_prompts(self, parameters, context, feedback) -> str:
         """Write the prompt features (selection and filters applied) to a temporary GeoPackage in their CRS."""
@@ -58,11 +58,11 @@ class SegmentPromptsAlgorithm(SamAlgorithm):
         options.layerName = "prompts"
         writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
                                             context.transformContext(), options)
-        if writer.hasError() != QgsVectorFileWriter.NoError:
+        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
             raise QgsProcessingException(f"could not write the prompts to a temporary file: {writer.errorMessage()}")
         for feature in source.getFeatures():
             copy = QgsFeature(feature)
-            writer.addFeature(copy, QgsFeatureSink.FastInsert)
+            writer.addFeature(copy, QgsFeatureSink.Flag.FastInsert)
         del writer
         return path
 
