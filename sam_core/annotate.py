@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from sam_core.errors import SamError
-from sam_core.fileio import atomic_write
+from sam_core.fileio import atomic_write, check_output_path
 from sam_core.progress import CancelToken, ProgressFn, check, report
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -112,11 +112,17 @@ def _worker_image(path: str, tile_size: int, overlap: int, generator: Any) -> di
     return annotate_image(path, worker_generator(generator), tile_size, overlap)
 
 
+def parts_folder(output: PathLike) -> Path:
+    """The folder that keeps the finished images of a run writing ``output`` (for resume)."""
+    target = Path(output).expanduser()
+    return target.parent / f".{target.name}.parts"
+
+
 class _Parts:
     """Finished images of one run, one JSON per image beside the output (for resume)."""
 
     def __init__(self, output: Path, fingerprint: str, fresh: bool) -> None:
-        self.folder = output.parent / f".{output.name}.parts"
+        self.folder = parts_folder(output)
         manifest = self.folder / "manifest.json"
         if fresh or (self.folder.exists() and not (manifest.exists() and manifest.read_text() == fingerprint)):
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -175,8 +181,7 @@ def annotate_images(
     target = Path(output).expanduser()
     if target.suffix.lower() != ".json":
         raise SamError(f"the output must be a .json file (COCO instances), got {target.name!r}")
-    if not target.parent.is_dir():
-        raise SamError(f"the output folder {target.parent} does not exist")
+    check_output_path(target, option="the output")
     TileGrid(16, 16, tile_size, overlap)  # checks tile size and overlap before any work
     files = list_images(image_dir)
     spec = GeneratorSpec.create(model, checkpoint, device, generator_params)

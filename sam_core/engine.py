@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import queue
 import sys
@@ -46,6 +47,8 @@ from sam_core.errors import SamError
 from sam_core.progress import CancelToken, Cancelled
 
 PROTOCOL_VERSION = 1
+# Lanes one engine runs side by side (one thread each); a request naming another lane is refused.
+MAX_LANES = 16
 
 Params = dict[str, Any]
 Emit = Callable[[dict], None]
@@ -87,15 +90,133 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# -- parameter types ------------------------------------------------------------------------------------
+# Each parameter's JSON type is checked before a command runs, so that a wrong type is a user error that
+# names the parameter (never an internal error deep inside). Values of the right type are checked further
+# by the functions they reach (ranges, files, CRSs).
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return _number(value) and float(value).is_integer()
+
+
+def _numbers(count: Optional[int]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and (count is None or len(v) == count) and all(_number(x) for x in v)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and "\0" not in value
+
+
+def _points(value: Any) -> bool:
+    return isinstance(value, list) and all(_numbers(2)(p) for p in value)
+
+
+def _labels(value: Any) -> bool:
+    return isinstance(value, list) and all(_whole(v) and v in (0, 1) for v in value)
+
+
+def _bands(value: Any) -> bool:
+    return _text(value) or (isinstance(value, list) and len(value) in (1, 3) and all(_whole(b) and b >= 1 for b in value))
+
+
+def _prompt_groups(value: Any) -> bool:
+    if _text(value):
+        return True
+    allowed = {"points", "labels", "box", "crs", "name"}
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(g, dict) and set(g) <= allowed
+        and _points(g.get("points", [])) and _labels(g.get("labels", [1] * len(g.get("points", []))))
+        and (g.get("box") is None or _numbers(4)(g["box"])) and (g.get("crs") is None or _crs(g["crs"]))
+        and (g.get("name") is None or isinstance(g["name"], (str, int)) and not isinstance(g["name"], bool))
+        for g in value
+    )
+
+
+def _crs(value: Any) -> bool:
+    return _text(value) or (_whole(value) and value > 0)
+
+
+def _generator_params(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    names = _generator_names()
+    return all(key in names and (isinstance(v, bool) or _number(v)) for key, v in value.items())
+
+
+def _generator_names() -> tuple[str, ...]:
+    import inspect
+
+    from sam_core.automask import AutomaticMaskGenerator
+
+    skip = {"self", "predictor", "point_grids", "output_mode"}
+    return tuple(n for n in inspect.signature(AutomaticMaskGenerator.__init__).parameters if n not in skip)
+
+
+_PATH = (_text, "a file path (text)")
+_PARAM_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "raster": _PATH,
+    "output": _PATH,
+    "checkpoint": _PATH,
+    "cache_dir": (_text, "a folder path (text)"),
+    "model": (_text, "a model name (text)"),
+    "device": (_text, "a device name (text), e.g. cpu or cuda"),
+    "label_field": (_text, "a field name (text)"),
+    "prompts": (_prompt_groups, "a vector file path, or a list of prompt groups "
+                                "{points: [[x, y], ...], labels: [1, 0, ...], box: [xmin, ymin, xmax, ymax], crs}"),
+    "points": (_points, "a list of [x, y] pairs of numbers"),
+    "labels": (_labels, "a list of 1 (positive) and 0 (negative)"),
+    "box": (_numbers(4), "four numbers [xmin, ymin, xmax, ymax]"),
+    "extent": (_numbers(4), "four numbers [xmin, ymin, xmax, ymax]"),
+    "crs": (_crs, "a CRS as text (e.g. 'EPSG:4326') or an EPSG code"),
+    "bands": (_bands, "band numbers as text ('4,3,2') or a list of 1 or 3 band numbers"),
+    "tile_size": (_whole, "a whole number of pixels"),
+    "overlap": (_whole, "a whole number of pixels"),
+    "resolution": (lambda v: _number(v) or _numbers(2)(v), "a pixel size (a number, or [x, y] numbers)"),
+    "min_area": (_number, "a number"),
+    "simplify": (_number, "a number"),
+    "generator_params": (_generator_params, "an object of automatic mask generator parameters (numbers or true/false)"),
+}
+
+
+def _show(value: Any) -> str:
+    """A short JSON rendering of a value for error messages."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_params(cmd: str, params: Params) -> Params:
     allowed = _COMMAND_PARAMS[cmd]
-    unknown = sorted(set(params) - set(allowed))
+    unknown = sorted(str(k) for k in set(params) - set(allowed))
     if unknown:
         raise SamError(f"{cmd}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(allowed) or 'none'}")
     missing = [name for name in _REQUIRED.get(cmd, ()) if params.get(name) in (None, "")]
     if missing:
         raise SamError(f"{cmd}: missing parameter(s) {', '.join(missing)}")
-    return {k: v for k, v in params.items() if v is not None}
+    params = {k: v for k, v in params.items() if v is not None}
+    for name, value in params.items():
+        accepts, description = _PARAM_TYPES[name]
+        if not accepts(value):
+            if name == "generator_params" and isinstance(value, dict):
+                description += f"; known names: {', '.join(_generator_names())}"
+            raise SamError(f"{cmd}: parameter {name!r} must be {description}, got {_show(value)}")
+    for name in ("tile_size", "overlap"):
+        if name in params:
+            params[name] = int(params[name])
+    return params
+
+
+def _wire_id(value: Any) -> Any:
+    """A request id as it can travel back in strict JSON: as sent when it can, else as text (``NaN``)."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value
+    except (ValueError, TypeError):
+        return json.dumps(value, default=str)
 
 
 class Engine:
@@ -209,7 +330,13 @@ class _Server:
         self._threads: list[threading.Thread] = []
 
     def emit(self, event: dict) -> None:
-        line = json.dumps(event, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+        """Write one event; one that is not strict JSON (NaN in a result) becomes an internal error event."""
+        try:
+            text = json.dumps(event, ensure_ascii=False, allow_nan=False)
+        except (ValueError, TypeError) as error:
+            text = json.dumps({"id": _wire_id(event.get("id")), "event": "error", "kind": "internal",
+                               "message": f"internal error in the engine: the {event.get('event')} is not JSON: {error}"})
+        line = text.encode("utf-8") + b"\n"
         with self._write_lock:
             try:
                 self.outstream.write(line)
@@ -240,10 +367,7 @@ class _Server:
             sys.stderr.flush()
             self._error(request_id, "internal", f"internal error in the engine: {type(error).__name__}: {error}")
         else:
-            try:
-                self.emit({"id": request_id, "event": "result", "result": result})
-            except ValueError as error:  # NaN or other non-JSON value in the result
-                self._error(request_id, "internal", f"internal error in the engine: result is not JSON: {error}")
+            self.emit({"id": request_id, "event": "result", "result": result})
         finally:
             self._tokens.pop(str(request_id), None)
 
@@ -252,10 +376,18 @@ class _Server:
             item = lane.get()
             if item is None:
                 return
-            self._execute(*item)
+            try:
+                self._execute(*item)
+            except BaseException:  # never end the lane: later requests on it would wait for ever
+                traceback.print_exc(file=sys.stderr)
+                sys.stderr.flush()
 
     def _submit(self, lane_name: str, request_id: Any, cmd: str, params: Params) -> None:
         lane = self._lanes.get(lane_name)
+        if lane is None and len(self._lanes) >= MAX_LANES:
+            self._error(request_id, "user", f"too many lanes: at most {MAX_LANES} ({', '.join(sorted(self._lanes))}); "
+                                            "reuse one of them")
+            return
         if lane is None:
             lane = self._lanes[lane_name] = queue.Queue()
             thread = threading.Thread(target=self._lane_worker, args=(lane,), name=f"lane-{lane_name}",
@@ -285,11 +417,14 @@ class _Server:
                 except ValueError as error:
                     self._error(None, "user", f"bad request line (not a JSON object): {error}")
                     continue
-                request_id = request.get("id")
+                request_id = _wire_id(request.get("id"))
                 cmd = request.get("cmd")
                 params = request.get("params") or {}
+                lane = request.get("lane") or "main"
                 if not isinstance(params, dict):
                     self._error(request_id, "user", "'params' must be a JSON object")
+                elif not (isinstance(lane, str) and len(lane) <= 64):
+                    self._error(request_id, "user", f"'lane' must be a name (text of at most 64 characters), got {_show(lane)}")
                 elif cmd == "cancel":
                     token = self._tokens.get(str(params.get("target")))
                     if token is not None:
@@ -299,7 +434,7 @@ class _Server:
                     self.emit({"id": request_id, "event": "result", "result": {"shutdown": True}})
                     break
                 else:
-                    self._submit(str(request.get("lane") or "main"), request_id, str(cmd), params)
+                    self._submit(lane, request_id, str(cmd), params)
         finally:
             self._cancel_all()
             for lane in self._lanes.values():

@@ -25,6 +25,7 @@ model normalises and zero-pads (``Sam.preprocess``). Prompts follow with ``to_in
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -32,6 +33,42 @@ import numpy as np
 from PIL import Image
 
 from sam_core.errors import SamError
+
+# The memory budget for one decoded image (bytes of its pixels as read from the file), and the environment
+# variable that changes it (in megabytes). Image files that declare a larger size are refused before any
+# pixel is decoded (:func:`check_image_size`); preparing an image takes a few times its decoded size.
+# Rasters (``sam_core.geo``) are read window by window and are not held whole.
+MAX_IMAGE_ENV = "SAM_CORE_MAX_IMAGE_MB"
+DEFAULT_MAX_IMAGE_BYTES = 1 << 30
+
+
+def max_image_bytes() -> int:
+    """The decoded-image budget in bytes: ``SAM_CORE_MAX_IMAGE_MB`` megabytes when set, else 1 GiB."""
+    text = os.environ.get(MAX_IMAGE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = float("nan")
+    if not (np.isfinite(megabytes) and megabytes > 0):
+        raise SamError(f"{MAX_IMAGE_ENV} must be a positive number of megabytes, got {text!r}")
+    return int(megabytes * (1 << 20))
+
+
+def check_image_size(shape: Sequence[int], itemsize: int, what: str, limit: Optional[int] = None) -> None:
+    """Refuse an image of ``shape`` (rows, columns[, channels...]) with ``itemsize`` bytes per value whose
+    decoded pixels would exceed ``limit`` bytes (default :func:`max_image_bytes`), naming size and limit."""
+    limit = max_image_bytes() if limit is None else int(limit)
+    needed = int(np.prod([int(n) for n in shape], dtype=np.float64)) * int(itemsize)
+    if needed > limit:
+        dims = " x ".join(str(int(n)) for n in shape)
+        raise SamError(
+            f"{what} declares {dims} values of {int(itemsize) * 8} bits: {needed / (1 << 20):,.0f} MB when decoded, "
+            f"above the limit of {limit / (1 << 20):,.0f} MB; crop or tile the image, use `geo` for rasters "
+            f"(read window by window), or raise the limit with {MAX_IMAGE_ENV}=<megabytes>"
+        )
+
 
 # Above this many valid values the percentiles are taken on a regular subsample (every k-th value),
 # so that a whole-slide image does not sort billions of values.

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
 from sam_core.errors import SamError
 from sam_core.fileio import atomic_path, atomic_write
+from sam_core.imaging import check_image_size
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -22,8 +23,12 @@ _TIFF = {".tif", ".tiff"}
 _CHANNEL_AXES = set("SC")
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, max_bytes: Optional[int] = None) -> np.ndarray:
     """The pixels of an image file as (H, W) or (H, W, C), in the file's own dtype.
+
+    A file whose declared size would take more than ``max_bytes`` when decoded (default
+    :func:`sam_core.imaging.max_image_bytes`, 1 GiB or ``SAM_CORE_MAX_IMAGE_MB``) is refused before any
+    pixel is decoded, with a SamError giving the size and the limit.
 
     TIFF files (``.tif``, ``.tiff``) are read with tifffile: 8/16/32-bit and float data, any number of
     channels; channels stored first (C, H, W) are moved last. Other files (PNG, JPEG, BMP, ...) are read
@@ -36,7 +41,7 @@ def read_image(path: PathLike) -> np.ndarray:
     if not file.is_file():
         raise SamError(f"not an image file: {file} is a folder or a special file")
     try:
-        array = _read_tiff(file) if file.suffix.lower() in _TIFF else _read_pil(file)
+        array = _read_tiff(file, max_bytes) if file.suffix.lower() in _TIFF else _read_pil(file, max_bytes)
     except SamError:
         raise
     except Exception as error:  # any decoder failure is a property of the file, not a bug here
@@ -46,12 +51,13 @@ def read_image(path: PathLike) -> np.ndarray:
     return array
 
 
-def _read_tiff(file: Path) -> np.ndarray:
+def _read_tiff(file: Path, max_bytes: Optional[int]) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(file) as tif:
         series = tif.series[0]
         axes = series.axes
+        check_image_size(series.shape, np.dtype(series.dtype).itemsize, f"image {file}", max_bytes)
         array = series.asarray()
     if array.ndim == 3 and axes[0] in _CHANNEL_AXES and axes[-1] not in _CHANNEL_AXES:
         array = np.moveaxis(array, 0, -1)
@@ -61,10 +67,18 @@ def _read_tiff(file: Path) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _read_pil(file: Path) -> np.ndarray:
+# Bytes per pixel of Pillow's modes once read as an array (palette images become RGB(A)).
+_PIL_PIXEL_BYTES = {"1": 1, "L": 1, "P": 4, "PA": 4, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4, "CMYK": 4,
+                    "YCbCr": 3, "LAB": 3, "HSV": 3, "I": 4, "F": 4}
+
+
+def _read_pil(file: Path, max_bytes: Optional[int]) -> np.ndarray:
     from PIL import Image, ImageOps
 
     with Image.open(file) as image:
+        width, height = image.size
+        channels = _PIL_PIXEL_BYTES.get(image.mode, 2 if image.mode.startswith("I;16") else 4)
+        check_image_size((height, width, channels), 1, f"image {file}", max_bytes)
         image.load()
         image = ImageOps.exif_transpose(image)
         if image.mode == "P":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sam_core.cli.geo_cmd import add_parallel_args
+from sam_core.cli.geo_cmd import add_parallel_args, resume_note
 from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name
 from sam_core.progress import TqdmProgress
 
@@ -35,9 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sam_core.annotate import annotate_images
+    from sam_core.annotate import annotate_images, parts_folder
 
-    with TqdmProgress(desc="images", disable=args.quiet) as progress:
+    with TqdmProgress(desc="images", disable=args.quiet) as progress, resume_note(parts_folder(args.out), "images"):
         result = annotate_images(
             args.image_dir,
             args.out,
@@ -54,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, reason in result.skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    print(f"{result.annotations} annotations on {result.images} images -> {result.output}")
+    resumed = f" ({result.resumed} resumed from a previous run)" if result.resumed else ""
+    print(f"{result.annotations} annotations on {result.images} images{resumed} -> {result.output}")
     return 0

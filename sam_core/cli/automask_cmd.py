@@ -46,15 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sam_core.automask import AutomaticMaskGenerator, masks_to_labels
-    from sam_core.fileio import atomic_write
+    from sam_core.fileio import atomic_write, check_output_path
     from sam_core.io import read_image, write_label_image
 
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in SUFFIXES:
         raise SamError(f"--out must end in {', '.join(SUFFIXES)} (label image or JSON records), got {out.name!r}")
-    if out.is_dir():
-        raise SamError(f"--out {out} is a folder: give a file name such as {out / 'labels.tif'}")
+    check_output_path(out, option="--out")
     image = read_image(args.image)
     output_mode = "coco_rle" if suffix == ".json" else "uncompressed_rle"
     predictor = load_predictor(args)

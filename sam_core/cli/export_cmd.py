@@ -43,6 +43,9 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sam_core.export import export_onnx
+    from sam_core.fileio import check_output_path
+
+    check_output_path(args.out, option="--out", folder=True)
 
     with TqdmProgress(desc="export onnx", disable=args.quiet) as progress:
         files = export_onnx(

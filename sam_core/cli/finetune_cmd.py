@@ -34,14 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sam_core.cache import EmbeddingCache
-    from sam_core.errors import SamError
+    from sam_core.fileio import check_output_path
     from sam_core.progress import TqdmProgress
     from sam_core.train.finetune import finetune, load_pairs
     from sam_core.zoo import load_model
 
     out = Path(args.out).expanduser()
-    if out.is_dir():
-        raise SamError(f"--out {out} is a folder; give a checkpoint file name such as model.pth")
+    check_output_path(out, option="--out")
     images, labels = load_pairs(args.images, args.labels)
     model = load_model(args.model, args.checkpoint, device=args.device)
     cache = EmbeddingCache(directory=args.cache_dir) if args.cache_dir else None

@@ -13,8 +13,12 @@ where it stopped when run again with the same arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from pathlib import Path
+from typing import Iterator
 
 from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name, parse_numbers
+from sam_core.errors import SamError
 from sam_core.progress import TqdmProgress
 
 
@@ -78,10 +82,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
 
+@contextlib.contextmanager
+def resume_note(folder: Path, units: str) -> Iterator[None]:
+    """Add a word about the resume ``folder`` to a failure (a SamError) when it keeps finished work."""
+    try:
+        yield
+    except SamError as error:
+        kept = [p for p in folder.iterdir() if p.name != "manifest.json"] if folder.is_dir() else []
+        if not kept:
+            raise
+        raise SamError(f"{error} [{len(kept)} finished {units} are kept in {folder}: run the same command again "
+                       "to resume, or delete that folder]") from error
+
+
 def run_automask(args: argparse.Namespace) -> int:
     from sam_core.geo import automask_raster
+    from sam_core.geo.pipeline import TileStore
 
-    with TqdmProgress(desc="tiles", disable=args.quiet) as progress:
+    folder = TileStore.folder_for(Path(args.output).expanduser())
+    with TqdmProgress(desc="tiles", disable=args.quiet) as progress, resume_note(folder, "tiles"):
         result = automask_raster(
             args.raster,
             args.output,

@@ -17,10 +17,11 @@ Features in another CRS are reprojected to the raster's (a file without a CRS is
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def parse_label(value: Any) -> int:
     if isinstance(value, (int, np.integer, float, np.floating)):
         if float(value) in (1.0, 0.0, -1.0):
             return 1 if float(value) == 1.0 else 0
-        raise SamError(f"label value {value!r} is neither positive (1) nor negative (0)")
+        raise SamError(f"label value {_plain(value)} is neither positive (1) nor negative (0)")
     text = str(value).strip().lower()
     if text == "":
         return 1
@@ -73,13 +74,28 @@ def parse_label(value: Any) -> int:
     raise SamError(f"label value {value!r} is neither positive (1, positive, fg) nor negative (0, negative, bg)")
 
 
+def _plain(value: Any) -> str:
+    """A value as the user wrote it: ``7`` and ``'x'``, not ``np.int64(7)``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def _as_group(item: Any, index: int) -> PromptGroup:
     if isinstance(item, PromptGroup):
         return item
     if isinstance(item, dict):
-        points = [tuple(map(float, p)) for p in item.get("points", [])]
-        labels = [parse_label(v) for v in item.get("labels", [1] * len(points))]
-        return PromptGroup(points, labels, item.get("box"), item.get("name", index + 1), item.get("crs"))
+        name = item.get("name", index + 1)
+        try:
+            points = [tuple(float(v) for v in p) for p in item.get("points") or []]
+        except (TypeError, ValueError):
+            points = [()]
+        if any(len(p) != 2 for p in points):
+            raise SamError(f"prompt group {_plain(name)}: points are (x, y) pairs of numbers, got {_plain(item.get('points'))}")
+        labels = item.get("labels", [1] * len(points))
+        if not isinstance(labels, (list, tuple)):
+            raise SamError(f"prompt group {_plain(name)}: labels are a list of 1 (positive) and 0 (negative), got {_plain(labels)}")
+        return PromptGroup(points, [parse_label(v) for v in labels], item.get("box"), name, item.get("crs"))
     raise SamError(f"prompt group {index + 1} must be a dict with points/labels/box/crs, got {type(item).__name__}")
 
 
@@ -183,28 +199,38 @@ def to_pixel_prompts(groups: Iterable[PromptGroup], view: Any) -> list[PixelProm
     Raises SamError naming the groups that fall outside the raster.
     """
     import shapely
-    from rasterio.crs import CRS
     from rasterio.warp import transform as warp_points
     from rasterio.warp import transform_geom
 
     out, outside = [], []
     for index, group in enumerate(groups):
         name = group.name if group.name is not None else index + 1
-        src = CRS.from_user_input(group.crs) if group.crs is not None else view.crs
+        src = _crs(group.crs, name) if group.crs is not None else view.crs
         same = src == view.crs
         pts = np.asarray(group.points, dtype=np.float64).reshape(-1, 2)
         if len(pts) != len(group.labels):
             raise SamError(f"prompt group {name}: {len(pts)} points but {len(group.labels)} labels")
+        if not np.isfinite(pts).all():
+            raise SamError(f"prompt group {name}: point coordinates must be finite numbers")
         if len(pts) and not same:
-            xs, ys = warp_points(src, view.crs, pts[:, 0].tolist(), pts[:, 1].tolist())
+            with _reprojecting(name, src, view.crs):
+                xs, ys = warp_points(src, view.crs, pts[:, 0].tolist(), pts[:, 1].tolist())
             pts = np.stack([xs, ys], axis=1)
+            if not np.isfinite(pts).all():
+                raise SamError(_reprojection_message(name, src, view.crs, "some points have no position there"))
         pixel_points = view.map_to_pixel(pts) if len(pts) else np.zeros((0, 2))
         box = None
         if group.box is not None:
-            geom = group.box if hasattr(group.box, "geom_type") else shapely.box(*[float(v) for v in group.box])
+            geom = group.box if hasattr(group.box, "geom_type") else _box(group.box, name)
+            if geom.area <= 0:
+                raise SamError(f"prompt group {name}: its polygon has no area (all its corners lie on one line or "
+                               "point); draw a box with a width and a height")
             if not same:
-                geom = shapely.geometry.shape(transform_geom(src, view.crs, shapely.geometry.mapping(geom), precision=-1))
+                with _reprojecting(name, src, view.crs):
+                    geom = shapely.geometry.shape(transform_geom(src, view.crs, shapely.geometry.mapping(geom), precision=-1))
             ring = np.asarray(shapely.get_coordinates(geom), dtype=np.float64)
+            if not len(ring) or not np.isfinite(ring).all():
+                raise SamError(_reprojection_message(name, src, view.crs, "the box has no position there"))
             px = view.map_to_pixel(ring)
             box = np.array([px[:, 0].min(), px[:, 1].min(), px[:, 0].max(), px[:, 1].max()])
         if not len(pixel_points) and box is None:
@@ -223,3 +249,49 @@ def to_pixel_prompts(groups: Iterable[PromptGroup], view: Any) -> list[PixelProm
             "(check the prompts' CRS and extent)"
         )
     return out
+
+
+def _crs(value: Any, name: Any) -> Any:
+    from rasterio.crs import CRS
+
+    try:
+        return CRS.from_user_input(value)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SamError(f"prompt group {name}: {_plain(value)} is not a coordinate reference system ({reason}); "
+                       "give one such as 'EPSG:4326'") from None
+
+
+def _box(values: Any, name: Any) -> Any:
+    import shapely
+
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or not np.isfinite(numbers).all():
+        raise SamError(f"prompt group {name}: a box is four finite numbers (xmin, ymin, xmax, ymax), got {_plain(values)}")
+    return shapely.box(*numbers)
+
+
+def _reprojection_message(name: Any, src: Any, dst: Any, reason: str) -> str:
+    return (f"prompt group {name}: cannot reproject its coordinates from {_crs_name(src)} to the raster's "
+            f"{_crs_name(dst)} ({reason}); check that the prompts' CRS matches their coordinates "
+            "(for example UTM metres labelled as EPSG:4326 degrees)")
+
+
+def _crs_name(crs: Any) -> str:
+    code = crs.to_epsg() if hasattr(crs, "to_epsg") else None
+    return f"EPSG:{code}" if code else "its CRS"
+
+
+@contextlib.contextmanager
+def _reprojecting(name: Any, src: Any, dst: Any) -> Iterator[None]:
+    """Turn PROJ's failures (``utm: Invalid latitude``) into one SamError naming the group and the CRSs."""
+    try:
+        yield
+    except SamError:
+        raise
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise SamError(_reprojection_message(name, src, dst, reason)) from None

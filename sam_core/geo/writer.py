@@ -5,7 +5,9 @@ written as the raster's WKT, so CRSs without an EPSG code survive in GeoPackage,
 GeoJSON can only name a CRS by its EPSG code: a CRS without one is refused there (use .gpkg). Shapefile
 field names are limited to 10 characters: ``predicted_iou`` becomes ``pred_iou`` and ``stability_score``
 ``stability``. Files are written beside the output under a temporary name and renamed when complete, so a
-failed or cancelled run leaves no output (and an existing output untouched).
+failed or cancelled run leaves no output (and an existing output untouched). The output path is checked
+before any work (:func:`sam_core.fileio.check_output_path`); a write that still fails (a disk filled
+meanwhile) raises SamError naming the output.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from sam_core.errors import SamError
-from sam_core.fileio import atomic_path
+from sam_core.fileio import MIN_FREE_BYTES, atomic_path, check_output_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -47,9 +49,7 @@ def check_output(path: PathLike, crs: Any) -> str:
             f"GeoJSON cannot store this raster's CRS (it has no EPSG code); write {Path(path).with_suffix('.gpkg').name} "
             "(GeoPackage), .fgb or .shp instead"
         )
-    parent = Path(path).expanduser().resolve().parent
-    if not parent.is_dir():
-        raise SamError(f"the output folder {parent} does not exist")
+    check_output_path(path)
     return driver
 
 
@@ -101,12 +101,30 @@ def write_features(path: PathLike, features: Sequence[Any], crs: Any, layer: str
     )
     if driver in ("GPKG", "FlatGeobuf"):
         options["layer"] = layer
-    if driver == "ESRI Shapefile":
-        _write_shapefile(target, wkb, columns, names, options)
-        return target
-    with atomic_path(target) as tmp:
-        pyogrio.raw.write(str(tmp), wkb, columns, names, **options)
+    try:
+        if driver == "ESRI Shapefile":
+            _write_shapefile(target, wkb, columns, names, options)
+        else:
+            with atomic_path(target) as tmp:
+                pyogrio.raw.write(str(tmp), wkb, columns, names, **options)
+    except SamError:
+        raise
+    except Exception as error:  # GDAL's own errors (a full disk shows as SQLite or I/O errors)
+        raise _write_failed(target, error) from error
     return target
+
+
+def _write_failed(target: Path, error: Exception) -> SamError:
+    """A one-line SamError for a failed GDAL write of ``target``, naming a full disk when it is one."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < MIN_FREE_BYTES:
+        return SamError(f"cannot write {target}: the disk is full ({free // 1024} KB free; GDAL said: {reason}); "
+                        "free some space or choose another output folder")
+    return SamError(f"cannot write {target}: {reason}")
 
 
 def _write_shapefile(target: Path, wkb, columns, names, options) -> None:

@@ -43,8 +43,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise SamError(f"{path} is not a SAM checkpoint (cannot read it as a PyTorch state dict: {reason})") from None
+        raise SamError(f"{path} is not a SAM checkpoint (cannot read it as a PyTorch state dict: {load_failure(exc)})") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not (
@@ -56,6 +55,18 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     ):
         raise SamError(f"{path} is not a SAM checkpoint (it holds no image_encoder / mask_decoder weights)")
     return data
+
+
+def load_failure(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line for the user.
+
+    Files holding Python objects besides tensors are refused because loading them could run code;
+    PyTorch's own advice to load them anyway is never repeated.
+    """
+    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error).lower() or "Weights only" in str(error):
+        return ("it holds Python objects besides tensors and numbers, which could run code when loaded, so it is "
+                "refused; use a file that holds only weights, e.g. one written by torch.save(model.state_dict(), path)")
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _describe(state_dict: StateDict) -> str:

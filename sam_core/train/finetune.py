@@ -242,10 +242,15 @@ def _load(model, optimizer, fingerprint: str, path: Path, device) -> Optional[tu
     state_path = _state_path(path)
     if not (path.is_file() and state_path.is_file()):
         return None
-    try:
-        state = torch.load(state_path, map_location=device, weights_only=False)
+    try:  # weights only: a planted file must never run code
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError("not a dictionary")
     except Exception as error:
-        raise SamError(f"cannot read the fine-tuning state {state_path} ({error}); delete it to start over") from None
+        from sam_core.models.build import load_failure
+
+        raise SamError(f"cannot read the fine-tuning state {state_path} ({load_failure(error)}); "
+                       "delete it to start over") from None
     if state.get("fingerprint") != fingerprint:
         raise SamError(f"{path} was fine-tuned on other data or settings; choose another output file, "
                        "or start over (resume=False / --no-resume)")
