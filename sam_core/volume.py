@@ -258,12 +258,15 @@ def fill_between(
     return result
 
 
-def link_slices(slices: Sequence[np.ndarray], min_iou: float = 0.3) -> np.ndarray:
+def link_slices(slices: Sequence[np.ndarray], min_iou: float = 0.3, min_cover: float = 0.8) -> np.ndarray:
     """Link per-slice 2D label images into one (Z, Y, X) int32 label image.
 
     Each object (label > 0) of slice ``z`` takes the 3D id of the object of slice ``z - 1`` it
     overlaps best, when their IoU is at least ``min_iou``; pairs are matched one to one, highest
-    IoU first. Unmatched objects get new ids (1, 2, ... in order of appearance).
+    IoU first. Unmatched objects get new ids. Then fragments are joined to the object they are part
+    of: a 3D object each of whose slices lies, for at least ``min_cover`` of its area, inside one
+    other object on a neighbouring slice (a sphere's cap split into pieces, say) takes that object's
+    id. Ids are 1, 2, ... in order of appearance.
     """
     if len(slices) == 0:
         raise SamError("no slices to link")
@@ -284,7 +287,46 @@ def link_slices(slices: Sequence[np.ndarray], min_iou: float = 0.3) -> np.ndarra
             current[labels == label] = mapping[label]
         out[z] = current
         previous = current
-    return out
+    return _join_fragments(out, min_cover)
+
+
+def _join_fragments(labels: np.ndarray, min_cover: float) -> np.ndarray:
+    """Give each fragment (see :func:`link_slices`) the id of the object it lies in; renumber ids."""
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    sizes = {i: int((labels == i).sum()) for i in ids}
+    for fragment in sorted(ids, key=lambda i: sizes[i]):  # small first: pieces join the bigger whole
+        owners: Optional[set] = None
+        for z in np.nonzero((labels == fragment).any(axis=(1, 2)))[0]:
+            covering = _covering(labels, int(z), fragment, min_cover)
+            owners = covering if owners is None else owners & covering
+            if not owners:
+                break
+        owners = {o for o in owners or () if sizes[o] > sizes[fragment]}
+        if owners:
+            owner = max(owners, key=lambda o: sizes[o])
+            labels[labels == fragment] = owner
+            sizes[owner] += sizes[fragment]
+            sizes[fragment] = 0
+    values, first = np.unique(labels.ravel(), return_index=True)
+    order = [int(v) for _, v in sorted(zip(first, values)) if v != 0]
+    lookup = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lookup[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+    return lookup[labels]
+
+
+def _covering(labels: np.ndarray, z: int, fragment: int, min_cover: float) -> set:
+    """Ids of the objects that hold at least ``min_cover`` of ``fragment``'s piece of slice ``z`` on slice z - 1 or z + 1."""
+    piece = labels[z] == fragment
+    found = set()
+    for neighbour in (z - 1, z + 1):
+        if 0 <= neighbour < len(labels):
+            under = labels[neighbour][piece]
+            under = under[(under != 0) & (under != fragment)]
+            if under.size:
+                best = int(np.bincount(under).argmax())
+                if (under == best).sum() >= min_cover * piece.sum():
+                    found.add(best)
+    return found
 
 
 def _match(labels: np.ndarray, previous: np.ndarray, min_iou: float) -> dict:

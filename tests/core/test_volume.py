@@ -168,11 +168,12 @@ def test_link_slices_keeps_ids_across_slices():
 
 
 def test_link_slices_is_one_to_one():
-    """A slice where one object splits in two: only the better overlap keeps the id."""
+    """A slice where one object splits in two: only the better overlap keeps the id (the other part
+    reaches well outside the object, so it is no fragment of it)."""
     a = np.zeros((2, 20, 20), np.int32)
     a[0, 2:18, 2:10] = 1
     a[1, 2:12, 2:10] = 1
-    a[1, 13:18, 2:10] = 2
+    a[1, 13:18, 2:18] = 2
     linked = link_slices(list(a))
     assert linked[1, 5, 5] == linked[0, 5, 5]
     assert linked[1, 15, 5] not in (0, linked[0, 5, 5])
