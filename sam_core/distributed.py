@@ -3,9 +3,10 @@
 ``cluster(workers=N)`` starts a local cluster on 127.0.0.1 (N worker processes, one thread each);
 ``cluster(scheduler="tcp://host:8786")`` joins an existing one. :func:`run_tasks` submits one task per
 item and hands back results as they complete (the caller stores and merges them exactly as in one
-process). Each worker builds the mask generator once and keeps it (:func:`worker_generator`, a cache
-keyed by the generator's description); a generator object passed by the caller is sent once to every
-worker (scattered) instead.
+process). Each worker holds a :class:`~sam_core.pool.PredictorPool` (the :class:`WorkerModels` plugin,
+registered by :func:`run_tasks`) and builds the mask generator of a :class:`GeneratorSpec` once on it
+(:func:`worker_generator`); a generator object passed by the caller is sent once to every worker
+(scattered) instead.
 """
 
 from __future__ import annotations
@@ -14,47 +15,47 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from sam_core.errors import SamError
+from sam_core.pool import ModelSpec, PredictorPool
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # pragma: no cover - dask is the optional "geo" extra; cluster() says how to get it
+    WorkerPlugin = object
 from sam_core.progress import CancelToken, check
 
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """How to build an automatic mask generator: a zoo model name or checkpoint, device and parameters."""
+    """How to build an automatic mask generator: its model (a :class:`~sam_core.pool.ModelSpec`) and
+    parameters (JSON, so that the spec is hashable and travels to workers)."""
 
-    model: Optional[str] = "demo"
-    checkpoint: Optional[str] = None
-    device: Optional[str] = None
+    model: ModelSpec = ModelSpec()
     params_json: str = "{}"
 
     @classmethod
-    def create(cls, model=None, checkpoint=None, device=None, params: Optional[dict] = None) -> "GeneratorSpec":
-        """Parameters left out of ``params`` are the model's recommended ones (:func:`sam_core.zoo.automask_defaults`)."""
+    def create(cls, model: Union[ModelSpec, str, None] = None, checkpoint: Any = None, device: Any = None,
+               params: Optional[dict] = None) -> "GeneratorSpec":
+        """A spec for ``model`` (a :class:`ModelSpec`, or a name with ``checkpoint`` and ``device`` as
+        :meth:`ModelSpec.of` takes them). Parameters left out of ``params`` are the model's recommended
+        ones (:func:`sam_core.zoo.automask_defaults`)."""
         from sam_core.zoo import automask_defaults
 
-        if checkpoint is not None and model == "demo":
-            model = None  # a checkpoint file: its configuration is inferred from the weights
-        return cls(
-            model=model,
-            checkpoint=None if checkpoint is None else str(checkpoint),
-            device=None if device is None else str(device),
-            params_json=json.dumps({**automask_defaults(model), **(params or {})}, sort_keys=True),
-        )
+        spec = model if isinstance(model, ModelSpec) else ModelSpec.of(model, checkpoint, device=device)
+        return cls(model=spec, params_json=json.dumps({**automask_defaults(spec.name), **(params or {})}, sort_keys=True))
 
     @property
     def params(self) -> dict:
         return json.loads(self.params_json)
 
-    def build(self) -> Any:
-        """A new :class:`~sam_core.automask.AutomaticMaskGenerator` on a freshly loaded model."""
+    def build(self, pool: Optional[PredictorPool] = None) -> Any:
+        """An :class:`~sam_core.automask.AutomaticMaskGenerator` on the predictor that ``pool`` holds for
+        this spec's model (built there if missing; without a pool, a new predictor)."""
         from sam_core.automask import AutomaticMaskGenerator
-        from sam_core.predictor import Predictor
-        from sam_core.runtime import keep_freed_memory
 
-        keep_freed_memory()  # Dask workers trim freed memory eagerly; the encoder would fault it back in
-        predictor = Predictor(self.model, checkpoint=self.checkpoint, device=self.device)
+        predictor = (pool or PredictorPool(size=1)).get(self.model)
         try:
             return AutomaticMaskGenerator(predictor, **self.params)
         except TypeError as error:
@@ -64,21 +65,60 @@ class GeneratorSpec:
 # Seconds to wait for an existing scheduler to answer.
 CONNECT_TIMEOUT = 20
 
-_GENERATORS: dict = {}
-_LOCK = threading.Lock()
+_PLUGIN = "sam-core-models"
+
+
+class WorkerModels(WorkerPlugin):
+    """A Dask worker plugin: the worker's :class:`~sam_core.pool.PredictorPool` and the generators built
+    on it, so that each worker process loads a model once for all the tasks it runs."""
+
+    name = _PLUGIN
+    idempotent = True  # a cluster joined again keeps its workers' models
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self.pool: Optional[PredictorPool] = None
+        self.generators: dict = {}
+        self.lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"size": self.size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["size"])
+
+    def setup(self, worker: Any = None) -> None:
+        from sam_core.runtime import keep_freed_memory
+
+        keep_freed_memory()  # Dask workers trim freed memory eagerly; the encoder would fault it back in
+        self.pool = PredictorPool(size=self.size)
+
+    def teardown(self, worker: Any = None) -> None:
+        self.generators.clear()
+        if self.pool is not None:
+            self.pool.clear()
+
+    def generator(self, spec: GeneratorSpec) -> Any:
+        with self.lock:
+            if spec not in self.generators:
+                self.generators[spec] = spec.build(self.pool)
+            return self.generators[spec]
 
 
 def worker_generator(spec: Any) -> Any:
-    """The generator for ``spec`` in this process, built on first use and kept (one model per worker).
-
-    A :class:`GeneratorSpec` is built once; any other object is a generator already and is returned.
-    """
+    """The generator for ``spec`` on this Dask worker, built on first use on the worker's pool (one model
+    per worker); outside a worker, a new one. Any other object is a generator already and is returned."""
     if not isinstance(spec, GeneratorSpec):
         return spec
-    with _LOCK:
-        if spec not in _GENERATORS:
-            _GENERATORS[spec] = spec.build()
-        return _GENERATORS[spec]
+    try:
+        from dask.distributed import get_worker
+
+        plugin = get_worker().plugins.get(_PLUGIN)
+    except (ImportError, ValueError):  # not running on a Dask worker
+        plugin = None
+    if plugin is None:
+        return spec.build()
+    return plugin.generator(spec)
 
 
 @contextlib.contextmanager
@@ -137,6 +177,7 @@ def run_tasks(
     items = list(items)
     if not items:
         return
+    client.register_plugin(WorkerModels(), name=_PLUGIN)
     shared = client.scatter(broadcast, broadcast=True) if broadcast is not None else None
     futures = {}
     for item in items:

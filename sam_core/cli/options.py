@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import numpy as np
 
 from sam_core.errors import SamError
 
 if TYPE_CHECKING:
-    from sam_core.cache import EmbeddingCache
+    import os
+
+    from sam_core.pool import ModelSpec
     from sam_core.predictor import Predictor
+
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 def parse_numbers(text: str, count: Optional[int], option: str, form: str) -> List[float]:
@@ -43,20 +47,26 @@ def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, prec
                                  "about 5%% on a CPU")
 
 
-def load_predictor(args: argparse.Namespace, cache: Optional[EmbeddingCache] = None) -> Predictor:
-    """The :class:`sam_core.predictor.Predictor` that :func:`add_model_args` (with precision) describes."""
-    from sam_core.predictor import Predictor
+def model_spec(args: argparse.Namespace, cache_dir: Optional[PathLike] = None) -> ModelSpec:
+    """The :class:`sam_core.pool.ModelSpec` that :func:`add_model_args` describes (precision and compile
+    when the command has them), with its embedding cache in ``cache_dir`` (None: memory only)."""
+    from sam_core.pool import ModelSpec
 
-    predictor = Predictor(model_name(args), checkpoint=args.checkpoint, device=args.device, precision=args.precision,
-                          cache=cache)
-    if args.compile:
-        predictor.model.compile_encoder()
-    return predictor
+    return ModelSpec.of(args.model, args.checkpoint, device=getattr(args, "device", None),
+                        precision=getattr(args, "precision", None), compile=getattr(args, "compile", False),
+                        cache_dir=cache_dir)
+
+
+def load_predictor(args: argparse.Namespace, cache_dir: Optional[PathLike] = None) -> Predictor:
+    """The :class:`sam_core.predictor.Predictor` of :func:`model_spec`, from this command's pool."""
+    from sam_core.pool import PredictorPool
+
+    return PredictorPool(size=1).get(model_spec(args, cache_dir))
 
 
 def model_name(args: argparse.Namespace) -> Optional[str]:
-    """The model to load: ``--model``; else None (config read from ``--checkpoint``); else ``demo``."""
-    return args.model if args.model is not None else (None if args.checkpoint else "demo")
+    """The model's name (None: configuration read from ``--checkpoint``), as :func:`model_spec` decides."""
+    return model_spec(args).name
 
 
 def add_preparation_args(parser: argparse.ArgumentParser) -> None:

@@ -53,7 +53,7 @@ def test_each_worker_loads_the_model_once_and_an_existing_cluster_can_be_joined(
     from sam_core.distributed import run_tasks
 
     spec = GeneratorSpec.create("demo", small_vit_checkpoint, None, {"points_per_side": 4})
-    assert spec.model is None  # a checkpoint file: configuration inferred from the weights
+    assert spec.model.name is None and spec.model.infers_config  # a checkpoint file: configuration from its weights
     assert spec == GeneratorSpec.create("demo", small_vit_checkpoint, None, {"points_per_side": 4})
     with cluster(workers=2) as client:
         seen = [result for _, result in run_tasks(client, _pid, range(6), broadcast=spec)]

@@ -1,0 +1,174 @@
+"""Which model to run (:class:`ModelSpec`) and the predictors built from it (:class:`PredictorPool`).
+
+Every front end describes its model the same way and gets its predictor from a pool: the command line,
+the engine process of the QGIS plugin, the geo pipeline, Dask workers and napari. A pool belongs to
+whoever runs the work (one per engine, per napari session, per Dask worker, per command); it builds a
+predictor once per spec, keeps it with its embedding cache, and drops the least recently used when it
+holds more than ``size``.
+
+The one rule for naming a model (:meth:`ModelSpec.of`): a ``checkpoint`` file means the configuration is
+inferred from the file's weights, unless an official model name (``vit_t``, ``vit_b``, ...) is given with
+it, whose configuration is then used; ``demo`` names the bundled file, so with a checkpoint it names
+nothing (front ends that default to ``demo`` need no special case). Neither name nor checkpoint means
+``demo``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+from sam_core.errors import SamError
+from sam_core.progress import CancelToken, ProgressFn, check
+
+if TYPE_CHECKING:
+    from sam_core.predictor import Predictor
+
+__all__ = ["ModelSpec", "PredictorPool", "DEFAULT_MODEL"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+DEFAULT_MODEL = "demo"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A predictor's model and settings, hashable (a pool key) and picklable (sent to Dask workers).
+
+    ``name``: a zoo model (``demo``, ``vit_t``, ``vit_b``, ...), or None with ``checkpoint`` (the
+    configuration is inferred from the weights). ``checkpoint``: a checkpoint file in the official
+    format. ``device``: ``cpu``, ``cuda[:N]``, ``mps``, ``auto`` or None (CPU). ``precision``: the
+    encoder's (see :mod:`sam_core.models.precision`), None keeps fp32. ``compile``: compile the encoder
+    (``torch.compile``). ``cache_dir``: folder of the on-disk embedding cache (None: memory only);
+    ``cache_memory_bytes``: the in-memory cache's bound. Build it with :meth:`of`, which applies the
+    naming rule of this module.
+    """
+
+    name: Optional[str] = DEFAULT_MODEL
+    checkpoint: Optional[str] = None
+    device: Optional[str] = None
+    precision: Optional[str] = None
+    compile: bool = False
+    cache_dir: Optional[str] = None
+    cache_memory_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.name is None and self.checkpoint is None:
+            raise SamError("choose a model name or a checkpoint file (use ModelSpec.of to default to demo)")
+
+    @classmethod
+    def of(
+        cls,
+        name: Optional[str] = None,
+        checkpoint: Optional[PathLike] = None,
+        *,
+        device: Union[str, object, None] = None,
+        precision: Optional[str] = None,
+        compile: bool = False,
+        cache_dir: Optional[PathLike] = None,
+        cache_memory_bytes: int = 1 << 30,
+    ) -> "ModelSpec":
+        """The spec for what a user chose: ``name`` and/or ``checkpoint`` (see the module's naming rule)."""
+        checkpoint = None if checkpoint in (None, "") else str(Path(checkpoint).expanduser())
+        if checkpoint is not None and name == DEFAULT_MODEL:
+            name = None  # the bundled demo's name says nothing about another file's configuration
+        if name in (None, "") and checkpoint is None:
+            name = DEFAULT_MODEL
+        return cls(
+            name=name or None,
+            checkpoint=checkpoint,
+            device=None if device in (None, "") else str(device),
+            precision=precision or None,
+            compile=bool(compile),
+            cache_dir=None if cache_dir in (None, "") else str(Path(cache_dir).expanduser()),
+            cache_memory_bytes=int(cache_memory_bytes),
+        )
+
+    @property
+    def infers_config(self) -> bool:
+        """True when the configuration comes from the checkpoint's weights (no name given)."""
+        return self.name is None
+
+    @property
+    def label(self) -> str:
+        """A short name for messages: the model name, or the checkpoint file's name."""
+        if self.checkpoint is None:
+            return str(self.name)
+        return f"{self.name or 'file'}: {Path(self.checkpoint).name}"
+
+    def with_cache(self, cache_dir: Optional[PathLike], cache_memory_bytes: Optional[int] = None) -> "ModelSpec":
+        """The same model with another embedding cache."""
+        return replace(
+            self,
+            cache_dir=None if cache_dir in (None, "") else str(Path(cache_dir).expanduser()),
+            cache_memory_bytes=self.cache_memory_bytes if cache_memory_bytes is None else int(cache_memory_bytes),
+        )
+
+    def build(self, *, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> "Predictor":
+        """A new :class:`~sam_core.predictor.Predictor` for this spec (a zoo model is downloaded first,
+        with ``progress`` and ``cancel``). Prefer :meth:`PredictorPool.get`, which keeps it."""
+        from sam_core import zoo
+        from sam_core.cache import EmbeddingCache
+        from sam_core.predictor import Predictor
+
+        if self.checkpoint is not None:
+            if not Path(self.checkpoint).is_file():
+                raise SamError(f"checkpoint file {self.checkpoint} does not exist: choose another file or a model name")
+        else:
+            zoo.ensure_checkpoint(self.name, progress=progress, cancel=cancel)
+        check(cancel)
+        cache = EmbeddingCache(memory_bytes=self.cache_memory_bytes, directory=self.cache_dir)
+        predictor = Predictor(self.name, checkpoint=self.checkpoint, device=self.device, precision=self.precision,
+                              cache=cache)
+        if self.compile:
+            predictor.model.compile_encoder()
+        return predictor
+
+
+class PredictorPool:
+    """Predictors by :class:`ModelSpec`, each built once and kept with its embedding cache (thread-safe).
+
+    At most ``size`` predictors are held; the least recently used is dropped first (its memory is
+    freed when no caller holds it any more). A pool is owned by whoever runs the work: create one per
+    engine, session, worker or command and pass it on.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        if size < 1:
+            raise SamError(f"a predictor pool holds at least one predictor, got size {size}")
+        self.size = int(size)
+        self._predictors: "OrderedDict[ModelSpec, Predictor]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.builds = 0
+
+    def get(self, spec: ModelSpec, *, progress: Optional[ProgressFn] = None,
+            cancel: Optional[CancelToken] = None) -> "Predictor":
+        """The predictor for ``spec``: the one already built, or a new one (then kept)."""
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"a PredictorPool takes a ModelSpec, got {type(spec).__name__}")
+        with self._lock:
+            predictor = self._predictors.get(spec)
+            if predictor is None:
+                predictor = spec.build(progress=progress, cancel=cancel)
+                self.builds += 1
+                self._predictors[spec] = predictor
+                while len(self._predictors) > self.size:
+                    self._predictors.popitem(last=False)
+            self._predictors.move_to_end(spec)
+            return predictor
+
+    def __contains__(self, spec: object) -> bool:
+        with self._lock:
+            return spec in self._predictors
+
+    def __len__(self) -> int:
+        return len(self._predictors)
+
+    def clear(self) -> None:
+        """Drop every predictor (their memory is freed when no caller holds them)."""
+        with self._lock:
+            self._predictors.clear()
