@@ -1,6 +1,12 @@
-"""SAM 3 ("Segment Anything with Concepts") in pure PyTorch: state-dict keys and numerics equal to
-Meta's ``sam3`` package. So far: the CLIP tokenizer of its text encoder."""
+"""SAM 3 ("Segment Anything with Concepts") image model in pure PyTorch: state-dict keys and numerics
+equal to Meta's ``sam3`` package (vision backbone, CLIP text encoder and tokenizer, geometry encoder,
+fusion encoder, DETR decoder with presence token, segmentation head). The video tracker and the
+interactive (point/box) head are not here yet."""
 
+from sam_core.models.sam3.build import load_sam3, read_sam3_state_dict
+from sam_core.models.sam3.config import SAM3, Sam3Config, infer_sam3_config, is_sam3_state
+from sam_core.models.sam3.model import Sam3
 from sam_core.models.sam3.tokenizer import ClipTokenizer, load_tokenizer
 
-__all__ = ["ClipTokenizer", "load_tokenizer"]
+__all__ = ["SAM3", "ClipTokenizer", "Sam3", "Sam3Config", "infer_sam3_config", "is_sam3_state", "load_sam3",
+           "load_tokenizer", "read_sam3_state_dict"]

@@ -1,0 +1,148 @@
+"""Find every instance of a concept (SAM 3): a phrase, exemplar boxes, or both.
+
+``ConceptPredictor(model).encode(image)`` runs the vision backbone once and returns a
+``ConceptEmbedding``; ``find(embedding, text=..., exemplars=..., negatives=...)`` then answers any
+number of queries on those cached features (text features are kept per phrase on the predictor).
+Boxes are pixels (x0, y0, x1, y1) of the original image, x = column, y = row; masks (N, H, W) bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_core.errors import SamError
+from sam_core.imaging import Preparation, prepare_image
+from sam_core.models.sam3.decoder import cxcywh_to_xyxy
+from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
+from sam_core.models.sam3.tokenizer import ClipTokenizer
+
+# what SAM 3 reads for an exemplar-only query (the sam3 package's placeholder phrase)
+VISUAL_PHRASE = "visual"
+
+Box = Sequence[float]
+
+
+@dataclass(frozen=True)
+class ConceptEmbedding:
+    """One image encoded by SAM 3's vision backbone; ``image_size`` is (height, width) in pixels."""
+
+    features: ImageFeatures
+    image_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Instances found, best first: ``masks`` (N, H, W) bool, ``boxes`` (N, 4) float pixels
+    (x0, y0, x1, y1), ``scores`` (N,) in [0, 1] (query score times presence score)."""
+
+    masks: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def prepare_sam3_input(rgb: np.ndarray, resolution: int) -> torch.Tensor:
+    """(1, 3, S, S) float input from RGB uint8 (H, W, 3): resized to S x S (aspect not kept) with
+    antialiased bilinear interpolation, rounded to uint8 as torchvision does, then scaled to [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)
+    return (x / 255.0 - 0.5) / 0.5
+
+
+class ConceptPredictor:
+    """SAM 3 concept queries on cached image features."""
+
+    def __init__(self, model: Sam3, tokenizer: Optional[ClipTokenizer] = None,
+                 preparation: Optional[Preparation] = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer or ClipTokenizer()
+        self.preparation = preparation
+        self._texts: dict[str, TextFeatures] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Tokens a phrase may take, not counting the start and end tokens."""
+        return self.model.config.context_length - 2
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> ConceptEmbedding:
+        """Encode an image (H, W), (H, W, C) of any numeric type: made RGB uint8 by the project's one
+        rule (``sam_core.imaging.prepare_image``), then resized to the model's input size."""
+        rgb, _ = prepare_image(image, self.preparation)
+        x = prepare_sam3_input(rgb, self.model.config.image_size).to(self.device)
+        return ConceptEmbedding(self.model.encode_image(x), (rgb.shape[0], rgb.shape[1]))
+
+    def check_text(self, text: str) -> str:
+        """The phrase stripped; :class:`SamError` when it is empty or longer than the token limit."""
+        phrase = (text or "").strip()
+        if not phrase:
+            raise SamError("the text is empty: give a word or a short phrase, e.g. --text \"building\"")
+        tokens = len(self.tokenizer.encode(phrase))
+        if tokens > self.max_text_tokens:
+            raise SamError(f"the text is too long: {tokens} tokens, SAM 3 reads at most {self.max_text_tokens} "
+                           f"(a short noun phrase such as 'red car' works best)")
+        return phrase
+
+    @torch.inference_mode()
+    def _text(self, phrase: str) -> TextFeatures:
+        known = self._texts.get(phrase)
+        if known is None:
+            ids = self.tokenizer([phrase], context_length=self.model.config.context_length).to(self.device)
+            known = self._texts[phrase] = self.model.encode_text(ids)
+        return known
+
+    @staticmethod
+    def check_box(box: Box, image_size: tuple[int, int], what: str = "exemplar box") -> tuple[float, float, float, float]:
+        """A box (x0, y0, x1, y1) in pixels, checked to lie in the image and to have an area."""
+        height, width = image_size
+        try:
+            x0, y0, x1, y1 = (float(v) for v in box)
+        except (TypeError, ValueError):
+            raise SamError(f"the {what} {box!r} is not four numbers x0,y0,x1,y1") from None
+        if not all(np.isfinite((x0, y0, x1, y1))):
+            raise SamError(f"the {what} {box!r} holds a non-finite number")
+        if x1 <= x0 or y1 <= y0:
+            raise SamError(f"the {what} ({x0:g},{y0:g},{x1:g},{y1:g}) has no area: give x0,y0,x1,y1 with x1 > x0 and y1 > y0")
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+            raise SamError(f"the {what} ({x0:g},{y0:g},{x1:g},{y1:g}) is outside the image, which is "
+                           f"{width} x {height} pixels (x from 0 to {width}, y from 0 to {height})")
+        return x0, y0, x1, y1
+
+    @torch.inference_mode()
+    def find(self, embedding: ConceptEmbedding, text: Optional[str] = None, exemplars: Sequence[Box] = (),
+             negatives: Sequence[Box] = (), threshold: float = 0.5, max_instances: Optional[int] = None) -> Findings:
+        """Every instance scoring above ``threshold`` (best first, at most ``max_instances``) of the
+        concept given by ``text`` and/or exemplar boxes (``negatives``: boxes of what is not meant)."""
+        if text is None and not exemplars and not negatives:
+            raise SamError("nothing to find: give a text, or at least one exemplar box")
+        phrase = self.check_text(text) if text is not None else VISUAL_PHRASE
+        height, width = embedding.image_size
+        checked = [self.check_box(b, embedding.image_size) for b in exemplars]
+        checked += [self.check_box(b, embedding.image_size, "negative box") for b in negatives]
+        labels = torch.tensor([1] * len(exemplars) + [0] * len(negatives), dtype=torch.long, device=self.device)
+        boxes = torch.tensor([[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+                              for x0, y0, x1, y1 in checked], dtype=torch.float32, device=self.device).view(-1, 4)
+        out = self.model.find(embedding.features, self._text(phrase), boxes, labels)
+        order = torch.argsort(out.scores, descending=True, stable=True)
+        order = order[out.scores[order] > threshold]
+        if max_instances is not None:
+            order = order[:max_instances]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
+        pixel_boxes = cxcywh_to_xyxy(out.boxes[order]) * scale
+        masks = F.interpolate(out.mask_logits[order][:, None], size=(height, width), mode="bilinear",
+                              align_corners=False)[:, 0] > 0
+        return Findings(masks=masks.cpu().numpy(), boxes=pixel_boxes.cpu().numpy().astype(np.float64),
+                        scores=out.scores[order].cpu().numpy().astype(np.float64))
