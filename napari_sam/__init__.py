@@ -5,6 +5,6 @@ only ``sam_core``'s public API in worker threads. Readers (NIfTI, DICOM series) 
 declared in ``napari.yaml`` (npe2).
 """
 
-__version__ = "0.1.0"
+from sam_core import __version__  # the project's one version number
 
 __all__ = ["__version__"]

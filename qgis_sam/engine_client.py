@@ -53,6 +53,10 @@ class EngineNotConfigured(EngineError):
     """No usable engine Python is configured."""
 
 
+class EngineVersionMismatch(EngineNotConfigured):
+    """The engine's sam_core has another version than the plugin; the message says how to update it."""
+
+
 def engine_command(python: str) -> list[str]:
     """The command line that starts the engine with the interpreter ``python``."""
     return [python, "-m", "sam_core", "engine"]
@@ -111,9 +115,11 @@ class Job:
 class _EngineProcess:
     """One running engine: the child process, its pending jobs and its reader threads."""
 
-    def __init__(self, python: str, log: Callable[[str], None]) -> None:
+    def __init__(self, python: str, log: Callable[[str], None], version: Optional[str] = None) -> None:
         self.python = python
         self.log = log
+        self.version = version
+        self.engine_version: Optional[str] = None  # set when the engine's version is not ``version``
         self.pending: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.stderr_tail: collections.deque = collections.deque(maxlen=30)
@@ -185,6 +191,10 @@ class _EngineProcess:
     def _dispatch(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "ready":
+            if self.version is not None and event.get("version") != self.version:
+                self.engine_version = str(event.get("version"))
+                self.popen.kill()  # end of output fails every waiting job with the mismatch message
+                return
             self.ready.set()
             return
         with self.lock:
@@ -208,6 +218,12 @@ class _EngineProcess:
 
     def _crash_error(self) -> EngineCrashed:
         code = self.popen.returncode
+        if self.engine_version is not None:
+            return EngineVersionMismatch(
+                f"The Segment Anything engine at '{self.python}' is version {self.engine_version}, the plugin is "
+                f"version {self.version}. Open Raster > Segment Anything > Engine settings and click 'Create and "
+                f"install' to set up the engine bundled with the plugin, or install sam-suite=={self.version} into "
+                "that Python.")
         tail = "\n".join(list(self.stderr_tail)[-8:])
         if self.stopping:
             return EngineCrashed("The Segment Anything engine was stopped (the plugin was unloaded or its settings changed).")
@@ -248,12 +264,15 @@ class EngineClient:
     """Talks to one engine process, started on the first request and restarted after a crash.
 
     ``python`` is the interpreter path, or a callable that returns it (read at each start, so a
-    settings change applies to the next engine). ``log`` receives the engine's stderr lines.
+    settings change applies to the next engine). ``log`` receives the engine's stderr lines. With
+    ``version``, an engine of another sam_core version is stopped at start and every request fails with
+    :class:`EngineVersionMismatch`.
     """
 
     def __init__(self, python: "str | Callable[[], Optional[str]] | None" = None,
-                 log: Optional[Callable[[str], None]] = None) -> None:
+                 log: Optional[Callable[[str], None]] = None, version: Optional[str] = None) -> None:
         self._python = python
+        self._version = version
         self._log = log or (lambda text: None)
         self._lock = threading.Lock()
         self._process: Optional[_EngineProcess] = None
@@ -288,7 +307,7 @@ class EngineClient:
                         "No Python for the Segment Anything engine is configured. Open Plugins ▸ Segment Anything "
                         f"▸ Engine settings to create one, or set the environment variable {ENV_VAR}."
                     )
-                self._process = _EngineProcess(python, self._log)
+                self._process = _EngineProcess(python, self._log, self._version)
             return self._process
 
     def submit(self, cmd: str, params: Optional[dict] = None, *, lane: str = "main",

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from qgis.core import Qgis, QgsMessageLog, QgsSettings
 
+from .bundle import plugin_version
 from .engine_client import ENV_VAR, EngineClient
 
 LOG_TAG = "Segment Anything"
@@ -21,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "",          # "" = the engine's default (CPU); "cuda", "mps"
     "tile_size": 1024,     # pixels
     "overlap": 128,        # pixels
-    "output_gpkg": "",     # "" = commit into a scratch layer
+    "output_gpkg": "",     # "" = segment_anything.gpkg in the project's folder (or home); see map_tool
     "export_resolution": 0.0,  # map units per pixel for non-file rasters; 0 = the canvas's
 }
 
@@ -49,7 +50,7 @@ def engine_python() -> Optional[str]:
     return os.environ.get(ENV_VAR, "").strip() or value("engine_python") or None
 
 
-def log(message: str, level: Qgis.MessageLevel = Qgis.Info) -> None:
+def log(message: str, level: Qgis.MessageLevel = Qgis.MessageLevel.Info) -> None:
     """Write to QGIS's log panel (thread-safe)."""
     QgsMessageLog.logMessage(message, LOG_TAG, level)
 
@@ -67,7 +68,8 @@ def client() -> EngineClient:
     global _client
     with _client_lock:
         if _client is None:
-            _client = EngineClient(python=lambda: value("engine_python"), log=lambda text: log(text))
+            _client = EngineClient(python=lambda: value("engine_python"), log=lambda text: log(text),
+                                   version=plugin_version())
         return _client
 
 

