@@ -51,7 +51,7 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         and data
         and all(isinstance(v, torch.Tensor) for v in data.values())
         and any(str(k).startswith("image_encoder.") for k in data)
-        and any(str(k).startswith("mask_decoder.") for k in data)
+        and any(str(k).startswith(("mask_decoder.", "sam_mask_decoder.")) for k in data)
     ):
         raise SamError(f"{path} is not a SAM checkpoint (it holds no image_encoder / mask_decoder weights)")
     return data
@@ -70,6 +70,16 @@ def load_failure(error: BaseException) -> str:
 
 
 def _describe(state_dict: StateDict) -> str:
+    from sam_core.models.sam2.config import infer_sam2_config, is_sam2_state_dict
+
+    if is_sam2_state_dict(state_dict):
+        try:
+            sam2 = infer_sam2_config(state_dict)
+        except SamError:
+            return "it looks like an incomplete SAM 2 checkpoint"
+        if sam2.name != "custom":
+            return f"it looks like {sam2.name!r}"
+        return f"it looks like a custom SAM 2 model (Hiera width {sam2.embed_dim}, stages {list(sam2.stages)})"
     try:
         config = infer_config(state_dict)
     except SamError:
@@ -87,8 +97,9 @@ def _examples(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > 3 else "")
 
 
-def load_checkpoint(sam: Sam, checkpoint: PathLike | StateDict) -> Sam:
-    """Load weights (a file path or a state dict) into ``sam`` with strict key and shape matching.
+def load_checkpoint(sam: nn.Module, checkpoint: PathLike | StateDict) -> nn.Module:
+    """Load weights (a file path or a state dict) into ``sam`` (a :class:`Sam` or a SAM 2.1 ``Sam2``)
+    with strict key and shape matching.
 
     Raises :class:`SamError` summarising missing, unexpected and mis-shaped tensors, and which model
     the checkpoint looks like.

@@ -153,6 +153,8 @@ def _fan_in(tensor: torch.Tensor) -> int:
 
 
 _NORMS = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+# SAM 2's learned embeddings held by the model itself (zeros or tiny in the official builder)
+_SAM2_EMBEDDINGS = ("maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc", "no_obj_ptr", "no_obj_embed_spatial")
 
 
 @torch.no_grad()
@@ -193,8 +195,10 @@ def randomize_constants(model: nn.Module, seed: int = 0) -> nn.Module:
                 fill(tensor, "normal", 0.1)
         elif isinstance(owner, nn.Embedding) or leaf == "positional_encoding_gaussian_matrix":
             fill(tensor, "normal", 1.0)
-        elif leaf in ("pos_embed", "rel_pos_h", "rel_pos_w"):
+        elif leaf in ("pos_embed", "rel_pos_h", "rel_pos_w", "pos_embed_window") or leaf in _SAM2_EMBEDDINGS:
             fill(tensor, "normal", 0.2)
+        elif leaf == "gamma":  # SAM 2's ConvNeXt layer scale (1e-6 in the official builder)
+            fill(tensor, "around_one")
         elif leaf == "attention_biases":
             fill(tensor, "normal", 0.5)
         elif leaf == "weight":

@@ -29,3 +29,15 @@ def mobile_sam():
     import mobile_sam.automatic_mask_generator  # noqa: F401
 
     return ms
+
+
+def sam2():
+    """Meta's ``sam2`` package (sam2==1.1.0): the model classes, ``SAM2ImagePredictor`` and the
+    automatic mask generator."""
+    _install_shims()
+    import sam2 as package
+    import sam2.automatic_mask_generator  # noqa: F401  (needs the torchvision shim)
+    import sam2.modeling.sam2_base  # noqa: F401
+    import sam2.sam2_image_predictor  # noqa: F401
+
+    return package
