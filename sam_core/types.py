@@ -39,6 +39,8 @@ class Embedding:
     image resized for the model (before padding). model_id: the weights that computed it (a predictor
     refuses embeddings of other weights). preparation: how the array became the model's RGB input.
     key: the embedding cache key. valid: (H, W) bool mask of valid pixels, or None if all are.
+    high_res_features: SAM 2.1 only, the decoder's stride-4 and stride-8 skip features ((1, C/8, 4h,
+    4w), (1, C/4, 2h, 2w)); None for SAM 1.
     """
 
     features: "torch.Tensor"
@@ -48,6 +50,7 @@ class Embedding:
     preparation: Preparation
     key: str
     valid: Optional[np.ndarray] = None
+    high_res_features: Optional[Tuple["torch.Tensor", ...]] = None
 
 
 @dataclass
