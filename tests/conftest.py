@@ -10,6 +10,36 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.checkpoints import SMALL_TINY_VIT, SMALL_VIT, write_official_checkpoint  # noqa: E402
+from helpers.demo import require_demo  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """No test leaks torch's thread count into the next one: whatever a test sets is restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("single_thread")``),
+    restored after it: small models run faster without OpenMP start-up and spinning."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint() -> Path:
+    """The committed demo model; a missing file FAILS the test that needs it (see ``helpers.demo``)."""
+    return require_demo()
 
 
 @pytest.fixture(scope="session")

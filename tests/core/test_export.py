@@ -332,12 +332,7 @@ def test_vit_b_onnx_equals_torch(vit_b_export):
         _assert_same_prediction(predictor.predict(et, **prompt), onnx_pred.predict(eo, **prompt))
 
 
-def _demo_available() -> bool:
-    return zoo.model_info("demo").bundled.is_file()
-
-
-@pytest.mark.skipif(not _demo_available(), reason="the bundled demo model (sam_core/data/demo.pt) is not trained yet")
-def test_demo_onnx_equals_torch_on_generated_scenes(tmp_path):
+def test_demo_onnx_equals_torch_on_generated_scenes(tmp_path, demo_checkpoint):
     from sam_core.train.synthetic import generate_scene
     from sam_core.volume import prompts_from_mask
 

@@ -18,7 +18,7 @@ from sam_core.train.finetune import finetune, load_pairs
 from sam_core.train.synthetic import generate_scene
 from sam_core.zoo import load_model
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def halo_scene(seed: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +153,9 @@ def test_finetuning_the_decoder_helps_on_a_new_domain(demo):
     labels = [p[1] for p in pairs]
     result = finetune(demo(), images, labels, epochs=EPOCHS, lr=1e-3, val_fraction=0.25, objects_per_step=12)
     before, after = result.history[0].val, result.history[-1].val
-    print("validation IoU before", before, "after", after)
-    assert after["point"] >= before["point"] + GAIN
-    assert np.mean(list(after.values())) >= np.mean(list(before.values())) + GAIN
+    summary = f"validation IoU before {before}, after {after}"
+    assert after["point"] >= before["point"] + GAIN, summary
+    assert np.mean(list(after.values())) >= np.mean(list(before.values())) + GAIN, summary
 
 
 EPOCHS = 6

@@ -21,16 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.georasters import map_iou, rasterize, read_output, to_map, write_raster  # noqa: E402
 
 
-def _demo_present() -> bool:
-    try:
-        from sam_core.zoo import find_checkpoint
-
-        return find_checkpoint("demo") is not None
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _demo_present(), reason="the bundled demo model is not built yet")
+pytestmark = pytest.mark.usefixtures("demo_checkpoint")  # committed: a missing demo fails, never skips
 
 UTM = CRS.from_epsg(32632)
 TRANSFORM = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 5300000.0)

@@ -211,14 +211,7 @@ def test_propagate_with_a_real_predictor_stays_within_the_cache_budget(small_vit
     assert cache.memory_used <= cache.memory_bytes
 
 
-def _demo_available() -> bool:
-    from sam_core import zoo
-
-    return zoo.model_info("demo").bundled.is_file()
-
-
-@pytest.mark.skipif(not _demo_available(), reason="the bundled demo model is not trained yet")
-def test_propagate_with_demo_segments_a_generated_3d_object():
+def test_propagate_with_demo_segments_a_generated_3d_object(demo_checkpoint):
     from napari_sam.samples import make_volume_3d
     from sam_core.predictor import Predictor
 
