@@ -9,7 +9,8 @@ On disk each embedding is one file ``<directory>/<key>.samemb``::
     b"SAMEMB01" | header length (uint32, little endian) | header (UTF-8 JSON) | payload
 
 The header holds the sizes, the model id, the preparation, the feature dtype and shape, and the SHA-256
-of the payload (the features' bytes, then the valid-pixel mask packed to bits when there is one).
+of the payload (the features' bytes, then SAM 2.1's high-resolution features when there are some, then
+the valid-pixel mask packed to bits when there is one).
 Files are written atomically (temporary file + rename). A file that is truncated, corrupted or
 otherwise does not match its header is deleted and reported as a miss, so the embedding is recomputed.
 Features are stored as float16 by default (half the size of float32; ``dtype="float32"`` keeps them
@@ -59,8 +60,8 @@ def cache_key(image: np.ndarray, model_id: str, preparation: Optional[Preparatio
 
 
 def embedding_nbytes(embedding: Embedding) -> int:
-    """Bytes an embedding holds in memory (features plus valid mask)."""
-    size = embedding.features.element_size() * embedding.features.nelement()
+    """Bytes an embedding holds in memory (features, SAM 2.1's high-resolution features, valid mask)."""
+    size = sum(t.element_size() * t.nelement() for t in (embedding.features, *(embedding.high_res_features or ())))
     if embedding.valid is not None:
         size += embedding.valid.nbytes
     return int(size)
@@ -169,6 +170,9 @@ class EmbeddingCache:
         features = embedding.features.detach().to("cpu").numpy().astype(_DTYPES[self.dtype])
         features = np.ascontiguousarray(features)
         payload = [features.tobytes()]
+        high_res = [np.ascontiguousarray(t.detach().to("cpu").numpy().astype(_DTYPES[self.dtype]))
+                    for t in embedding.high_res_features or ()]
+        payload.extend(t.tobytes() for t in high_res)
         valid_bytes = 0
         if embedding.valid is not None:
             packed = np.packbits(np.asarray(embedding.valid, dtype=bool), axis=None).tobytes()
@@ -188,6 +192,8 @@ class EmbeddingCache:
             "shape": list(features.shape),
             "valid_shape": list(embedding.valid.shape) if embedding.valid is not None else None,
             "features_nbytes": features.nbytes,
+            "high_res_shapes": [list(t.shape) for t in high_res] if high_res else None,
+            "high_res_nbytes": sum(t.nbytes for t in high_res),
             "valid_nbytes": valid_bytes,
             "sha256": digest.hexdigest(),
         }
@@ -253,17 +259,24 @@ def _decode(data: bytes, key: str) -> Embedding:
     payload = memoryview(data)[start + header_len :]
     features_nbytes = int(header["features_nbytes"])
     valid_nbytes = int(header["valid_nbytes"])
-    if len(payload) != features_nbytes + valid_nbytes:
-        raise ValueError(f"payload has {len(payload)} bytes, expected {features_nbytes + valid_nbytes}")
+    high_res_nbytes = int(header.get("high_res_nbytes", 0))
+    expected = features_nbytes + high_res_nbytes + valid_nbytes
+    if len(payload) != expected:
+        raise ValueError(f"payload has {len(payload)} bytes, expected {expected}")
     if hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise ValueError("checksum mismatch")
     dtype = _DTYPES[header["dtype"]]
     shape = tuple(int(v) for v in header["shape"])
     features = np.frombuffer(payload[:features_nbytes], dtype=dtype).reshape(shape)
+    high_res, offset = [], features_nbytes
+    for level in header.get("high_res_shapes") or ():
+        count = int(np.prod(level)) * np.dtype(dtype).itemsize
+        high_res.append(torch.from_numpy(np.frombuffer(payload[offset : offset + count], dtype=dtype).reshape(level).copy()))
+        offset += count
     valid = None
     if header["valid_shape"] is not None:
         vh, vw = (int(v) for v in header["valid_shape"])
-        bits = np.frombuffer(payload[features_nbytes:], dtype=np.uint8)
+        bits = np.frombuffer(payload[offset:], dtype=np.uint8)
         valid = np.unpackbits(bits, count=vh * vw).reshape(vh, vw).astype(bool)
     return Embedding(
         features=torch.from_numpy(features.copy()),
@@ -273,4 +286,5 @@ def _decode(data: bytes, key: str) -> Embedding:
         preparation=Preparation.from_dict(header["preparation"]),
         key=key,
         valid=valid,
+        high_res_features=tuple(high_res) or None,
     )

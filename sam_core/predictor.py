@@ -67,6 +67,9 @@ class Predictor:
                 raise SamError("this model has no precision setting; load it with sam_core to choose one")
             model.set_precision(precision)
         self.model = model.eval()
+        # "sam" (SAM, MobileSAM) or "sam2" (SAM 2.1: the model brings its own image transform and decoder,
+        # see sam_core.models.sam2.Sam2; embeddings carry its high-resolution features)
+        self.family: str = getattr(model, "family", "sam")
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encoder_runs = 0
         self.model_id = model_id(model)
@@ -92,7 +95,12 @@ class Predictor:
     @property
     def low_res_size(self) -> int:
         """Side of the low-resolution mask logits (and of ``mask_input``)."""
-        return int(self.model.prompt_encoder.mask_input_size[0])
+        return int(self.prompt_encoder.mask_input_size[0])
+
+    @property
+    def prompt_encoder(self) -> torch.nn.Module:
+        """The model's prompt encoder (SAM 2.1 calls it ``sam_prompt_encoder``)."""
+        return self.model.sam_prompt_encoder if self.family == "sam2" else self.model.prompt_encoder
 
     # --- encoding -----------------------------------------------------------------------------------
 
@@ -115,7 +123,7 @@ class Predictor:
         check(cancel)
         report(progress, 0, 1, "encoding image")
         rgb, valid = prepare_image(array, prep)
-        features, input_size = self.encode_rgb(rgb)
+        features, input_size, high_res = self._encode_image(rgb)
         embedding = Embedding(
             features=features,
             original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
@@ -124,6 +132,7 @@ class Predictor:
             preparation=prep,
             key=key,
             valid=None if valid.all() else valid,
+            high_res_features=high_res,
         )
         self.cache.put(key, embedding)
         report(progress, 1, 1, "encoded")
@@ -139,10 +148,25 @@ class Predictor:
         # A normal tensor (not an inference tensor), so that training code may use it as an input.
         return features.clone(), (int(resized.shape[0]), int(resized.shape[1]))
 
+    def _encode_image(self, rgb: np.ndarray) -> Tuple[torch.Tensor, Tuple[int, int], Optional[Tuple[torch.Tensor, ...]]]:
+        """(features, input size, high-resolution features or None) of an (H, W, 3) uint8 image, as the
+        model's family computes them: SAM resizes the longest side and pads; SAM 2.1 resizes to a
+        square (:meth:`sam_core.models.sam2.Sam2.preprocess`)."""
+        if self.family != "sam2":
+            return (*self.encode_rgb(rgb), None)
+        with torch.inference_mode():
+            tensor = torch.as_tensor(rgb, device=self.device).permute(2, 0, 1)[None]
+            out = self.model.encode(self.model.preprocess(tensor))
+        self.encoder_runs += 1
+        return out.image_embed.clone(), (self.image_size, self.image_size), tuple(t.clone() for t in out.high_res)
+
     def _on_device(self, embedding: Embedding) -> Embedding:
-        features = embedding.features
-        if features.device != self.device or features.dtype != torch.float32:
-            return replace(embedding, features=features.to(self.device, torch.float32))
+        tensors = (embedding.features, *(embedding.high_res_features or ()))
+        if any(t.device != self.device or t.dtype != torch.float32 for t in tensors):
+            high_res = embedding.high_res_features
+            return replace(embedding, features=embedding.features.to(self.device, torch.float32),
+                           high_res_features=None if high_res is None else
+                           tuple(t.to(self.device, torch.float32) for t in high_res))
         return embedding
 
     # --- decoding -----------------------------------------------------------------------------------
@@ -248,6 +272,8 @@ class Predictor:
         logits of -inf (their masks are not computed; see ``MaskDecoder.forward``).
         """
         self._check_embedding(embedding)
+        if self.family == "sam2":
+            return self._decode_sam2(embedding, coords, labels, boxes, mask_input, multimask, upscale)
         features = self._on_device(embedding).features
         with torch.inference_mode():
             points = None if coords is None else (coords.to(self.device), labels.to(self.device))
@@ -289,9 +315,42 @@ class Predictor:
         pe = self._dense_pe
         if pe is None or pe.device != self.device:
             with torch.inference_mode():
-                pe = self.model.prompt_encoder.get_dense_pe()
+                pe = self.prompt_encoder.get_dense_pe()
             self._dense_pe = pe
         return pe
+
+    def _decode_sam2(self, embedding: Embedding, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                     boxes: Optional[torch.Tensor], mask_input: Optional[torch.Tensor], multimask: bool,
+                     upscale: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`decode_torch` for SAM 2.1, as ``SAM2ImagePredictor._predict``: boxes become corner points
+        before the points, the logits are resized straight to the original size, and the low-res
+        logits returned are clamped to +-32 (the masks come from the unclamped ones)."""
+        from sam_core.models.sam2.model import LOW_RES_CLAMP, Sam2Features
+
+        on_device = self._on_device(embedding)
+        if on_device.high_res_features is None:
+            raise SamError("this embedding has no high-resolution features: encode the image again with this SAM 2.1 model")
+        features = Sam2Features(on_device.features, tuple(on_device.high_res_features))
+        move = (lambda t: None if t is None else t.to(self.device))
+        with torch.inference_mode():
+            low_res, iou, _, _ = self.model.decode(features, move(coords), move(labels), move(boxes), move(mask_input),
+                                                   multimask, dense_pe=self.dense_pe())
+            masks = self.model.upscale(low_res, embedding.original_size) if upscale else low_res
+        return masks, iou, low_res.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
+
+    def to_input_coords(self, coords: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        """(..., 2) (x, y) pixels of an image of ``original_size`` (H, W) -> the model-input frame that
+        :meth:`decode_torch` takes (SAM: the longest side scaled to ``image_size``; SAM 2.1: each axis
+        scaled to ``image_size``)."""
+        if self.family == "sam2":
+            return self.model.input_coords(coords, tuple(original_size))
+        return to_input_coords(coords, original_size, self.image_size)
+
+    def to_input_boxes(self, boxes: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
+        """(B, 4) boxes (x0, y0, x1, y1) -> the model-input frame (see :meth:`to_input_coords`)."""
+        if self.family == "sam2":
+            return self.to_input_coords(np.asarray(boxes, dtype=float).reshape(-1, 2, 2), original_size).reshape(-1, 4)
+        return to_input_boxes(boxes, original_size, self.image_size)
 
     def _image_context(self, source: torch.Tensor, features: torch.Tensor, dense: torch.Tensor) -> "ImageContext":
         """The decoder's per-image context (``MaskDecoder.image_context``) for prompts without mask input
@@ -333,10 +392,10 @@ class Predictor:
             part = slice(start, start + chunk)
             c = l = b = m = None
             if coords is not None:
-                c = torch.as_tensor(to_input_coords(coords[part], size, self.image_size), dtype=torch.float)
+                c = torch.as_tensor(self.to_input_coords(coords[part], size), dtype=torch.float)
                 l = torch.as_tensor(labels[part], dtype=torch.int)
             if boxes is not None:
-                b = torch.as_tensor(to_input_boxes(boxes[part], size, self.image_size), dtype=torch.float)
+                b = torch.as_tensor(self.to_input_boxes(boxes[part], size), dtype=torch.float)
             if masks_in is not None:
                 m = torch.as_tensor(masks_in[part], dtype=torch.float)
             logits, iou, low_res = self.decode_torch(embedding, c, l, b, m, multimask=multimask)

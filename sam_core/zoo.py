@@ -42,6 +42,10 @@ class ModelInfo:
     # recommended automatic-mask settings (points_per_side, pred_iou_thresh, stability_score_thresh):
     # SAM's defaults; for demo (256-pixel input, less confident predicted IoU) those its quality was measured at
     automask: tuple[int, float, float] = (32, 0.88, 0.95)
+    # "sam": points, boxes, automatic masks; "sam2": SAM 2.1 (sam_core.models.sam2), image prompts through
+    # the same Predictor; "sam3": concept queries (text, exemplar boxes) through sam_core.concepts and the
+    # 'find' command
+    family: str = "sam"
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,21 @@ MODELS: dict[str, ModelInfo] = {
         filename="sam_vit_h_4b8939.pth",
     ),
 }
+
+_SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+# SAM 2.1 (Meta, 2024-09-28 release); automatic masks with SAM2AutomaticMaskGenerator's defaults
+for _name, _size, _sha, _what in (
+    ("sam2.1_hiera_tiny", 156_008_466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69",
+     "SAM 2.1 Hiera-T (Meta): image prompts; fast"),
+    ("sam2.1_hiera_small", 184_416_285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38",
+     "SAM 2.1 Hiera-S (Meta): image prompts"),
+    ("sam2.1_hiera_base_plus", 323_606_802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5",
+     "SAM 2.1 Hiera-B+ (Meta): image prompts; more accurate, slower"),
+    ("sam2.1_hiera_large", 898_083_611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318",
+     "SAM 2.1 Hiera-L (Meta): image prompts; most accurate, slowest (a GPU helps)"),
+):
+    MODELS[_name] = ModelInfo(name=_name, config_name=_name, url=_SAM2_BASE + _name + ".pt", size=_size, sha256=_sha,
+                              description=_what, filename=_name + ".pt", automask=(32, 0.8, 0.95), family="sam2")
 
 
 def model_info(name: str) -> ModelInfo:
@@ -281,15 +300,15 @@ def load_model(
     download: bool = True,
     progress: Optional[ProgressFn] = None,
 ) -> "Sam":
-    """A SAM model in eval mode on ``device`` (default CPU), with ``model.model_id`` set.
+    """A SAM or SAM 2.1 model (``sam_core.models.sam2.Sam2``) in eval mode on ``device`` (default
+    CPU), with ``model.model_id`` set.
 
     With ``checkpoint`` (a file path) that file is loaded with no network; its configuration is
     ``name``'s if given, else inferred from the weights. Without it, zoo model ``name`` (None:
     ``demo``) is loaded, downloaded first if needed (``download=False`` forbids that). ``model.model_id`` identifies the
     weights (name plus SHA-256, or file identity) for embedding cache keys.
     """
-    from sam_core.models.build import build_sam, load_checkpoint, read_state_dict
-    from sam_core.models.config import get_config, infer_config
+    from sam_core.models.build import load_checkpoint, read_state_dict
 
     torch_device = resolve_device(device)
     if checkpoint is not None:
@@ -297,17 +316,36 @@ def load_model(
         if not path.is_file():
             raise SamError(f"checkpoint file {path} does not exist")
         state = read_state_dict(path)
-        config = get_config(model_info(name).config_name) if name is not None else infer_config(state)
+        config = _config(name, state)
         model_id = f"{config.name}:file:{_file_identity(path)}"
     else:
         name = name or "demo"
         info = model_info(name)
         path = ensure_checkpoint(name, cache_dir, progress=progress, download=download)
         state = read_state_dict(path)
-        config = get_config(info.config_name)
+        config = _config(name, state)
         digest = info.sha256 or weights.file_sha256(path)
         model_id = f"{name}:sha256:{digest[:16]}"
-    model = load_checkpoint(build_sam(config), state)
+    model = load_checkpoint(_build(config), state)
     model.to(torch_device).eval()
     model.model_id = model_id
     return model
+
+
+def _config(name: Optional[str], state: dict):
+    """The configuration of zoo model ``name``; without a name, read from the weights (SAM or SAM 2.1)."""
+    from sam_core.models.config import get_config, infer_config
+    from sam_core.models.sam2 import get_sam2_config, infer_sam2_config, is_sam2_state_dict
+
+    if name is None:
+        return infer_sam2_config(state) if is_sam2_state_dict(state) else infer_config(state)
+    info = model_info(name)
+    return get_sam2_config(info.config_name) if info.family == "sam2" else get_config(info.config_name)
+
+
+def _build(config) -> "torch.nn.Module":
+    """A network with random weights for a SAM or SAM 2.1 configuration."""
+    from sam_core.models.build import build_sam
+    from sam_core.models.sam2 import Sam2Config, build_sam2
+
+    return build_sam2(config) if isinstance(config, Sam2Config) else build_sam(config)
