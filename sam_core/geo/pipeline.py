@@ -32,7 +32,17 @@ from sam_core.geo.raster import RasterSpec, RasterView, open_raster, reopen
 from sam_core.geo.vectorize import pieces_to_features
 from sam_core.geo.writer import check_output, write_features
 from sam_core.progress import CancelToken, ProgressFn, check, report
-from sam_core.tiling import MaskPiece, Tile, TiledPredictor, TileGrid, merge_tile_masks, records_to_pieces, remove_overlaps
+from sam_core.tiling import (
+    MaskPiece,
+    Tile,
+    TiledPredictor,
+    TileGrid,
+    WindowDecoder,
+    merge_tile_masks,
+    records_to_pieces,
+    remove_overlaps,
+    repair_cut_objects,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -194,6 +204,8 @@ def automask_raster(
     min_area: float = 0.0,
     simplify: float = 0.0,
     seam_iou: float = 0.5,
+    repair_seams: bool = True,
+    predictor: Any = None,
     workers: Optional[int] = None,
     scheduler: Optional[str] = None,
     resume: bool = True,
@@ -208,6 +220,11 @@ def automask_raster(
     units; ``min_area`` in CRS units squared, ``simplify`` in CRS units. ``workers`` N runs tiles on a
     local Dask cluster of N processes, ``scheduler`` on an existing one. Overlapping masks are resolved
     as :func:`sam_core.tiling.remove_overlaps` does, so polygons do not overlap.
+
+    ``repair_seams``: an object cut at a tile border, with no partner in the neighbouring tile, is decoded
+    again whole in a window centred on it (:mod:`sam_core.tiling.repair`) by ``predictor`` (default: the
+    generator's, for an :class:`~sam_core.automask.AutomaticMaskGenerator` or the default generator;
+    other generators without ``predictor`` keep such objects as they are).
     """
     from sam_core.distributed import GeneratorSpec
 
@@ -244,16 +261,59 @@ def automask_raster(
                     finished(tile, pieces)
         elif todo:
             local = generator if generator is not None else spec.build()
+            generator = local
             for tile in todo:
                 check(cancel)
                 finished(tile, tile_pieces(view, tile, local, cancel))
         check(cancel)
-        objects = remove_overlaps(merge_tile_masks(grid, per_tile, seam_iou=seam_iou))
+        objects = merge_tile_masks(grid, per_tile, seam_iou=seam_iou)
+        if repair_seams:
+            objects = _repair(view, grid, objects, _RepairPredictor(predictor, generator, spec), progress, cancel)
+        objects = remove_overlaps(objects)
         features = pieces_to_features(objects, view.transform, view.crs, simplify=simplify, min_area=min_area)
         check(cancel)
         write_features(target, features, view.crs)
         store.remove()
         return GeoResult(str(target), len(features), view.crs_wkt, len(per_tile), total, resumed)
+
+
+class _RepairPredictor:
+    """The predictor that decodes cut objects again, loaded only when one is found."""
+
+    def __init__(self, predictor: Any, generator: Any, spec: Any) -> None:
+        from sam_core.automask import AutomaticMaskGenerator
+
+        self._predictor = predictor
+        if predictor is None and isinstance(generator, AutomaticMaskGenerator):
+            self._predictor = generator.predictor
+        self._spec = spec if predictor is None and generator is None else None
+
+    @property
+    def available(self) -> bool:
+        return self._predictor is not None or self._spec is not None
+
+    def get(self) -> Any:
+        if self._predictor is None:
+            self._predictor = self._spec.build().predictor
+        return self._predictor
+
+
+def _repair(view: RasterView, grid: TileGrid, objects: list[MaskPiece], predictor: _RepairPredictor,
+            progress: Optional[ProgressFn], cancel: Optional[CancelToken]) -> list[MaskPiece]:
+    """Objects cut at a tile border decoded again whole (see :mod:`sam_core.tiling.repair`)."""
+    if not predictor.available:
+        return objects
+
+    def read(tile: Tile):
+        return view.read(tile.y0, tile.x0, tile.y1, tile.x1)
+
+    def decode(window, points, labels, box):
+        return WindowDecoder(predictor.get(), read)(window, points, labels, box)
+
+    def repairing(done: int, total: int, message: str) -> None:
+        report(progress, len(grid), len(grid), message)
+
+    return repair_cut_objects(grid, objects, decode, progress=repairing, cancel=cancel)
 
 
 # ------------------------------------------------------------------------------------------ prompts

@@ -63,10 +63,7 @@ class TiledPredictor:
         self.tiles_used: set[int] = set()
 
     def _encode(self, pixels: np.ndarray) -> Any:
-        pixels = np.ascontiguousarray(pixels)
-        if self._preparation is None:
-            return self.predictor.encode(pixels)
-        return self.predictor.encode(pixels, self._preparation)
+        return self.predictor.encode(np.ascontiguousarray(pixels), preparation=self._preparation)
 
     def embedding(self, tile: Tile) -> Any:
         """The tile's embedding, encoded on first use."""

@@ -8,6 +8,7 @@ from sam_core.errors import SamError
 from sam_core.progress import CancelToken, ProgressFn, check, report
 from sam_core.tiling.grid import TileGrid, array_reader
 from sam_core.tiling.pieces import MaskPiece, records_to_pieces
+from sam_core.tiling.repair import WindowDecoder, repair_cut_objects
 from sam_core.tiling.seams import merge_tile_masks
 
 __all__ = ["automask_tiled"]
@@ -20,6 +21,7 @@ def automask_tiled(
     tile_size: int = 1024,
     overlap: int = 128,
     seam_iou: float = 0.5,
+    repair: Any = None,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
 ) -> list[MaskPiece]:
@@ -31,6 +33,10 @@ def automask_tiled(
     official format, e.g. :class:`sam_core.automask.AutomaticMaskGenerator`. Returns one
     :class:`MaskPiece` per object in full-image pixel coordinates; see :func:`pieces_to_labels` and
     :func:`pieces_to_records` for a label image or full-size records.
+
+    ``repair``: a predictor (e.g. the generator's ``predictor``) that decodes objects cut at a tile border
+    with no partner in the neighbouring tile again, whole, in a window centred on them
+    (:func:`sam_core.tiling.repair.repair_cut_objects`); None keeps them as they are.
     """
     shape = tuple(getattr(image, "shape", ()))
     if len(shape) != 3 or shape[2] != 3:
@@ -43,4 +49,7 @@ def automask_tiled(
         pixels, valid = read(tile)
         tile_pieces[tile.index] = records_to_pieces(tile, generator.generate(pixels), valid)
         report(progress, done, len(grid), f"tile {done}/{len(grid)}")
-    return merge_tile_masks(grid, tile_pieces, seam_iou=seam_iou)
+    objects = merge_tile_masks(grid, tile_pieces, seam_iou=seam_iou)
+    if repair is None:
+        return objects
+    return repair_cut_objects(grid, objects, WindowDecoder(repair, read), cancel=cancel)

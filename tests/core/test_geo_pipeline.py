@@ -261,3 +261,29 @@ def test_segment_at_and_encode_raster(scene_raster):
     segment_at(raster, [(centre.x, centre.y)], [1], predictor=predictor, **TILES)
     assert predictor.encoded == encoded  # tiles' embeddings are kept between clicks
     assert encode_raster(raster, predictor=ColourPredictor(), **TILES) == 12
+
+
+class MissesLeftEdgeObjects(ColourComponents):
+    """Finds nothing touching a tile's left side: the neighbour tile has no partner for a cut object."""
+
+    def generate(self, image):
+        return [r for r in super().generate(image) if not np.asarray(r["segmentation"])[:, 0].any()]
+
+
+def test_an_object_cut_at_a_tile_border_is_one_whole_polygon(tmp_path):
+    from shapely.geometry import Point
+
+    image = np.zeros((200, 300, 3), np.uint8)
+    yy, xx = np.mgrid[:200, :300]
+    image[(yy - 60) ** 2 + (xx - 120) ** 2 <= 30 ** 2] = (200, 30, 30)  # across the seam x 96..128
+    raster = write_raster(tmp_path / "seam.tif", image, TRANSFORM, UTM)
+    truth = Point(*(TRANSFORM * (120.5, 60.5))).buffer(300.0)
+    kept = automask_raster(raster, tmp_path / "cut.gpkg", generator=MissesLeftEdgeObjects(), repair_seams=False, **TILES)
+    (stub,), _, _ = read_output(kept.output)
+    assert map_iou(stub, truth) < 0.8 and stub.bounds[2] == pytest.approx(TRANSFORM.c + 128 * 10.0)
+    predictor = ColourPredictor()
+    result = automask_raster(raster, tmp_path / "whole.gpkg", generator=MissesLeftEdgeObjects(), predictor=predictor,
+                             **TILES)
+    (whole,), attrs, _ = read_output(result.output)
+    assert map_iou(whole, truth) >= 0.97 and predictor.encoded == 1
+    assert result.count == 1

@@ -19,7 +19,10 @@ from sam_core.tiling import (  # noqa: E402
     TiledPredictor,
     TileGrid,
     automask_tiled,
+    border_edges,
+    cut_edges,
     drop_duplicates,
+    has_cut,
     merge_tile_masks,
     pieces_to_labels,
     records_to_pieces,
@@ -236,3 +239,49 @@ def test_tiled_predictor_drives_the_real_predictor(small_vit_checkpoint):
     grey = (image[..., 0].astype(np.uint16) * 200)
     tiled16 = TiledPredictor(predictor, grey, tile_size=128, overlap=32, preparation=Preparation(value_range=(0, 51000)))
     assert tiled16.predict(points=[(150, 150)]).piece is not None
+
+
+class MissesLeftEdgeObjects(ColourComponents):
+    """A generator that finds nothing touching a tile's left side (a neighbour tile that found no partner)."""
+
+    def generate(self, image: np.ndarray) -> list[dict]:
+        return [r for r in super().generate(image) if not np.asarray(r["segmentation"])[:, 0].any()]
+
+
+def seam_scene():
+    """A disk across the seam of tiles 0 and 1 (128-pixel tiles, 32 overlap: x 96..128 is shared)."""
+    image = np.zeros((200, 300, 3), np.uint8)
+    truth = disk((200, 300), 60, 120, 30)
+    image[truth] = (200, 30, 30)
+    return image, truth
+
+
+def test_an_object_cut_at_a_seam_without_partner_is_decoded_again_whole():
+    image, truth = seam_scene()
+    grid = TileGrid(200, 300, 128, 32)
+    # without repair: a stub with a straight edge on tile 0's right border (x = 128)
+    (stub,) = automask_tiled(image, MissesLeftEdgeObjects(), tile_size=128, overlap=32)
+    assert cut_edges(stub, grid.tiles) == [("right", 128)] and has_cut(stub, grid)
+    assert iou(stub.window(0, 0, 200, 300), truth) < 0.8
+    # with repair: one whole object, no edge on any tile border
+    predictor = ColourPredictor()
+    (whole,) = automask_tiled(image, MissesLeftEdgeObjects(), tile_size=128, overlap=32, repair=predictor)
+    assert iou(whole.window(0, 0, 200, 300), truth) >= 0.99
+    assert not has_cut(whole, grid)
+    assert predictor.encoded == 1  # one window, centred on the object
+
+
+def test_repair_leaves_uncut_objects_alone_and_measures_cuts_on_any_border():
+    image, objects = scene()
+    grid = TileGrid(300, 340, 128, 32)
+    plain = automask_tiled(image, ColourComponents(), tile_size=128, overlap=32)
+    predictor = ColourPredictor()
+    repaired = automask_tiled(image, ColourComponents(), tile_size=128, overlap=32, repair=predictor)
+    assert predictor.encoded == 0  # every object was joined across its seams: nothing to decode again
+    assert [p.sort_key() for p in plain] == [p.sort_key() for p in repaired]
+    # an outline running along a border line is measured whichever side it lies on; the touching
+    # rectangles meet on the border x = 212 (a tile there saw the object end: not a cut, not repaired)
+    touching = max(plain, key=lambda p: iou(p.window(0, 0, 300, 340), objects["touch_right"]))
+    assert border_edges(touching, grid) == [("x", 212)] and has_cut(touching, grid)
+    assert border_edges(MaskPiece(0, 0, np.ones((10, 96), bool)), grid) == [("x", 96)]
+    assert border_edges(MaskPiece(0, 0, np.ones((10, 95), bool)), grid) == []

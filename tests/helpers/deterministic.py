@@ -73,7 +73,7 @@ class ColourPredictor:
     def __init__(self) -> None:
         self.encoded = 0
 
-    def encode(self, image: np.ndarray) -> np.ndarray:
+    def encode(self, image: np.ndarray, preparation=None) -> np.ndarray:
         self.encoded += 1
         return _colour_key(image)
 
