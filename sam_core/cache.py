@@ -14,13 +14,18 @@ the valid-pixel mask packed to bits when there is one).
 Files are written atomically (temporary file + rename). A file that is truncated, corrupted or
 otherwise does not match its header is deleted and reported as a miss, so the embedding is recomputed.
 Features are stored as float16 by default (half the size of float32; ``dtype="float32"`` keeps them
-exact). With ``disk_bytes`` the folder is kept under that many bytes: after each write the least
+exact). Results never depend on whether an embedding came from the cache: with a float16 store,
+:meth:`EmbeddingCache.put` rounds a fresh embedding to float16 exactly as it is stored and hands back
+that rounded embedding, which the predictor decodes; so the first run (cache miss) and every later run
+(cache hit, from memory or disk) decode from the same values. A cache without a directory keeps
+embeddings unrounded (float32, as the official predictor has them). With ``disk_bytes`` the folder is kept under that many bytes: after each write the least
 recently used files (by modification time, refreshed on every read) are deleted. In memory,
 embeddings are kept as they were put (float32 on the model's device).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -125,13 +130,30 @@ class EmbeddingCache:
             self._remember(key, embedding)
         return embedding
 
-    def put(self, key: str, embedding: Embedding) -> None:
-        """Store ``embedding`` in memory (evicting the least recently used) and on disk if configured."""
+    def put(self, key: str, embedding: Embedding) -> Embedding:
+        """Store ``embedding`` in memory (evicting the least recently used) and on disk if configured;
+        returns it as stored (see :meth:`as_stored`): decode from this one, not the one passed in."""
+        embedding = self.as_stored(embedding)
         self._remember(key, embedding)
         if self.directory is not None:
             self._write(key, embedding)
             if self.disk_bytes is not None:
                 self._trim_disk(keep=key)
+        return embedding
+
+    def as_stored(self, embedding: Embedding) -> Embedding:
+        """``embedding`` with the values a later :meth:`get` returns: features rounded to float16 (kept in
+        their own dtype and device) when this cache stores float16 on disk, else unchanged."""
+        if self.directory is None or self.dtype == "float32":
+            return embedding
+        import torch
+
+        def rounded(tensor: "torch.Tensor") -> "torch.Tensor":
+            return tensor.to(torch.float16).to(tensor.dtype)
+
+        high_res = embedding.high_res_features
+        return dataclasses.replace(embedding, features=rounded(embedding.features),
+                                   high_res_features=None if high_res is None else tuple(rounded(t) for t in high_res))
 
     def clear(self, disk: bool = False) -> None:
         """Forget everything in memory; with ``disk=True`` also delete this cache's files."""

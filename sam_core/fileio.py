@@ -73,13 +73,13 @@ def _existing_ancestor(folder: Path) -> Path:
 
 
 def check_output_path(path: PathLike, *, option: str = "the output", folder: bool = False,
-                      min_free: int = MIN_FREE_BYTES) -> Path:
+                      min_free: Optional[int] = None) -> Path:
     """Check before any work that ``path`` can be written; returns it (``~`` expanded).
 
     ``folder``: the output is a folder (created when missing) rather than a file. Raises SamError when
     the output file is an existing folder (or the output folder an existing file), when the folder (or
     the nearest existing folder above it, for one still to be created) cannot be written, or when its
-    disk has less than ``min_free`` bytes free. Nothing is created.
+    disk has less than ``min_free`` bytes free (default :data:`MIN_FREE_BYTES`). Nothing is created.
     """
     target = Path(path).expanduser()
     if folder and target.exists() and not target.is_dir():
@@ -96,10 +96,21 @@ def check_output_path(path: PathLike, *, option: str = "the output", folder: boo
     except OSError as error:
         raise output_error(target, error) from None
     free = shutil.disk_usage(parent).free
+    min_free = MIN_FREE_BYTES if min_free is None else min_free
     if free < min_free:
         raise SamError(f"cannot write {target}: only {_size(free)} free on its disk, at least {_size(min_free)} needed "
                        "(free some space or choose another output folder)")
     return target
+
+
+def free_space_if_short(folder: PathLike) -> Optional[int]:
+    """The free bytes on ``folder``'s disk when fewer than :data:`MIN_FREE_BYTES` (a full disk), else None;
+    for telling a full disk from other causes after a library's write failed."""
+    try:
+        free = shutil.disk_usage(_existing_ancestor(Path(folder))).free
+    except OSError:
+        return None
+    return free if free < MIN_FREE_BYTES else None
 
 
 def _size(count: float) -> str:

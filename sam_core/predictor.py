@@ -134,7 +134,7 @@ class Predictor:
             valid=None if valid.all() else valid,
             high_res_features=high_res,
         )
-        self.cache.put(key, embedding)
+        embedding = self.cache.put(key, embedding)  # as stored: a later cache hit decodes the same values
         report(progress, 1, 1, "encoded")
         return embedding
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -84,12 +85,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 @contextlib.contextmanager
 def resume_note(folder: Path, units: str) -> Iterator[None]:
-    """Add a word about the resume ``folder`` to a failure (a SamError) when it keeps finished work."""
+    """On a failure (a SamError), add a word about the resume ``folder`` when it keeps finished work, and
+    remove it when it keeps none."""
     try:
         yield
     except SamError as error:
         kept = [p for p in folder.iterdir() if p.name != "manifest.json"] if folder.is_dir() else []
         if not kept:
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         raise SamError(f"{error} [{len(kept)} finished {units} are kept in {folder}: run the same command again "
                        "to resume, or delete that folder]") from error

@@ -22,7 +22,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from sam_core.errors import SamError
-from sam_core.fileio import MIN_FREE_BYTES, atomic_path, check_output_path
+from sam_core.fileio import atomic_path, check_output_path, free_space_if_short
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -117,11 +117,8 @@ def write_features(path: PathLike, features: Sequence[Any], crs: Any, layer: str
 def _write_failed(target: Path, error: Exception) -> SamError:
     """A one-line SamError for a failed GDAL write of ``target``, naming a full disk when it is one."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    try:
-        free = shutil.disk_usage(target.parent).free
-    except OSError:
-        free = None
-    if free is not None and free < MIN_FREE_BYTES:
+    free = free_space_if_short(target.parent)
+    if free is not None:
         return SamError(f"cannot write {target}: the disk is full ({free // 1024} KB free; GDAL said: {reason}); "
                         "free some space or choose another output folder")
     return SamError(f"cannot write {target}: {reason}")
