@@ -146,3 +146,53 @@ class ConceptPredictor:
                               align_corners=False)[:, 0] > 0
         return Findings(masks=masks.cpu().numpy(), boxes=pixel_boxes.cpu().numpy().astype(np.float64),
                         scores=out.scores[order].cpu().numpy().astype(np.float64))
+
+
+def concept_models() -> list[str]:
+    """Zoo names of the models that take concepts."""
+    from sam_core.zoo import MODELS
+
+    return [name for name, info in MODELS.items() if info.family == "sam3"]
+
+
+def load_concept_model(name: Optional[str] = None, checkpoint: Optional[str] = None, *,
+                       device: Optional[str] = None, cache_dir: Optional[str] = None, token: Optional[str] = None,
+                       download: bool = True, progress=None) -> Sam3:
+    """A SAM 3 model in eval mode: from ``checkpoint`` (a file: official ``sam3.pt`` or a state dict
+    saved from the model) or zoo model ``name`` (default ``sam3``), downloaded first if needed (a
+    gated model needs a Hugging Face ``token`` or ``HF_TOKEN``). A model that cannot take concepts
+    raises :class:`SamError` naming those that can."""
+    from pathlib import Path
+
+    from sam_core import zoo
+    from sam_core.models.sam3.build import load_sam3, read_sam3_state_dict
+
+    able = ", ".join(concept_models())
+    if name is not None and zoo.model_info(name).family != "sam3":
+        raise SamError(f"model {name!r} cannot find objects by text or exemplar; models that can: {able} "
+                       f"(or pass a SAM 3 checkpoint with --checkpoint)")
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise SamError(f"checkpoint file {path} does not exist")
+        try:
+            state = read_sam3_state_dict(path)
+        except SamError:
+            if _is_sam1_or_2(path):
+                raise SamError(f"{path} holds a point-and-box SAM model, which cannot find objects by text or "
+                               f"exemplar; models that can: {able}") from None
+            raise
+    else:
+        path = zoo.ensure_checkpoint(name or "sam3", cache_dir, progress=progress, download=download, token=token)
+        state = read_sam3_state_dict(path)
+    return load_sam3(state, device=zoo.resolve_device(device))
+
+
+def _is_sam1_or_2(path) -> bool:
+    try:
+        from sam_core.models.build import read_state_dict
+
+        read_state_dict(path)
+        return True
+    except SamError:
+        return False

@@ -119,6 +119,7 @@ class ModelSpec:
             if not Path(self.checkpoint).is_file():
                 raise SamError(f"checkpoint file {self.checkpoint} does not exist: choose another file or a model name")
         else:
+            zoo.check_prompt_model(self.name)
             zoo.ensure_checkpoint(self.name, progress=progress, cancel=cancel)
         check(cancel)
         cache = EmbeddingCache(memory_bytes=self.cache_memory_bytes, directory=self.cache_dir)

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -135,10 +136,24 @@ def _offline_error(url: str, dest: Path, reason: object) -> SamError:
     )
 
 
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, without the token when they lead to another host (e.g. a storage CDN)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+def _open(url: str, offset: int, timeout: float, token: Optional[str] = None) -> http.client.HTTPResponse:
     headers = {"User-Agent": "sam_core", "Accept-Encoding": "identity"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(url, headers=headers)
+        return urllib.request.build_opener(_DropAuthOnRedirect()).open(request, timeout=timeout)
     request = urllib.request.Request(url, headers=headers)
     return urllib.request.urlopen(request, timeout=timeout)
 
@@ -164,13 +179,19 @@ def download(
     url: str,
     dest: PathLike,
     *,
-    sha256: str,
+    sha256: Optional[str],
     size: Optional[int] = None,
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
     timeout: float = 30,
+    token: Optional[str] = None,
+    access_help: Optional[str] = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` (a file path), verified by ``size`` (bytes) and ``sha256`` (hex).
+    """Download ``url`` to ``dest`` (a file path), verified by ``size`` (bytes) and ``sha256`` (hex;
+    None where no hash is published: then only the size, when known, is checked).
+
+    ``token`` is sent as an HTTP bearer token (gated Hugging Face files), not to other hosts a
+    redirect leads to; a refusal (HTTP 401/403) raises :class:`SamError` with ``access_help``.
 
     Bytes go to ``dest + ".part"``; an existing ``.part`` is resumed with an HTTP Range request (a
     server that ignores Range gets a fresh download). ``progress(bytes_done, bytes_total, message)``
@@ -194,7 +215,7 @@ def download(
 
     # One download per file at a time, also across processes (e.g. Dask workers starting together).
     with _locked(dest.with_name(f".{dest.name}.lock")):
-        if dest.is_file() and (size is None or dest.stat().st_size == size) and verify_file(dest, sha256):
+        if dest.is_file() and (size is None or dest.stat().st_size == size) and (sha256 is None or verify_file(dest, sha256)):
             return dest  # done meanwhile by another process
         offset = part.stat().st_size if part.is_file() else 0
         if size is not None and offset > size:
@@ -202,14 +223,14 @@ def download(
             offset = 0
 
         if size is None or offset < size:
-            _fetch(url, dest, part, offset, size, progress, cancel, timeout)
+            _fetch(url, dest, part, offset, size, progress, cancel, timeout, token, access_help)
         try:
             actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
         except SamError:
             if offset == 0:
                 raise
             # The bytes kept from an earlier attempt may be what is wrong: one fresh download.
-            _fetch(url, dest, part, 0, size, progress, cancel, timeout)
+            _fetch(url, dest, part, 0, size, progress, cancel, timeout, token, access_help)
             actual = _verify_part(url, dest, part, sha256, size, progress, cancel)
         with open(part, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -251,7 +272,7 @@ def _verify_part(
     url: str,
     dest: Path,
     part: Path,
-    sha256: str,
+    sha256: Optional[str],
     size: Optional[int],
     progress: Optional[ProgressFn],
     cancel: Optional[CancelToken],
@@ -266,7 +287,7 @@ def _verify_part(
         )
     report(progress, actual_size, actual_size, "verifying SHA-256")
     actual = file_sha256(part, cancel)
-    if actual.lower() != sha256.lower():
+    if sha256 is not None and actual.lower() != sha256.lower():
         part.unlink()
         raise SamError(
             f"the download of {url} is corrupted (SHA-256 {actual} instead of {sha256}); the file was "
@@ -284,16 +305,20 @@ def _fetch(
     progress: Optional[ProgressFn],
     cancel: Optional[CancelToken],
     timeout: float,
+    token: Optional[str] = None,
+    access_help: Optional[str] = None,
 ) -> None:
     """Stream the (rest of the) file into ``part``. Raises SamError on network failure, keeps ``part``."""
     check(cancel)
     try:
-        response = _open(url, offset, timeout)
+        response = _open(url, offset, timeout, token)
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset > 0:
             # The server cannot serve the rest of our partial file: it is stale. Start afresh.
             part.unlink()
-            return _fetch(url, dest, part, 0, size, progress, cancel, timeout)
+            return _fetch(url, dest, part, 0, size, progress, cancel, timeout, token, access_help)
+        if error.code in (401, 403) and access_help:
+            raise SamError(f"{url} refused the download (HTTP {error.code}): {access_help}") from error
         raise _offline_error(url, dest, f"HTTP {error.code} {error.reason}") from error
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as error:
         reason = getattr(error, "reason", error)

@@ -46,6 +46,8 @@ class ModelInfo:
     # the same Predictor; "sam3": concept queries (text, exemplar boxes) through sam_core.concepts and the
     # 'find' command
     family: str = "sam"
+    # a download needing a Hugging Face token (--token or HF_TOKEN) for a repository with accepted terms
+    gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,31 @@ MODELS: dict[str, ModelInfo] = {
         description="SAM ViT-H (Meta): most accurate, slowest (a GPU helps)",
         filename="sam_vit_h_4b8939.pth",
     ),
+    # No size or SHA-256 is published for sam3.pt that we could find: the file is checked by loading
+    # it (every detector weight present with its shape), not by hash.
+    "sam3": ModelInfo(
+        name="sam3",
+        config_name="sam3",
+        url="https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
+        size=None,
+        sha256=None,
+        description="SAM 3 (Meta): finds every instance of a phrase or exemplar box ('find'); "
+                    "gated on Hugging Face (token), 848 M parameters, a GPU helps",
+        filename="sam3.pt",
+        family="sam3",
+        gated=True,
+    ),
 }
+
+TOKEN_ENV = "HF_TOKEN"
+
+
+def gated_help(info: ModelInfo, dest: Path) -> str:
+    """How to get a gated model: accept its terms, make a token, or place the file by hand."""
+    page = info.url.split("/resolve/")[0] if info.url else ""
+    return (f"{info.name} is gated: sign in at {page}, accept its licence, create a read token at "
+            f"https://huggingface.co/settings/tokens and pass it with --token or the {TOKEN_ENV} environment "
+            f"variable; or download {info.filename} yourself and put it in {dest.parent} (or pass --checkpoint FILE)")
 
 _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 # SAM 2.1 (Meta, 2024-09-28 release); automatic masks with SAM2AutomaticMaskGenerator's defaults
@@ -210,7 +236,8 @@ def find_checkpoint(name: str, cache_dir: Optional[PathLike] = None) -> Optional
     path = weights.checkpoint_dir(cache_dir) / info.filename
     if not path.is_file():
         return None
-    if (info.size is not None and path.stat().st_size != info.size) or not weights.verify_file(path, info.sha256):
+    if (info.size is not None and path.stat().st_size != info.size) or (
+            info.sha256 is not None and not weights.verify_file(path, info.sha256)):
         raise SamError(
             f"{path} is not the official {name} checkpoint (its size or SHA-256 differs: incomplete or "
             f"corrupted?). Delete it to download it again, or pass it as a checkpoint file to use it as it is."
@@ -224,10 +251,12 @@ def ensure_checkpoint(
     progress: Optional[ProgressFn] = None,
     download: bool = True,
     cancel: Optional[CancelToken] = None,
+    token: Optional[str] = None,
 ) -> Path:
     """The checkpoint file of zoo model ``name``, downloaded (and verified) into the folder if missing.
 
-    With ``download=False`` a missing file raises :class:`SamError` saying how to get it.
+    With ``download=False`` a missing file raises :class:`SamError` saying how to get it. A gated
+    model needs a Hugging Face ``token`` (else the ``HF_TOKEN`` environment variable).
     """
     info = model_info(name)
     found = find_checkpoint(name, cache_dir)
@@ -241,7 +270,20 @@ def ensure_checkpoint(
             f"model {name!r} is not downloaded yet; run 'python -m sam_core download {name}', or put "
             f"{info.url} in {dest.parent} as {dest.name}"
         )
+    if info.gated:
+        token = token or os.environ.get(TOKEN_ENV) or None
+        if not token:
+            raise SamError(f"model {name!r} needs a Hugging Face token to download: {gated_help(info, dest)}")
+        return weights.download(info.url, dest, sha256=info.sha256, size=info.size, progress=progress,
+                                cancel=cancel, token=token, access_help=gated_help(info, dest))
     return weights.download(info.url, dest, sha256=info.sha256, size=info.size, progress=progress, cancel=cancel)
+
+
+def check_prompt_model(name: str) -> None:
+    """:class:`SamError` unless zoo model ``name`` takes points and boxes (SAM 3 takes concepts)."""
+    if model_info(name).family not in ("sam", "sam2"):
+        raise SamError(f"model {name!r} finds concepts (a phrase or exemplar boxes): use 'python -m sam_core find' "
+                       f"or sam_core.concepts; points and boxes with it are not supported yet")
 
 
 def automask_defaults(name: Optional[str]) -> dict:
@@ -266,7 +308,8 @@ def list_models(cache_dir: Optional[PathLike] = None) -> list[ModelStatus]:
         present, note = False, ""
         if path.is_file():
             known = weights.cached_sha256(path)
-            if path.stat().st_size != info.size or (known is not None and known != info.sha256):
+            if (info.size is not None and path.stat().st_size != info.size) or (
+                    known is not None and info.sha256 is not None and known != info.sha256):
                 note = "the file there is not the official one (size or SHA-256 differs): delete it and download again"
             else:
                 present = True
@@ -310,6 +353,8 @@ def load_model(
     """
     from sam_core.models.build import load_checkpoint, read_state_dict
 
+    if name is not None:
+        check_prompt_model(name)
     torch_device = resolve_device(device)
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()

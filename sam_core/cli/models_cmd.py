@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     download.add_argument("name", metavar="NAME", help="model name, as listed by 'models'")
     download.add_argument("--cache-dir", metavar="DIR", help="checkpoint folder (default: $SAM_CORE_CHECKPOINTS or the user cache)")
     download.add_argument("--quiet", action="store_true", help="no progress bar")
+    download.add_argument("--token", default=None, help="Hugging Face token for gated models such as sam3 (default: $HF_TOKEN)")
     download.set_defaults(func=run_download)
 
 
@@ -68,6 +69,6 @@ def run_download(args: argparse.Namespace) -> int:
         def progress(done: int, total: int, message: str = "") -> None:
             bar(done // 1_000_000, total // 1_000_000, message)
 
-        path = zoo.ensure_checkpoint(args.name, args.cache_dir, progress=progress)
+        path = zoo.ensure_checkpoint(args.name, args.cache_dir, progress=progress, token=args.token)
     print(path)
     return 0
