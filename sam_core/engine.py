@@ -19,7 +19,10 @@ Events (stdout)::
     {"id": "7", "event": "result", "result": {...}}
     {"id": "7", "event": "error", "kind": "user" | "cancelled" | "internal", "message": "..."}
 
-Every request ends with exactly one ``result`` or ``error`` event. ``kind: "user"`` carries a
+Every request ends with exactly one ``result`` or ``error`` event, whatever it holds: events are strict
+JSON, so an id that strict JSON cannot carry (``NaN``, ``Infinity``, sent by a lenient writer) comes back
+as text (``"NaN"``); a parameter of the wrong JSON type is a ``user`` error naming the parameter; a
+lane is a name of at most 64 characters, at most :data:`MAX_LANES` of them. ``kind: "user"`` carries a
 :class:`~sam_core.errors.SamError` message written for the user; ``"cancelled"`` means the request
 stopped between tiles after a ``cancel``; ``"internal"`` is a bug (its traceback goes to stderr).
 ``cancel`` and ``shutdown`` are handled at once; other requests run in order within their ``lane``

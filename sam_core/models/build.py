@@ -63,7 +63,7 @@ def load_failure(error: BaseException) -> str:
     Files holding Python objects besides tensors are refused because loading them could run code;
     PyTorch's own advice to load them anyway is never repeated.
     """
-    if isinstance(error, pickle.UnpicklingError) or "weights_only" in str(error).lower() or "Weights only" in str(error):
+    if isinstance(error, pickle.UnpicklingError) or "weights only" in str(error).lower().replace("_", " "):
         return ("it holds Python objects besides tensors and numbers, which could run code when loaded, so it is "
                 "refused; use a file that holds only weights, e.g. one written by torch.save(model.state_dict(), path)")
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
