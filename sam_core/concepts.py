@@ -1,8 +1,10 @@
 """Find every instance of a concept (SAM 3): a phrase, exemplar boxes, or both.
 
-``ConceptPredictor(model).encode(image)`` runs the vision backbone once and returns a
-``ConceptEmbedding``; ``find(embedding, text=..., exemplars=..., negatives=...)`` then answers any
-number of queries on those cached features (text features are kept per phrase on the predictor).
+``ConceptPredictor(model).encode(image)`` runs the vision backbone once and returns an
+:class:`~sam_core.types.Embedding` (the 1x feature map as ``features``, the 4x and 2x maps as
+``high_res_features``), kept in the predictor's :class:`~sam_core.cache.EmbeddingCache` like SAM's;
+``find(embedding, text=..., exemplars=..., negatives=...)`` then answers any number of queries on
+those features without encoding again (text features are kept per phrase on the predictor).
 Boxes are pixels (x0, y0, x1, y1) of the original image, x = column, y = row; masks (N, H, W) bool.
 """
 
@@ -15,24 +17,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core.cache import EmbeddingCache, cache_key
 from sam_core.errors import SamError
+from sam_core.identity import model_id
 from sam_core.imaging import Preparation, prepare_image
 from sam_core.models.sam3.decoder import cxcywh_to_xyxy
 from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
 from sam_core.models.sam3.tokenizer import ClipTokenizer
+from sam_core.types import Embedding
 
 # what SAM 3 reads for an exemplar-only query (the sam3 package's placeholder phrase)
 VISUAL_PHRASE = "visual"
 
 Box = Sequence[float]
-
-
-@dataclass(frozen=True)
-class ConceptEmbedding:
-    """One image encoded by SAM 3's vision backbone; ``image_size`` is (height, width) in pixels."""
-
-    features: ImageFeatures
-    image_size: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -59,13 +56,19 @@ def prepare_sam3_input(rgb: np.ndarray, resolution: int) -> torch.Tensor:
 
 
 class ConceptPredictor:
-    """SAM 3 concept queries on cached image features."""
+    """SAM 3 concept queries on cached image features.
+
+    ``cache``: where embeddings are kept (default: memory only, 2 GB; a full-size SAM 3 embedding
+    takes about 115 MB). ``preparation``: how arrays become RGB (see :mod:`sam_core.imaging`).
+    """
 
     def __init__(self, model: Sam3, tokenizer: Optional[ClipTokenizer] = None,
-                 preparation: Optional[Preparation] = None) -> None:
+                 preparation: Optional[Preparation] = None, cache: Optional[EmbeddingCache] = None) -> None:
         self.model = model.eval()
+        self.model_id = model_id(model)
         self.tokenizer = tokenizer or ClipTokenizer()
-        self.preparation = preparation
+        self.preparation = preparation or Preparation()
+        self.cache = cache if cache is not None else EmbeddingCache(memory_bytes=2 << 30)
         self._texts: dict[str, TextFeatures] = {}
 
     @property
@@ -78,12 +81,27 @@ class ConceptPredictor:
         return self.model.config.context_length - 2
 
     @torch.inference_mode()
-    def encode(self, image: np.ndarray) -> ConceptEmbedding:
-        """Encode an image (H, W), (H, W, C) of any numeric type: made RGB uint8 by the project's one
-        rule (``sam_core.imaging.prepare_image``), then resized to the model's input size."""
-        rgb, _ = prepare_image(image, self.preparation)
-        x = prepare_sam3_input(rgb, self.model.config.image_size).to(self.device)
-        return ConceptEmbedding(self.model.encode_image(x), (rgb.shape[0], rgb.shape[1]))
+    def encode(self, image: np.ndarray) -> Embedding:
+        """Encode an image (H, W), (H, W, C) of any numeric type, made RGB uint8 by the project's one
+        rule (``sam_core.imaging.prepare_image``), or return its cached embedding."""
+        key = cache_key(np.asarray(image), self.model_id, self.preparation)
+        known = self.cache.get(key)
+        if known is not None:
+            return known
+        rgb, valid = prepare_image(image, self.preparation)
+        size = self.model.config.image_size
+        levels = self.model.encode_image(prepare_sam3_input(rgb, size).to(self.device)).levels
+        embedding = Embedding(features=levels[-1], original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                              input_size=(size, size), model_id=self.model_id, preparation=self.preparation,
+                              key=key, valid=None if valid.all() else valid, high_res_features=tuple(levels[:-1]))
+        return self.cache.put(key, embedding)
+
+    def _features(self, embedding: Embedding) -> ImageFeatures:
+        if embedding.model_id != self.model_id or not embedding.high_res_features:
+            raise SamError(f"this embedding was computed by another model ({embedding.model_id}); encode the "
+                           f"image with this predictor's SAM 3 model ({self.model_id}) first")
+        levels = [t.to(self.device) for t in (*embedding.high_res_features, embedding.features)]
+        return ImageFeatures(levels, self.model.positions(levels))
 
     def check_text(self, text: str) -> str:
         """The phrase stripped; :class:`SamError` when it is empty or longer than the token limit."""
@@ -122,20 +140,20 @@ class ConceptPredictor:
         return x0, y0, x1, y1
 
     @torch.inference_mode()
-    def find(self, embedding: ConceptEmbedding, text: Optional[str] = None, exemplars: Sequence[Box] = (),
+    def find(self, embedding: Embedding, text: Optional[str] = None, exemplars: Sequence[Box] = (),
              negatives: Sequence[Box] = (), threshold: float = 0.5, max_instances: Optional[int] = None) -> Findings:
         """Every instance scoring above ``threshold`` (best first, at most ``max_instances``) of the
         concept given by ``text`` and/or exemplar boxes (``negatives``: boxes of what is not meant)."""
         if text is None and not exemplars and not negatives:
             raise SamError("nothing to find: give a text, or at least one exemplar box")
         phrase = self.check_text(text) if text is not None else VISUAL_PHRASE
-        height, width = embedding.image_size
-        checked = [self.check_box(b, embedding.image_size) for b in exemplars]
-        checked += [self.check_box(b, embedding.image_size, "negative box") for b in negatives]
+        height, width = embedding.original_size
+        checked = [self.check_box(b, embedding.original_size) for b in exemplars]
+        checked += [self.check_box(b, embedding.original_size, "negative box") for b in negatives]
         labels = torch.tensor([1] * len(exemplars) + [0] * len(negatives), dtype=torch.long, device=self.device)
         boxes = torch.tensor([[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
                               for x0, y0, x1, y1 in checked], dtype=torch.float32, device=self.device).view(-1, 4)
-        out = self.model.find(embedding.features, self._text(phrase), boxes, labels)
+        out = self.model.find(self._features(embedding), self._text(phrase), boxes, labels)
         order = torch.argsort(out.scores, descending=True, stable=True)
         order = order[out.scores[order] > threshold]
         if max_instances is not None:
@@ -185,7 +203,9 @@ def load_concept_model(name: Optional[str] = None, checkpoint: Optional[str] = N
     else:
         path = zoo.ensure_checkpoint(name or "sam3", cache_dir, progress=progress, download=download, token=token)
         state = read_sam3_state_dict(path)
-    return load_sam3(state, device=zoo.resolve_device(device))
+    model = load_sam3(state, device=zoo.resolve_device(device))
+    model.model_id = f"sam3:file:{zoo._file_identity(path)}"  # the key of its cached embeddings
+    return model
 
 
 def _is_sam1_or_2(path) -> bool:

@@ -108,17 +108,29 @@ def test_threshold_keeps_instances_above_it_best_first(predictor, image):
 
 
 def test_queries_reuse_the_cached_image_features(predictor, image):
-    embedding = predictor.encode(image)
     calls = []
     hook = predictor.model.backbone.vision_backbone.register_forward_hook(lambda *args: calls.append(1))
     try:
+        embedding = predictor.encode(image.copy())
         first = predictor.find(embedding, text="red square", threshold=-1.0)
         predictor.find(embedding, text="tree", threshold=-1.0)
-        again = predictor.find(embedding, text="red square", threshold=-1.0)
+        again = predictor.find(predictor.encode(image.copy()), text="red square", threshold=-1.0)
+        predictor.encode(image[::-1].copy())
     finally:
         hook.remove()
-    assert calls == []
+    assert len(calls) <= 2  # the image once at most (it may be cached by an earlier test), its flip once
+    assert calls[-1:] == [1]
     np.testing.assert_array_equal(first.scores, again.scores)
+    assert embedding.features.shape == (1, SMALL_SAM3.d_model, 8, 8)
+    assert [t.shape[-1] for t in embedding.high_res_features] == [32, 16]
+
+
+def test_an_embedding_of_another_model_is_refused(predictor, image, small_vit_checkpoint):
+    from sam_core.predictor import Predictor
+
+    other = Predictor(None, checkpoint=small_vit_checkpoint).encode(image)
+    with pytest.raises(SamError, match="computed by another model"):
+        predictor.find(other, text="cell")
 
 
 def test_configuration_is_inferred_from_the_weights(sam3_checkpoint):

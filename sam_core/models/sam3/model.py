@@ -73,6 +73,16 @@ class Sam3(nn.Module):
         self.segmentation_head = SegmentationHead(config)
         self.dot_prod_scoring = DotProductScoring(config)
 
+    @property
+    def image_encoder(self) -> nn.Module:
+        """The part an image's features depend on (what :func:`sam_core.identity.weights_id` hashes)."""
+        return self.backbone.vision_backbone
+
+    def positions(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The sine encodings of feature maps (1, C, h, w)."""
+        encoding = self.backbone.vision_backbone.position_encoding
+        return [encoding.grid(f.shape[-2], f.shape[-1], f.device).to(f.dtype) for f in levels]
+
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """images (1, 3, S, S), RGB scaled to [-1, 1] ((x / 255 - 0.5) / 0.5)."""
         levels, positions = self.backbone.vision_backbone(images)
