@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 class EngineProcess:
@@ -118,18 +117,84 @@ def test_models_and_info(engine):
     assert {"demo", "vit_b", "vit_t"} <= {model["name"] for model in info["models"]}
 
 
-def test_cancel_a_queued_request(engine):
-    # "info" imports torch (seconds); "models" queued behind it in the same lane is cancelled before it runs
-    engine.send(b"".join(json.dumps(r).encode() + b"\n" for r in (
-        {"id": "a", "cmd": "info"},
-        {"id": "b", "cmd": "models"},
-        {"id": "c", "cmd": "cancel", "params": {"target": "b"}},
-    )))
-    (cancel_ack,) = engine.until_done("c")
-    assert cancel_ack["result"] == {"cancelled": True}
-    (cancelled,) = engine.until_done("b")
-    assert cancelled["event"] == "error" and cancelled["kind"] == "cancelled"
-    assert engine.until_done("a")[-1]["event"] == "result"
+class ServedEngine:
+    """An engine served in this process on pipes (``sam_core.engine.serve``), so that a test can hold a
+    request at a known point (``gate``) instead of racing a subprocess."""
+
+    def __init__(self, engine) -> None:
+        from sam_core.engine import serve
+
+        read_in, self._write_in = os.pipe()
+        self._read_out, write_out = os.pipe()
+        self._in = os.fdopen(read_in, "rb")
+        self._to_engine = os.fdopen(self._write_in, "wb", buffering=0)
+        out = os.fdopen(write_out, "wb", buffering=0)
+        self.events: "queue.Queue[dict]" = queue.Queue()
+        self._server = threading.Thread(target=lambda: (serve(self._in, out, engine), out.close()), daemon=True)
+        self._server.start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self.events.get(timeout=60)["event"] == "ready"
+
+    def _read(self) -> None:
+        with os.fdopen(self._read_out, "rb") as stream:
+            for raw in stream:
+                self.events.put(json.loads(raw))
+
+    def send(self, request: dict) -> None:
+        self._to_engine.write(json.dumps(request).encode() + b"\n")
+
+    until_done = EngineProcess.until_done
+
+    def close(self) -> None:
+        self._to_engine.close()
+        self._server.join(60)
+        self._reader.join(10)
+        assert not self._server.is_alive()
+
+
+def _gated_engine(hold):
+    """An Engine whose requests call ``hold(cmd, progress, cancel)`` first, and whose progress
+    callbacks go through ``hold`` too (``cmd`` then names the request's command and ``"progress"``)."""
+    from sam_core.engine import Engine
+
+    class Gated(Engine):
+        def run(self, cmd, params, progress, cancel):
+            hold(cmd, None, cancel)
+
+            def gated_progress(done, total, message=""):
+                progress(done, total, message)
+                hold(f"{cmd}:progress", done, cancel)
+
+            return super().run(cmd, params, gated_progress, cancel)
+
+    return Gated()
+
+
+def test_cancel_a_queued_request():
+    """"models" waits in the lane behind "info", which is held until the cancel is acknowledged."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(cmd, done, cancel):
+        if cmd == "info":
+            started.set()
+            assert release.wait(60)
+
+    served = ServedEngine(_gated_engine(hold))
+    try:
+        served.send({"id": "a", "cmd": "info"})
+        assert started.wait(60)  # "a" runs: the lane is busy
+        served.send({"id": "b", "cmd": "models"})
+        served.send({"id": "c", "cmd": "cancel", "params": {"target": "b"}})
+        (cancel_ack,) = served.until_done("c")
+        assert cancel_ack["result"] == {"cancelled": True}
+        release.set()
+        assert served.until_done("a")[-1]["event"] == "result"
+        (cancelled,) = served.until_done("b")
+        assert cancelled["event"] == "error" and cancelled["kind"] == "cancelled"
+    finally:
+        release.set()
+        served.close()
 
 
 def test_end_of_input_stops_the_engine(engine):
@@ -138,7 +203,7 @@ def test_end_of_input_stops_the_engine(engine):
     assert engine.close() == 0
 
 
-RGB = str(SHARED_DATA / "RGB.byte.tif")
+RGB = str(ROOT / "tests" / "data" / "RGB.byte.tif")  # a copy of ../shared/data/RGB.byte.tif
 
 
 @pytest.fixture
@@ -186,23 +251,36 @@ def test_encode_raster_then_clicks_need_no_encoder(small_vit_checkpoint, engine_
     assert predictor.encoder_runs == runs
 
 
-def test_automask_cancel_mid_run_leaves_no_output(engine, small_vit_checkpoint, tmp_path):
+def test_automask_cancel_mid_run_leaves_no_output(small_vit_checkpoint, tmp_path, engine_home):
+    """The run is held after its first tile until the cancel is acknowledged: it stops before the next."""
+    midway, release = threading.Event(), threading.Event()
+
+    def hold(cmd, done, cancel):
+        if cmd == "automask_raster:progress" and done >= 1 and not midway.is_set():
+            midway.set()
+            assert release.wait(60)
+
+    served = ServedEngine(_gated_engine(hold))
     output = tmp_path / "segments.gpkg"
-    engine.send({"id": "auto", "cmd": "automask_raster", "lane": "batch", "params": {
-        "raster": RGB, "output": str(output), "checkpoint": str(small_vit_checkpoint), "tile_size": 128,
-        "overlap": 16, "generator_params": {"points_per_side": 4}}})
-    while True:
-        event = engine.events.get(timeout=120)
-        if event.get("id") == "auto" and event["event"] == "progress" and event["done"] >= 1:
-            break
-        assert event["event"] != "result", event
-    engine.send({"id": "stop", "cmd": "cancel", "params": {"target": "auto"}})
-    events = engine.until_done("auto")
-    assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
-    assert not output.exists()
-    # the engine keeps serving
-    engine.send({"id": "h", "cmd": "hello"})
-    assert engine.until_done("h")[-1]["event"] == "result"
+    try:
+        served.send({"id": "auto", "cmd": "automask_raster", "lane": "batch", "params": {
+            "raster": RGB, "output": str(output), "checkpoint": str(small_vit_checkpoint), "tile_size": 128,
+            "overlap": 16, "generator_params": {"points_per_side": 4}}})
+        assert midway.wait(300)
+        served.send({"id": "stop", "cmd": "cancel", "params": {"target": "auto"}})
+        assert served.until_done("stop")[-1]["result"] == {"cancelled": True}
+        release.set()
+        events = served.until_done("auto")
+        assert events[-1]["event"] == "error" and events[-1]["kind"] == "cancelled"
+        progress = [e for e in events if e["event"] == "progress"]
+        assert progress[-1]["done"] < progress[-1]["total"]  # stopped with tiles left
+        assert not output.exists()
+        # the engine keeps serving
+        served.send({"id": "h", "cmd": "hello"})
+        assert served.until_done("h")[-1]["event"] == "result"
+    finally:
+        release.set()
+        served.close()
 
 
 def test_automask_and_segment_prompts_write_polygons_in_the_raster_crs(engine, small_vit_checkpoint, tmp_path):
