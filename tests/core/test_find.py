@@ -196,3 +196,16 @@ def test_gated_download_needs_a_token_and_sends_it(sam3_file, scene, tmp_path, c
     assert code == 0, err
     assert server.authorizations[-1] == "Bearer good" and (cache / "sam3.pt").read_bytes() == sam3_file.read_bytes()
     server.httpd.shutdown()
+
+
+def test_download_command_takes_the_token(sam3_file, tmp_path, capsys, monkeypatch):
+    server = _GatedServer(sam3_file.read_bytes(), token="tok")
+    monkeypatch.setitem(zoo.MODELS, "sam3", replace(zoo.MODELS["sam3"], url=server.url))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    cache = tmp_path / "ckpt"
+    code, _, err = run_cli(["download", "sam3", "--cache-dir", cache, "--quiet"], capsys)
+    assert code == 2 and "sam3 is gated" in err and err.count("\n") == 1
+    code, stdout, err = run_cli(["download", "sam3", "--cache-dir", cache, "--quiet", "--token", "tok"], capsys)
+    assert code == 0, err
+    assert stdout.strip() == str(cache / "sam3.pt") and server.authorizations == ["Bearer tok"]
+    server.httpd.shutdown()
