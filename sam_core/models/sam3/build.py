@@ -2,9 +2,11 @@
 
 The official ``sam3.pt`` holds the image (concept) model under ``detector.`` and the video tracker
 under ``tracker.``. Every detector weight our model has must be in the file, with its shape, and the
-file may hold no detector weight we do not know, except the tracker's own neck
-(``backbone.vision_backbone.sam2_convs.``), which the interactive head will use. The tracker's
-weights are not loaded yet. The rotary tables (``...attn.freqs_cis``) are computed; a file without
+file may hold no detector weight we do not know, except the parts of the official detector that the
+image (concept) model does not run: the tracker's own neck (``backbone.vision_backbone.sam2_convs.``,
+for the interactive head later), instance-query heads of the decoder (``transformer.decoder.instance_``)
+and a mask-prompt encoder (``geometry_encoder.mask_encoder.``). The tracker's weights are not loaded
+yet. The rotary tables (``...attn.freqs_cis``) are computed; a file without
 them loads too.
 """
 
@@ -22,7 +24,7 @@ from sam_core.models.sam3.config import Sam3Config, detector_state, infer_sam3_c
 from sam_core.models.sam3.model import Sam3
 
 PathLike = Union[str, Path]
-_KNOWN_EXTRA = ("backbone.vision_backbone.sam2_convs.",)
+_KNOWN_EXTRA = ("backbone.vision_backbone.sam2_convs.", "transformer.decoder.instance_", "geometry_encoder.mask_encoder.")
 _COMPUTED = (".attn.freqs_cis",)
 
 
