@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sam_core.cli.options import add_preparation_args, parse_numbers, preparation
 from sam_core.errors import SamError
+from sam_core.progress import TqdmProgress
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 SUFFIXES = LABEL_SUFFIXES + (".json",)
@@ -40,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--token", default=None, help="Hugging Face token to download the gated sam3 (default: $HF_TOKEN)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR", help="checkpoint folder (default: $SAM_CORE_CHECKPOINTS or the user cache)")
     add_preparation_args(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown while sam3 downloads)")
     parser.set_defaults(func=run)
 
 
@@ -64,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     exemplars, negatives = _boxes(args.exemplar, "--exemplar"), _boxes(args.negative, "--negative")
     check_output_path(out, option="--out")
     image = read_image(args.image)
-    model = load_concept_model(args.model, args.checkpoint, device=args.device, cache_dir=args.cache_dir, token=args.token)
+    with TqdmProgress(desc="downloading sam3 (MB)", disable=args.quiet) as bar:
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            bar(done // 1_000_000, total // 1_000_000, message)
+
+        model = load_concept_model(args.model, args.checkpoint, device=args.device, cache_dir=args.cache_dir,
+                                   token=args.token, progress=progress)
     predictor = ConceptPredictor(model, preparation=preparation(args))
     if args.text is not None:
         predictor.check_text(args.text)
