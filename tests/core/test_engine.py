@@ -232,8 +232,13 @@ def test_clicks_after_the_first_reuse_the_embedding(small_vit_checkpoint, engine
                                               labels=[1, 0]), lambda *a: None, CancelToken())
     assert isinstance(second["polygons"], list)
     assert predictor.encoder_runs == runs  # same tile: only the decoder ran
-    # embeddings also went to the on-disk cache of the engine
-    assert any((home_dir() / "embeddings").iterdir())
+    # each encoded tile also went to the on-disk cache of the engine, as a readable embedding file
+    from sam_core.cache import EmbeddingCache
+
+    files = sorted((home_dir() / "embeddings").glob("*.samemb"))
+    assert len(files) == runs
+    on_disk = EmbeddingCache(directory=home_dir() / "embeddings")
+    assert all(on_disk.get(path.stem).model_id == predictor.model_id for path in files)
 
 
 def test_encode_raster_then_clicks_need_no_encoder(small_vit_checkpoint, engine_home):
