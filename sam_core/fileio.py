@@ -88,7 +88,7 @@ def check_output_path(path: PathLike, *, option: str = "the output", folder: boo
         raise SamError(f"{option} {target} is a folder: give a file name inside it, such as {target / ('output' + target.suffix) if target.suffix else target / 'output'}")
     parent = _existing_ancestor(target if folder else target.parent)
     if not parent.is_dir():
-        raise SamError(f"cannot create the folder for {option} {target}: {parent} is a file")
+        raise SamError(f"cannot write to the folder {target if folder else target.parent} ({option}): {parent} is a file")
     try:
         fd, probe = tempfile.mkstemp(prefix=".sam-write-check.", dir=parent)
         os.close(fd)

@@ -123,7 +123,7 @@ def test_writer_is_atomic_and_refuses_unknown_extensions(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(pyogrio.raw, "write", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SamError, match=f"cannot write {out}: disk full"):  # GDAL's failure as one line for the user
         write_features(out, features, UTM)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.gpkg"]
