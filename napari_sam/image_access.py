@@ -20,6 +20,16 @@ from sam_core.imaging import Preparation
 MAX_STACK_AXES = 2
 
 
+def unwrap(obj: Any) -> Any:
+    """The napari object behind ``obj``.
+
+    napari hands plugin widgets a ``PublicOnlyProxy`` of the viewer, and every attribute or item read
+    through it (``viewer.layers[name]``) returns a *new* proxy of the same layer, so ``is`` between
+    two reads is never true. Compare and keep layers unwrapped; other objects pass through unchanged.
+    """
+    return getattr(obj, "__wrapped__", obj)
+
+
 @dataclass
 class ImageAccess:
     """Read access to ``layer``'s data for the model.
@@ -33,6 +43,7 @@ class ImageAccess:
     channels: Optional[Tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
+        self.layer = unwrap(self.layer)
         data = self.layer.data[0] if getattr(self.layer, "multiscale", False) else self.layer.data
         self.data = data
         shape = tuple(int(s) for s in data.shape)

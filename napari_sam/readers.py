@@ -1,4 +1,7 @@
-"""napari readers for medical volumes: NIfTI files (nibabel) and DICOM series folders (pydicom).
+"""napari readers for medical volumes: NIfTI files (nibabel), DICOM files and DICOM series folders (pydicom).
+
+The manifest (``napari.yaml``) claims only these: ``*.nii``, ``*.nii.gz``, ``*.dcm``, ``*.dicom`` and
+folders (a folder is read when it holds DICOM files); every other file is left to napari's readers.
 
 Both keep the voxel spacing as the layer's ``scale`` (millimetres), in napari's axis order:
 (z, y, x) for volumes and (t, z, y, x) for 4D NIfTI. NIfTI stores voxels as (i, j, k[, t]) = (x, y,
@@ -46,6 +49,8 @@ def get_reader(path: PathOrPaths) -> Optional[Callable[[PathOrPaths], List[Layer
         return read_nifti
     if os.path.isdir(path) and _dicom_files(Path(path)):
         return read_dicom_series
+    if os.path.isfile(path) and _is_dicom_file(Path(path)):
+        return read_dicom_file
     return None
 
 
@@ -115,17 +120,7 @@ def read_dicom_series(path: PathOrPaths) -> List[LayerData]:
     shapes = {d.pixel_array.shape for d in datasets}
     if len(shapes) != 1:
         raise SamError(f"{folder}: the slices have different sizes {sorted(shapes)}")
-    slices = []
-    for d in datasets:
-        pixels = d.pixel_array
-        slope = float(d.get("RescaleSlope", 1.0))
-        intercept = float(d.get("RescaleIntercept", 0.0))
-        if slope != 1.0 or intercept != 0.0:
-            pixels = pixels.astype(np.float32) * slope + intercept
-        slices.append(pixels)
-    volume = np.stack(slices)
-    if volume.dtype == np.float32 and np.all(np.mod(volume, 1) == 0) and np.abs(volume).max() < 32768:
-        volume = volume.astype(np.int16)
+    volume = _compact(np.stack([_physical(d) for d in datasets]))
 
     row_spacing, col_spacing = (float(v) for v in first.get("PixelSpacing", (1.0, 1.0)))
     slice_spacing = None
@@ -139,3 +134,52 @@ def read_dicom_series(path: PathOrPaths) -> List[LayerData]:
     name = str(first.get("SeriesDescription", "") or folder.name)
     meta = {"path": str(folder), "modality": str(first.get("Modality", ""))}
     return [(volume, {"name": name, "scale": (slice_spacing, row_spacing, col_spacing), "metadata": meta}, "image")]
+
+
+def read_dicom_file(path: PathOrPaths) -> List[LayerData]:
+    """Read one DICOM file: a (y, x) image, a (frames, y, x) multi-frame image or an RGB (y, x, 3) image.
+
+    The scale is PixelSpacing (row, column) in millimetres, with SpacingBetweenSlices (else
+    SliceThickness, else 1) for the frames of a multi-frame file. To read a series of single-slice
+    files as one volume, open their folder.
+    """
+    import pydicom
+
+    from sam_core.errors import SamError
+
+    if isinstance(path, list):
+        path = path[0]
+    try:
+        dataset = pydicom.dcmread(str(path))
+        if "PixelData" not in dataset:
+            raise SamError(f"{path}: the DICOM file holds no image")
+        rgb = int(dataset.get("SamplesPerPixel", 1)) == 3
+        pixels = dataset.pixel_array if rgb else _compact(_physical(dataset))
+    except SamError:
+        raise
+    except Exception as error:  # pydicom raises several types for bad files
+        raise SamError(f"cannot read DICOM file {path}: {error}") from error
+    row_spacing, col_spacing = (float(v) for v in dataset.get("PixelSpacing", (1.0, 1.0)))
+    scale: Tuple[float, ...] = (row_spacing, col_spacing)
+    if pixels.ndim - int(rgb) == 3:
+        scale = (float(dataset.get("SpacingBetweenSlices", dataset.get("SliceThickness", 1.0)) or 1.0),) + scale
+    name = str(dataset.get("SeriesDescription", "") or Path(str(path)).stem)
+    meta = {"path": str(path), "modality": str(dataset.get("Modality", ""))}
+    return [(pixels, {"name": name, "scale": scale, "rgb": rgb, "metadata": meta}, "image")]
+
+
+def _physical(dataset: object) -> np.ndarray:
+    """A dataset's pixels in their physical unit (RescaleSlope and RescaleIntercept: HU for CT)."""
+    pixels = dataset.pixel_array
+    slope = float(dataset.get("RescaleSlope", 1.0))
+    intercept = float(dataset.get("RescaleIntercept", 0.0))
+    if slope != 1.0 or intercept != 0.0:
+        pixels = pixels.astype(np.float32) * slope + intercept
+    return pixels
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """float32 values that are whole numbers within int16's range become int16 (half the memory)."""
+    if array.dtype == np.float32 and np.all(np.mod(array, 1) == 0) and np.abs(array).max() < 32768:
+        return array.astype(np.int16)
+    return array

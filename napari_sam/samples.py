@@ -76,6 +76,20 @@ def make_volume_3d(shape: Tuple[int, int, int] = (24, 256, 256), seed: int = 1) 
     return _render(labels, rng, False), labels
 
 
+def make_spheres(shape: Tuple[int, int, int] = (30, 200, 200),
+                 spheres: Tuple[Tuple[Tuple[float, float, float], float], ...] = (
+                     ((15, 50, 60), 8), ((14, 140, 60), 16), ((16, 100, 150), 22)),
+                 seed: int = 9) -> Tuple[np.ndarray, np.ndarray]:
+    """A (Z, Y, X) uint8 volume of separate spheres, each ``((z, y, x) centre, radius)`` in pixels;
+    returns ``(image, labels)`` (sphere ``i`` of the list has label ``i + 1``)."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, dtype=np.int32)
+    for object_id, (centre, radius) in enumerate(spheres, start=1):
+        inside = (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+        labels[inside & (labels == 0)] = object_id
+    return _render(labels, np.random.default_rng(seed), False), labels
+
+
 def make_time_series(shape: Tuple[int, int, int] = (12, 128, 128), seed: int = 2) -> Tuple[np.ndarray, np.ndarray]:
     """A (T, Y, X) uint8 series of three cells drifting across the field; returns ``(image, labels)``."""
     rng = np.random.default_rng(seed)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_sam.image_access import ImageAccess
+from napari_sam.image_access import ImageAccess, unwrap
 from napari_sam.workers import Job, start_job
 from sam_core.errors import SamError
 from sam_core.volume import STOP_IOU
@@ -41,7 +41,8 @@ AUTO_NAME = "SAM automatic"
 
 POSITIVE, NEGATIVE = "positive", "negative"
 
-#: Keys the session binds on the viewer (documented in the widget).
+#: Keys the session binds on its own layers (documented in the widget): they act while one of the
+#: ``SAM ...`` layers is the active layer, and leave the viewer's and other plugins' keys alone.
 KEYS = {
     "Shift-T": "toggle positive / negative for new (and selected) points",
     "Shift-N": "next candidate mask",
@@ -50,6 +51,11 @@ KEYS = {
     "Shift-Z": "undo the last commit",
 }
 
+
+
+def slice_text(index: Tuple[int, ...]) -> str:
+    """``index`` (stack indices) for people: ``slice 3``, ``slice 1, 3`` or ``image`` (2D)."""
+    return "slice " + ", ".join(str(int(i)) for i in index) if index else "image"
 
 
 @dataclass
@@ -91,6 +97,13 @@ class Prompts:
     box: Optional[np.ndarray]
 
 
+def _renamed(progress: Any, unit: str) -> Any:
+    """``progress`` with its messages replaced by ``"<unit> done/total"``."""
+    if progress is None:
+        return None
+    return lambda done, total, message="": progress(done, total, f"{unit} {done}/{total}")
+
+
 class SamSession:
     """Interactive segmentation of one napari image layer with a sam_core ``Predictor``."""
 
@@ -112,8 +125,11 @@ class SamSession:
         self._pending: Optional[Tuple[int, Prompts]] = None
         self._decoding: Optional[Job] = None
         self._undo: List[Tuple[Tuple[np.ndarray, ...], np.ndarray, int]] = []
+        self._automatic_layers: List[Tuple[Any, Any]] = []  # (image layer, its SAM automatic layer)
         self.jobs: List[Job] = []
         self.on_candidates: List[Callable[[Optional[np.ndarray], int], None]] = []
+        #: Called with the label of new points (``positive`` or ``negative``) whenever it changes.
+        self.on_label: List[Callable[[str], None]] = []
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -130,7 +146,7 @@ class SamSession:
         except SamError as error:
             self._fail(str(error))
             return False
-        if self.access is None or self.access.layer is not layer or self._spatial_changed(access):
+        if self.access is None or self.access.layer is not unwrap(layer) or self._spatial_changed(access):
             self.access = access
             self._make_layers()
         else:
@@ -144,16 +160,18 @@ class SamSession:
         return {"scale": self.access.scale, "translate": self.access.translate}
 
     def _replace_layer(self, name: str, layer: Any) -> Any:
+        """Put ``layer`` in the viewer instead of the layer called ``name``; returns ``layer`` itself."""
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
-        return self.viewer.add_layer(layer)
+        self.viewer.add_layer(layer)
+        return layer
 
     def _objects_layer(self, shape: Tuple[int, ...], kw: dict) -> Any:
         """The committed objects layer: reused when it fits the image, and never deleted with objects in it."""
         from napari.layers import Labels
 
         if OBJECTS_NAME in self.viewer.layers:
-            old = self.viewer.layers[OBJECTS_NAME]
+            old = unwrap(self.viewer.layers[OBJECTS_NAME])
             same = tuple(old.data.shape) == shape and np.allclose(old.scale, kw["scale"]) \
                 and np.allclose(old.translate, kw["translate"])
             if same:
@@ -190,11 +208,15 @@ class SamSession:
         self.points_layer.mode = "add"
         self.points_layer.events.data.connect(self._on_prompts_changed)
         self.boxes_layer.events.data.connect(self._on_prompts_changed)
+        for layer in (self.points_layer, self.boxes_layer, self.preview_layer, self.objects_layer):
+            self._bind_keys(layer)
         self._undo.clear()
         self.candidates = None
+        self._emit_candidates()
+        self._emit_label(POSITIVE)
 
-    def bind_keys(self) -> None:
-        """Bind the session's keys (see :data:`KEYS`) on the viewer."""
+    def _bind_keys(self, layer: Any) -> None:
+        """Bind the session's keys (see :data:`KEYS`) on one of its own layers."""
         actions = {
             "Shift-T": self.toggle_label,
             "Shift-N": self.next_candidate,
@@ -203,7 +225,12 @@ class SamSession:
             "Shift-Z": self.undo,
         }
         for key, action in actions.items():
-            self.viewer.bind_key(key, lambda _viewer, action=action: action(), overwrite=True)
+            # overwrite: the objects layer is kept across sessions and already holds these keys
+            layer.bind_key(key, lambda _layer, action=action: action(), overwrite=True)
+
+    def _emit_label(self, label: str) -> None:
+        for listener in self.on_label:
+            listener(label)
 
     # ----------------------------------------------------------------------------------- model
 
@@ -279,7 +306,7 @@ class SamSession:
         image = self.access.plane(stack_index)
         finite = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
         if finite.size == 0 or finite.min() == finite.max():
-            where = f"slice {stack_index}" if stack_index else "the image"
+            where = slice_text(stack_index) if stack_index else "the image"
             raise SamError(f"{where} is empty (no valid pixels, or all pixels have one value): nothing to segment")
         return predictor.encode(image, preparation=preparation)
 
@@ -362,6 +389,7 @@ class SamSession:
             layer.refresh_colors()
             self.request_preview()
         show_info(f"New points are {new}.")
+        self._emit_label(new)
         return new
 
     # ----------------------------------------------------------------------------------- preview
@@ -515,7 +543,7 @@ class SamSession:
                 check(cancel)
                 with self._lock:
                     self._embed(predictor, index, preparation, None, cancel)
-                progress(done + 1, len(indices), f"slice {index}" if index else "image")
+                progress(done + 1, len(indices), slice_text(index))
             return predictor.encoder_runs - before
 
         def finished(runs: int) -> None:
@@ -570,6 +598,7 @@ class SamSession:
             self._fail("Segment the object on this slice first (add a point or a box), then propagate.")
             return None
         key_prompts = [self.prompts(k) for k in keys] if len(keys) >= 2 else []
+        preview = self.preview_layer
 
         def job(progress: Any, cancel: Any) -> np.ndarray:
             predictor = self.predictor(progress, cancel)
@@ -589,6 +618,9 @@ class SamSession:
                 )
 
         def finished(result: np.ndarray) -> None:
+            if self.preview_layer is not preview:
+                show_warning("The image changed while propagating: the result was dropped. Propagate again.")
+                return
             for i in range(len(stack)):
                 self.preview_layer.data[stack.index(i)] = result[i].astype(np.uint8)
             self.preview_layer.refresh()
@@ -603,7 +635,8 @@ class SamSession:
 
     def automatic(self, whole_stack: bool = False, params: Optional[dict] = None, link_iou: float = 0.3,
                   on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional[Job]:
-        """Automatic masks of the shown image/slice (or the whole stack, linked in 3D) into ``SAM automatic``."""
+        """Automatic masks of the shown image/slice (or the whole stack, linked in 3D) into the image's
+        ``SAM automatic (<image name>)`` layer (one per image, kept when another image is segmented)."""
         from sam_core.automask import AutomaticMaskGenerator, masks_to_labels
         from sam_core import volume as V
 
@@ -617,13 +650,14 @@ class SamSession:
             whole_stack = False
         tiled = self._tiled()
         s = self.settings
+        kw = self._layer_kwargs()
 
         def job(progress: Any, cancel: Any) -> Tuple[Tuple[int, ...], np.ndarray]:
             generator = AutomaticMaskGenerator(self.predictor(progress, cancel), **params)
 
-            def segment(image: np.ndarray, **kw: Any) -> np.ndarray:
+            def segment(image: np.ndarray, **options: Any) -> np.ndarray:
                 with self._lock:
-                    records = generator.generate(image, preparation=preparation, **kw)
+                    records = generator.generate(image, preparation=preparation, **options)
                 return masks_to_labels(records, image.shape[:2])
 
             if tiled:
@@ -639,11 +673,11 @@ class SamSession:
                 stack = access.volume(here, axis)
                 labels = V.automask_volume(segment, stack, min_iou=link_iou, progress=progress, cancel=cancel)
                 return here[:axis], labels
-            return here, segment(access.plane(here), progress=progress, cancel=cancel)
+            return here, segment(access.plane(here), progress=_renamed(progress, "point batch"), cancel=cancel)
 
         def finished(result: Tuple[Tuple[int, ...], np.ndarray]) -> None:
             index, labels = result
-            layer = self._automatic_layer()
+            layer = self._automatic_layer(access, kw)  # the image segmented, even if another is chosen now
             layer.data[index] = labels
             layer.refresh()
             show_info(f"Automatic segmentation: {int(len(np.unique(labels)) - 1)} object(s).")
@@ -652,13 +686,19 @@ class SamSession:
 
         return self._run(job, "SAM automatic", finished)
 
-    def _automatic_layer(self) -> Any:
+    def _automatic_layer(self, access: ImageAccess, kw: dict) -> Any:
+        """The ``SAM automatic`` layer of ``access``'s image: reused while it is in the viewer, else new."""
         from napari.layers import Labels
 
-        shape = self.access.spatial_shape
-        if AUTO_NAME in self.viewer.layers and tuple(self.viewer.layers[AUTO_NAME].data.shape) == shape:
-            return self.viewer.layers[AUTO_NAME]
-        return self._replace_layer(AUTO_NAME, Labels(np.zeros(shape, np.int32), name=AUTO_NAME, **self._layer_kwargs()))
+        shape = access.spatial_shape
+        for image, layer in self._automatic_layers:
+            if image is access.layer and layer in self.viewer.layers and tuple(layer.data.shape) == shape:
+                return layer
+        layer = Labels(np.zeros(shape, np.int32), name=f"{AUTO_NAME} ({access.layer.name})", **kw)
+        self.viewer.add_layer(layer)
+        self._automatic_layers = [(i, l) for i, l in self._automatic_layers if l in self.viewer.layers]
+        self._automatic_layers.append((access.layer, layer))
+        return layer
 
     # ----------------------------------------------------------------------------------- fine-tuning
 

@@ -25,12 +25,26 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_sam.image_access import unwrap
 from napari_sam.session import KEYS, ModelChoice, SamSession
 from napari_sam.windows import CT_WINDOWS, window_range
 from sam_core.volume import STOP_IOU
 
 _LOCAL_FILE = "local checkpoint file…"
 _NO_WINDOW = "layer contrast"
+
+
+class _signals_blocked:
+    """``with _signals_blocked(widget):`` the widget emits no signals inside the block."""
+
+    def __init__(self, widget: QWidget) -> None:
+        self.widget = widget
+
+    def __enter__(self) -> None:
+        self._was = self.widget.blockSignals(True)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.widget.blockSignals(self._was)
 
 
 def _default_cache_dir() -> str:
@@ -44,9 +58,10 @@ class SamWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        self.viewer = napari_viewer
+        self.viewer = napari_viewer  # from the Plugins menu: napari's PublicOnlyProxy of the viewer
         self.session = SamSession(napari_viewer)
         self.session.on_candidates.append(self._show_scores)
+        self.session.on_label.append(self._show_label)
         self.choices: list = []
         self._job = None
         layout = QVBoxLayout(self)
@@ -58,7 +73,7 @@ class SamWidget(QWidget):
         keys = "\n".join(f"{key}: {what}" for key, what in KEYS.items())
         help_text = QLabel(
             "Mouse: click on the image with 'SAM points' selected adds a point (positive green, negative red); "
-            "draw rectangles on 'SAM boxes'.\nKeys:\n" + keys
+            "draw rectangles on 'SAM boxes'.\nKeys (while a 'SAM ...' layer is selected):\n" + keys
         )
         help_text.setWordWrap(True)
         layout.addWidget(help_text)
@@ -66,7 +81,6 @@ class SamWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
-        self.session.bind_keys()
 
     # ----------------------------------------------------------------------------------- panels
 
@@ -107,18 +121,18 @@ class SamWidget(QWidget):
         self.window_combo.currentIndexChanged.connect(self._apply_window)
         form.addRow("Intensity window", self.window_combo)
         self.start_button = QPushButton("Start / reset session")
-        self.start_button.clicked.connect(self.start)
+        self.start_button.clicked.connect(lambda: self.start())
         form.addRow(self.start_button)
         self.all_slices_check = QCheckBox("all slices")
         self.compute_button = QPushButton("Compute embeddings")
-        self.compute_button.clicked.connect(self.compute_embeddings)
+        self.compute_button.clicked.connect(lambda: self.compute_embeddings())
         row2 = QHBoxLayout()
         row2.addWidget(self.compute_button)
         row2.addWidget(self.all_slices_check)
         form.addRow(row2)
         self.progress_bar = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.session.cancel_all)
+        self.cancel_button.clicked.connect(lambda: self.session.cancel_all())
         row3 = QHBoxLayout()
         row3.addWidget(self.progress_bar)
         row3.addWidget(self.cancel_button)
@@ -129,16 +143,16 @@ class SamWidget(QWidget):
         box = QGroupBox("Prompts")
         layout = QVBoxLayout(box)
         self.label_button = QPushButton("New points: positive (Shift-T)")
-        self.label_button.clicked.connect(self._toggle)
+        self.label_button.clicked.connect(lambda: self.session.toggle_label())
         self.candidate_label = QLabel("candidates: none")
         self.next_button = QPushButton("Next candidate (Shift-N)")
-        self.next_button.clicked.connect(self.session.next_candidate)
+        self.next_button.clicked.connect(lambda: self.session.next_candidate())
         self.commit_button = QPushButton("Commit (Shift-C)")
-        self.commit_button.clicked.connect(self.session.commit)
+        self.commit_button.clicked.connect(lambda: self.session.commit())
         self.undo_button = QPushButton("Undo commit (Shift-Z)")
-        self.undo_button.clicked.connect(self.session.undo)
+        self.undo_button.clicked.connect(lambda: self.session.undo())
         self.clear_button = QPushButton("Clear prompts (Shift-X)")
-        self.clear_button.clicked.connect(self.session.clear)
+        self.clear_button.clicked.connect(lambda: self.session.clear())
         self.overwrite_check = QCheckBox("commit may overwrite other objects")
         self.overwrite_check.toggled.connect(lambda on: setattr(self.session, "overwrite", on))
         for widget in (self.label_button, self.candidate_label, self.next_button, self.commit_button,
@@ -163,7 +177,7 @@ class SamWidget(QWidget):
         self.stop_iou_spin.setValue(STOP_IOU)
         form.addRow("Stop below predicted IoU", self.stop_iou_spin)
         self.propagate_button = QPushButton("Propagate through stack")
-        self.propagate_button.clicked.connect(self.propagate)
+        self.propagate_button.clicked.connect(lambda: self.propagate())
         form.addRow(self.propagate_button)
         return box
 
@@ -210,7 +224,7 @@ class SamWidget(QWidget):
         self.epochs_spin.setValue(5)
         form.addRow("Epochs", self.epochs_spin)
         self.finetune_button = QPushButton("Fine-tune and add to model list")
-        self.finetune_button.clicked.connect(self.finetune)
+        self.finetune_button.clicked.connect(lambda: self.finetune())
         form.addRow(self.finetune_button)
         return box
 
@@ -235,7 +249,8 @@ class SamWidget(QWidget):
         """Add a model (for example a fine-tuned checkpoint) before the 'local file' entry."""
         position = len(self.choices) - 1
         self.choices.insert(position, choice)
-        self.model_combo.insertItem(position, choice.label)
+        with _signals_blocked(self.model_combo):  # the insert moves the current index: no dialog for that
+            self.model_combo.insertItem(position, choice.label)
         if select:
             self.model_combo.setCurrentIndex(position)
 
@@ -321,30 +336,40 @@ class SamWidget(QWidget):
         return True
 
     def _ensure_started(self) -> bool:
-        if self.session.access is not None and self.session.access.layer is self._image_layer():
+        """Start a session unless one runs on the chosen image (compared unwrapped: see ``unwrap``)."""
+        if self.session.access is not None and self.session.access.layer is unwrap(self._image_layer()):
             return self.apply_settings()
         return self.start()
 
     def _watch(self, job: Any) -> Any:
         if job is not None:
             self.progress_bar.setValue(0)
+            self.progress_bar.setFormat(f"{job.description}: starting")
             job.listeners.append(self._on_progress)
-            job.worker.finished.connect(lambda: self.progress_bar.setValue(self.progress_bar.maximum()))
+            job.worker.finished.connect(lambda: self._on_finished(job))
         self._job = job
         return job
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress_bar.setMaximum(max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat(f"%v/%m {message}")
+        self.progress_bar.setFormat(f"{message} (%p%)" if message else "%p%")
+
+    def _on_finished(self, job: Any) -> None:
+        """The bar says how the job ended: done (full), cancelled or failed (empty)."""
+        if job.error is None:
+            self.progress_bar.setValue(self.progress_bar.maximum())
+            self.progress_bar.setFormat("done")
+        else:
+            self.progress_bar.setValue(0)
+            self.progress_bar.setFormat("cancelled" if job.cancelled else "failed (see the notification)")
 
     def compute_embeddings(self) -> Any:
         if not self._ensure_started():
             return None
         return self._watch(self.session.compute_embeddings(self.all_slices_check.isChecked()))
 
-    def _toggle(self) -> None:
-        label = self.session.toggle_label()
+    def _show_label(self, label: str) -> None:
         self.label_button.setText(f"New points: {label} (Shift-T)")
 
     def _show_scores(self, scores: Any, index: int) -> None:

@@ -49,13 +49,24 @@ class Job:
         self._show_progress = show_progress
         self._closed = False
         self.listeners: list = []
+        #: The exception the job ended with (None while running, or when it returned).
+        self.error: Optional[BaseException] = None
         self.worker = create_worker(
             func, self._bridge.progressed.emit, self.cancel_token,
-            _start_thread=False, _connect={"returned": on_result, "errored": notify_error},
+            _start_thread=False, _connect={"returned": on_result, "errored": self._on_error},
         )
         self.worker.finished.connect(self._close)
         if on_finished is not None:
             self.worker.finished.connect(on_finished)
+
+    def _on_error(self, error: BaseException) -> None:
+        self.error = error
+        notify_error(error)
+
+    @property
+    def cancelled(self) -> bool:
+        """True when the job stopped because of :meth:`cancel`."""
+        return isinstance(self.error, Cancelled)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         if self._closed:

@@ -1,11 +1,15 @@
-"""Fixtures for the napari plugin tests (run under Xvfb: napari needs OpenGL)."""
+"""Fixtures for the napari plugin tests (run under Xvfb: napari needs OpenGL).
+
+The widget is opened the way napari's Plugins menu opens it: ``add_plugin_dock_widget`` with the
+manifest's names, which hands the plugin a ``PublicOnlyProxy`` of the viewer.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from napari_sam.session import ModelChoice
+PLUGIN, WIDGET = "sam-suite", "Segment Anything"
 
 
 @pytest.fixture(autouse=True)
@@ -33,24 +37,47 @@ def notes():
 
 
 @pytest.fixture
-def make_widget(make_napari_viewer, tmp_path, small_vit_checkpoint):
-    """Factory: ``make_widget(image=None, model="small", **add_image_kwargs) -> (viewer, widget)``.
+def choose_file(monkeypatch):
+    """``choose_file(path)``: the next file dialog the plugin opens answers ``path``; returns the calls seen."""
+    from qtpy.QtWidgets import QFileDialog
 
-    ``model`` is ``"small"`` (random-weight small checkpoint, for mechanics) or ``"demo"``. The embedding
-    cache lives in the test's tmp_path.
+    calls = []
+
+    def choose(path):
+        def answer(*args, **kwargs):
+            calls.append(args)
+            return str(path), ""
+
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(answer))
+        return calls
+
+    return choose
+
+
+@pytest.fixture
+def make_widget(make_napari_viewer, tmp_path, small_vit_checkpoint, choose_file):
+    """Factory: ``make_widget(image=None, model="small", show=False, **add_image_kwargs) -> (viewer, widget)``.
+
+    The widget comes from the plugin manager. ``model`` is ``"small"`` (a random-weight small
+    checkpoint, for mechanics, chosen as a user does: "local checkpoint file…" and the file dialog)
+    or a zoo name such as ``"demo"``. ``show`` shows the window (needed to click on the canvas). The
+    embedding cache lives in the test's tmp_path.
     """
-    from napari_sam.widget import SamWidget
+    from qtpy.QtWidgets import QApplication
 
-    def factory(image=None, model="small", **kwargs):
-        viewer = make_napari_viewer()
+    def factory(image=None, model="small", show=False, **kwargs):
+        viewer = make_napari_viewer(show=show)
         if image is not None:
             viewer.add_image(image, name="image", **kwargs)
-        widget = SamWidget(viewer)
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
         widget.cache_edit.setText(str(tmp_path / "cache"))
+        names = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
         if model == "small":
-            widget.add_model(ModelChoice(None, str(small_vit_checkpoint), label="small test model"))
+            choose_file(small_vit_checkpoint)
+            widget.model_combo.setCurrentIndex(names.index("local checkpoint file…"))
         else:
-            widget.model_combo.setCurrentIndex([c.name if c else None for c in widget.choices].index(model))
+            widget.model_combo.setCurrentIndex(names.index(model))
+        QApplication.processEvents()
         return viewer, widget
 
     return factory

@@ -1,4 +1,4 @@
-"""Helpers shared by the napari tests."""
+"""Helpers shared by the napari tests: what a user does (buttons, canvas clicks, keys) and checks."""
 
 from __future__ import annotations
 
@@ -15,9 +15,49 @@ def demo_available() -> bool:
 needs_demo = pytest.mark.skipif(not demo_available(), reason="the bundled demo model is not trained yet")
 
 
-def wait_for(qtbot, session, timeout=60000):
-    """Wait until the session's workers are done."""
-    qtbot.waitUntil(lambda: not session.busy, timeout=timeout)
+def wait_for(qtbot, widget, timeout=60000):
+    """Wait until the widget's background work (jobs and preview decodes) is done."""
+    qtbot.waitUntil(lambda: not widget.session.busy, timeout=timeout)
+
+
+def click(qtbot, button):
+    """Press a QPushButton (or tick a QCheckBox) with the mouse."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtWidgets import QCheckBox
+
+    assert button.isEnabled(), button.text()
+    if isinstance(button, QCheckBox):  # on its box, at the left: the middle of a wide row may be empty
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         QPoint(8, button.height() // 2))
+    else:
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+
+
+def canvas(viewer):
+    return viewer.window._qt_viewer.canvas.native
+
+
+def click_canvas(qtbot, viewer, layer, data_yx):
+    """Left-click on the canvas of a shown viewer where ``layer`` has the data coordinates ``data_yx``
+    (row, col of the displayed plane; a 2D view). Returns the screen position clicked."""
+    from qtpy.QtCore import QPoint, Qt
+
+    widget = canvas(viewer)
+    scale = np.asarray(layer.scale, float)[-2:]
+    translate = np.asarray(layer.translate, float)[-2:]
+    world = np.asarray(data_yx, float) * scale + translate
+    centre = np.asarray(viewer.camera.center, float)[-2:]
+    screen = (world - centre) * viewer.camera.zoom
+    pos = QPoint(int(round(widget.width() / 2 + screen[1])), int(round(widget.height() / 2 + screen[0])))
+    qtbot.mouseClick(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+    return pos
+
+
+def press(qtbot, viewer, key):
+    """Press Shift + ``key`` (a letter) on the canvas, as the session's keys are bound."""
+    from qtpy.QtCore import Qt
+
+    qtbot.keyClick(canvas(viewer), getattr(Qt.Key, f"Key_{key.upper()}"), Qt.KeyboardModifier.ShiftModifier)
 
 
 def iou(a, b) -> float:
