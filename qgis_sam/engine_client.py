@@ -9,8 +9,9 @@ Threads: a reader thread per engine process receives events and calls the job ca
 thread: GUI code must hand them to the GUI thread). :meth:`EngineClient.request` blocks and is meant
 for worker threads (``QgsTask``, Processing algorithms); :meth:`EngineClient.submit` never blocks.
 
-If the engine dies, every waiting request fails with :class:`EngineCrashed` (a message for the user,
-with the end of the engine's log); the next request starts a new engine.
+If the engine dies, every waiting request fails with :class:`EngineCrashed`: a message for the user with
+how it ended (exit code or signal) and the lines the engine logged while that request ran (never older
+ones, which belong to other requests); the next request starts a new engine.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Job:
         self.error: Optional[EngineError] = None
         self._done = threading.Event()
         self._client: Optional["EngineClient"] = None
+        self._log_start = 0  # engine log lines written before this job was sent
 
     @property
     def done(self) -> bool:
@@ -122,7 +124,9 @@ class _EngineProcess:
         self.engine_version: Optional[str] = None  # set when the engine's version is not ``version``
         self.pending: dict[str, Job] = {}
         self.lock = threading.Lock()
-        self.stderr_tail: collections.deque = collections.deque(maxlen=30)
+        self.stderr_tail: collections.deque = collections.deque(maxlen=30)  # (line number, text)
+        self.stderr_lines = 0  # lines logged so far
+        self._log_lock = threading.Lock()
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.stopping = False
@@ -146,13 +150,31 @@ class _EngineProcess:
     def alive(self) -> bool:
         return not self.finished.is_set() and self.popen.poll() is None
 
+    def _log_position(self) -> int:
+        """Lines logged so far, after the reader took in what the engine already wrote (up to 0.2 s)."""
+        if os.name == "posix":
+            import select
+            import time
+
+            for _ in range(20):
+                try:
+                    pending, _, _ = select.select([self.popen.stderr], [], [], 0)
+                except (OSError, ValueError):
+                    break
+                if not pending:
+                    break
+                time.sleep(0.01)
+        return self.stderr_lines
+
     def send(self, request: dict, job: Optional[Job]) -> None:
         line = json.dumps(request).encode("utf-8") + b"\n"
+        start = self._log_position() if job is not None else 0
         with self.lock:
             if job is not None:
                 if self.finished.is_set():
-                    raise self._crash_error()
+                    raise self._crash_error(self.stderr_lines)
                 self.pending[job.id] = job
+                job._log_start = start
             try:
                 self.popen.stdin.write(line)
                 self.popen.stdin.flush()
@@ -161,13 +183,15 @@ class _EngineProcess:
                     self.pending.pop(job.id, None)
                     self.popen.wait()
                     self._stderr_thread.join(2)
-                    raise self._crash_error() from None
+                    raise self._crash_error(job._log_start) from None
 
     def _read_stderr(self) -> None:
         for raw in self.popen.stderr:
             text = raw.decode("utf-8", "replace").rstrip()
             if text:
-                self.stderr_tail.append(text)
+                with self._log_lock:
+                    self.stderr_tail.append((self.stderr_lines, text))
+                    self.stderr_lines += 1
                 self.log(text)
 
     def _read_stdout(self) -> None:
@@ -186,7 +210,7 @@ class _EngineProcess:
             waiting = list(self.pending.values())
             self.pending.clear()
         for job in waiting:
-            job._finish(error=self._crash_error())
+            job._finish(error=self._crash_error(job._log_start))
 
     def _dispatch(self, event: dict) -> None:
         kind = event.get("event")
@@ -216,7 +240,8 @@ class _EngineProcess:
             cls = {"user": EngineUserError, "cancelled": EngineCancelled}.get(error_kind, EngineError)
             job._finish(error=cls(message))
 
-    def _crash_error(self) -> EngineCrashed:
+    def _crash_error(self, since: int = 0) -> EngineCrashed:
+        """The error of a request sent when the log had ``since`` lines: it quotes only later lines."""
         code = self.popen.returncode
         if self.engine_version is not None:
             return EngineVersionMismatch(
@@ -224,18 +249,20 @@ class _EngineProcess:
                 f"version {self.version}. Open Raster > Segment Anything > Engine settings and click 'Create and "
                 f"install' to set up the engine bundled with the plugin, or install sam-suite=={self.version} into "
                 "that Python.")
-        tail = "\n".join(list(self.stderr_tail)[-8:])
         if self.stopping:
             return EngineCrashed("The Segment Anything engine was stopped (the plugin was unloaded or its settings changed).")
+        with self._log_lock:
+            lines = [text for number, text in self.stderr_tail if number >= since][-8:]
+        log = ("\nEngine log while it ran:\n" + "\n".join(lines)) if lines else ""
         if not self.ready.is_set():
             return EngineCrashed(
-                f"The Segment Anything engine could not start with the Python '{self.python}' (exit code {code}). "
+                f"The Segment Anything engine could not start with the Python '{self.python}' ({_how_it_ended(code)}). "
                 f"That Python needs sam_core installed (pip install sam-suite[geo]); choose another one in the "
-                f"plugin's settings or set {ENV_VAR}.\nEngine log:\n{tail}"
+                f"plugin's settings or set {ENV_VAR}.{log}"
             )
         return EngineCrashed(
-            f"The Segment Anything engine stopped unexpectedly (exit code {code}). QGIS is fine; the engine "
-            f"restarts with the next request.\nEngine log:\n{tail}"
+            f"The Segment Anything engine stopped unexpectedly ({_how_it_ended(code)}). QGIS is fine; the engine "
+            f"restarts with the next request.{log or ' It logged nothing while this request ran.'}"
         )
 
     def stop(self, timeout: float) -> None:
@@ -258,6 +285,20 @@ class _EngineProcess:
                 stream.close()
             except (OSError, ValueError):
                 pass
+
+
+def _how_it_ended(code: Optional[int]) -> str:
+    """'exit code 1', or 'killed by signal 9 (SIGKILL)' for a negative return code (POSIX)."""
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        import signal
+
+        name = signal.Signals(-code).name
+    except (ValueError, AttributeError):
+        name = "unknown"
+    hint = "; the system may have run out of memory" if name == "SIGKILL" else ""
+    return f"killed by signal {-code} ({name}{hint})"
 
 
 class EngineClient:

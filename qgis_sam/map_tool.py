@@ -1,7 +1,9 @@
 """The map tool: click and drag on the canvas, see the object's polygon, Enter to keep it.
 
 Gestures: left click adds a positive point, right click a negative point, a left drag draws a box;
-Enter commits the previewed polygon into the output layer, Esc clears the prompts, Backspace removes
+Enter commits the previewed polygon into the output layer (layer ``sam_segments`` of a GeoPackage, saved at
+once: the one chosen in the settings, else ``segment_anything.gpkg`` in the project's folder or the home
+folder; the first commit says where), Esc clears the prompts, Backspace removes
 the last point or box. Clicks arrive in the canvas (project) CRS and are sent to the engine in the
 raster's CRS; the engine answers polygons in the raster's CRS, shown on the canvas after a transform.
 
@@ -42,6 +44,8 @@ from .export import ExportError, RasterExport, local_raster_path
 
 LANE = "interactive"
 OUTPUT_PROPERTY = "qgis_sam/output"
+OUTPUT_LAYER = "sam_segments"
+DEFAULT_GPKG = "segment_anything.gpkg"
 DRAG_PIXELS = 5
 
 
@@ -63,39 +67,40 @@ def output_fields() -> list[QgsField]:
     ]
 
 
-def output_layer(crs: QgsCoordinateReferenceSystem, gpkg: str = "") -> QgsVectorLayer:
-    """The layer committed polygons go to: a scratch layer, or layer ``sam_segments`` of GeoPackage ``gpkg``.
+def default_output_gpkg() -> str:
+    """Where committed polygons go when no GeoPackage is chosen: ``segment_anything.gpkg`` in the project's
+    folder, or in the user's home folder while the project is not saved."""
+    folder = QgsProject.instance().homePath() or os.path.expanduser("~")
+    return os.path.join(folder, DEFAULT_GPKG)
 
-    An output layer already in the project (same CRS, same GeoPackage) is reused.
+
+def output_layer(crs: QgsCoordinateReferenceSystem, gpkg: str) -> QgsVectorLayer:
+    """The layer committed polygons go to: layer ``sam_segments`` of GeoPackage ``gpkg`` (created when
+    missing), saved on disk with every commit. An output layer already in the project is reused.
     """
     project = QgsProject.instance()
     key = f"{crs.toWkt()}|{gpkg}"
     for layer in project.mapLayers().values():
         if isinstance(layer, QgsVectorLayer) and layer.customProperty(OUTPUT_PROPERTY) == key and layer.isValid():
             return layer
-    if gpkg:
-        uri = f"{gpkg}|layername=sam_segments"
+    uri = f"{gpkg}|layername={OUTPUT_LAYER}"
+    layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
+    if not layer.isValid():
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = OUTPUT_LAYER
+        if os.path.exists(gpkg):
+            options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
+        fields = QgsVectorLayer("MultiPolygon", "tmp", "memory").fields()
+        for field in output_fields():
+            fields.append(field)
+        writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.Type.MultiPolygon, crs,
+                                            project.transformContext(), options)
+        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
+            raise EngineError(f"could not create the output GeoPackage {gpkg}: {writer.errorMessage()}; "
+                              "choose another one in Segment Anything ▸ Engine settings")
+        del writer
         layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
-        if not layer.isValid():
-            options = QgsVectorFileWriter.SaveVectorOptions()
-            options.driverName = "GPKG"
-            options.layerName = "sam_segments"
-            if os.path.exists(gpkg):
-                options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
-            fields = QgsVectorLayer("MultiPolygon", "tmp", "memory").fields()
-            for field in output_fields():
-                fields.append(field)
-            writer = QgsVectorFileWriter.create(gpkg, fields, QgsWkbTypes.Type.MultiPolygon, crs,
-                                                project.transformContext(), options)
-            if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
-                raise EngineError(f"could not create the output GeoPackage {gpkg}: {writer.errorMessage()}")
-            del writer
-            layer = QgsVectorLayer(uri, "Segment Anything", "ogr")
-    else:
-        layer = QgsVectorLayer("MultiPolygon", "Segment Anything", "memory")
-        layer.setCrs(crs)
-        layer.dataProvider().addAttributes(output_fields())
-        layer.updateFields()
     layer.setCustomProperty(OUTPUT_PROPERTY, key)
     symbol = layer.renderer().symbol() if layer.renderer() is not None else None
     if symbol is not None:
@@ -165,6 +170,7 @@ class SamMapTool(QgsMapTool):
         self._press: Optional[QPoint] = None
         self._press_button = Qt.MouseButton.NoButton
         self._markers: list[QgsVertexMarker] = []
+        self._told: set[str] = set()  # GeoPackages the user was told about (first commit into each)
         self._preview = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
         self._preview.setColor(QColor(255, 170, 0, 200))
         self._preview.setFillColor(QColor(255, 170, 0, 70))
@@ -390,8 +396,9 @@ class SamMapTool(QgsMapTool):
                 self.message("Segment Anything is still computing; press Enter again when the preview shows.",
                              Qgis.MessageLevel.Info)
             return None
+        gpkg = settings.value("output_gpkg") or default_output_gpkg()
         try:
-            layer = output_layer(self.layer.crs(), settings.value("output_gpkg"))
+            layer = output_layer(self.layer.crs(), gpkg)
         except EngineError as error:
             self.message(str(error), Qgis.MessageLevel.Critical)
             return None
@@ -417,6 +424,10 @@ class SamMapTool(QgsMapTool):
         layer.dataProvider().addFeatures([feature])
         layer.updateExtents()
         layer.triggerRepaint()
+        if gpkg not in self._told:
+            self._told.add(gpkg)
+            self.message(f"Kept polygon {next_id} in layer '{OUTPUT_LAYER}' of {gpkg} (saved with every Enter; "
+                         "choose another GeoPackage in Segment Anything ▸ Engine settings).", Qgis.MessageLevel.Info)
         self.committed.emit(feature)
         self.clear()
         return feature

@@ -12,7 +12,7 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from .base import SamAlgorithm, remove_files
+from .base import SamAlgorithm, attributes_help, remove_files
 
 
 def add_tiling_parameters(algorithm: SamAlgorithm) -> None:
@@ -43,11 +43,17 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
     def shortHelpString(self) -> str:
         return (
             "Finds every object of the raster with Segment Anything's automatic mask generator, tile by tile, "
-            "joins objects cut by tile seams, and writes them as polygons in the raster's CRS with the "
-            "attributes id, predicted_iou, stability_score, area and tile.\n\n"
-            "RESOLUTION resamples to a ground resolution (map units per pixel; empty: native). EXTENT limits "
-            "the area. MIN_AREA (map units²) drops small polygons, SIMPLIFY (map units) simplifies outlines. "
-            "POINTS_PER_SIDE, PRED_IOU_THRESH and STABILITY_THRESH are the generator's parameters.\n\n"
+            "joins objects cut by tile seams, and writes them as polygons in the raster's CRS. An object that "
+            "reaches a tile's border but was not found by the neighbouring tile is segmented again in a window "
+            "centred on it, so that it is kept whole instead of ending in a straight line on the border.<br><br>"
+            + attributes_help() +
+            "<b>Bands</b>: one band (grey) or three (red, green, blue). <b>Tile size</b> and <b>Tile overlap</b> "
+            "in pixels (an object larger than a tile may still be cut). <b>Resolution</b> resamples to a ground "
+            "resolution (map units per pixel; empty: native). <b>Extent</b> limits the area. <b>Minimum area</b> "
+            "(map units²) drops small polygons, <b>Simplification tolerance</b> (map units) simplifies outlines. "
+            "<b>Points per side</b>, <b>Predicted IoU threshold</b> and <b>Stability score threshold</b> are the "
+            "generator's settings (empty: the model's). <b>Model</b> or a <b>Checkpoint file</b> chooses the "
+            "weights.<br><br>"
             "The work runs in the Segment Anything engine process; cancel stops between tiles and writes nothing."
         )
 

@@ -30,6 +30,44 @@ from ..export import ExportError, export_raster, local_raster_path, native_resol
 ICON = os.path.join(os.path.dirname(os.path.dirname(__file__)), "icon.png")
 LANE = "batch"
 
+# The attributes of the polygons the engine writes (sam_core.geo.vectorize.pieces_to_features), for help texts.
+ATTRIBUTES = (
+    ("id", "1, 2, 3, … in output order"),
+    ("predicted_iou", "the model's estimate of the mask's quality, 0 to 1"),
+    ("stability_score", "how little the mask changes with its threshold, 0 to 1 (1 for prompted objects)"),
+    ("area", "in map units²"),
+    ("area_m2", "in square metres (on the ellipsoid for degrees; empty when the CRS's unit is unknown)"),
+    ("tile", "number of the tile that holds most of the object"),
+    ("n_tiles", "how many tiles the object spans"),
+)
+
+
+def attributes_help(extra: tuple = ()) -> str:
+    """The help paragraph that lists the output attributes (HTML)."""
+    items = "".join(f"<li><i>{name}</i>: {text}</li>" for name, text in ATTRIBUTES + tuple(extra))
+    return f"Attributes of the polygons:<ul>{items}</ul>"
+
+
+def model_name(value: Any) -> str:
+    """The MODEL parameter as a model name: a name, or its index in ``settings.MODEL_NAMES`` (as scripts
+    pass enum values). Raises QgsProcessingException with the valid choices otherwise."""
+    names = settings.MODEL_NAMES
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "demo"
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    text = str(value).strip()
+    if isinstance(value, int) or text.isdigit():
+        index = int(text)
+        if 0 <= index < len(names):
+            return names[index]
+    elif text in names:
+        return text
+    choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
+    raise QgsProcessingException(
+        f"Model (MODEL): {value!r} is not a model of this plugin. Give one of the names or numbers {choices} "
+        "(or leave it empty for demo); for your own weights set Checkpoint file (CHECKPOINT) instead.")
+
 
 class SamAlgorithm(QgsProcessingAlgorithm):
     """Base class: subclasses define ``name``, ``displayName``, ``initAlgorithm`` and ``processAlgorithm``."""
@@ -51,13 +89,25 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
         self.addParameter(QgsProcessingParameterFile(
-            "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, MODEL is then ignored)",
+            "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, Model is then ignored)",
             QgsProcessingParameterFile.Behavior.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
+
+    def checkParameterValues(self, parameters: dict, context: QgsProcessingContext) -> tuple:  # noqa: N802
+        """MODEL accepts a name or its index; an unknown one gets a message with the choices (not QGIS's
+        generic "Incorrect parameter value")."""
+        if self.parameterDefinition("MODEL") is not None and "MODEL" in parameters:
+            try:
+                name = model_name(parameters["MODEL"])
+            except QgsProcessingException as error:
+                return False, str(error)
+            parameters = dict(parameters)
+            parameters["MODEL"] = name
+        return super().checkParameterValues(parameters, context)
 
     def model_params(self, parameters: dict, context: QgsProcessingContext) -> dict:
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
         # With a checkpoint the engine infers the configuration from its weights.
-        model = None if checkpoint else (self.parameterAsEnumString(parameters, "MODEL", context) or "demo")
+        model = None if checkpoint else model_name(parameters.get("MODEL"))
         return {"model": model, "checkpoint": checkpoint, "device": settings.device()}
 
     # -- raster -------------------------------------------------------------------------------------

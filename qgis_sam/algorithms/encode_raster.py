@@ -18,8 +18,9 @@ class EncodeRasterAlgorithm(SamAlgorithm):
     def shortHelpString(self) -> str:
         return (
             "Runs the image encoder on every tile of the raster and stores the embeddings in the engine's "
-            "on-disk cache, so that clicks of the map tool (with the same bands, tile size, overlap and model) "
-            "only run the fast mask decoder. TILES is the number of tiles encoded or found in the cache."
+            "on-disk cache, so that clicks of the map tool (with the same <b>Bands</b>, <b>Tile size</b>, "
+            "<b>Tile overlap</b> and <b>Model</b>) only run the fast mask decoder. The output <i>Tiles encoded</i> "
+            "is the number of tiles encoded or found in the cache."
         )
 
     def initAlgorithm(self, config=None) -> None:

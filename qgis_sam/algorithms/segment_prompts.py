@@ -15,7 +15,7 @@ from qgis.core import (
     QgsVectorFileWriter,
 )
 
-from .base import SamAlgorithm, remove_files
+from .base import SamAlgorithm, attributes_help, remove_files
 
 
 class SegmentPromptsAlgorithm(SamAlgorithm):
@@ -27,10 +27,19 @@ class SegmentPromptsAlgorithm(SamAlgorithm):
 
     def shortHelpString(self) -> str:
         return (
-            "Segments one object per prompt group of PROMPTS: points (positive or negative, chosen by "
-            "LABEL_FIELD: 1 or true is positive, 0 or false negative; all positive when empty) and boxes "
-            "(polygons, taken as their bounds). PROMPTS may be in any CRS; the polygons come out in the "
-            "raster's CRS."
+            "Segments objects marked by the features of <b>Prompts</b>: points (positive or negative) and "
+            "boxes (polygons, taken as their bounds). Prompts may be in any CRS; the polygons come out in the "
+            "raster's CRS.<br><br>"
+            "Each object comes from one <i>prompt group</i>, the prompts that describe it together: every "
+            "polygon with the points inside it; every positive point outside polygons on its own; a negative "
+            "point outside polygons joins the group of the nearest positive point. When the prompt layer has a "
+            "field named <i>group</i>, features with the same value of it form one group instead. One polygon is "
+            "written per group.<br><br>"
+            "<b>Positive/negative field</b>: 1, true, positive, pos, foreground or fg is positive; 0, false, "
+            "negative, neg, background or bg negative; with no field (or an empty value) points are positive."
+            "<br><br>"
+            + attributes_help((("group", "the prompt group the polygon comes from"),)) +
+            "<b>Model</b> or a <b>Checkpoint file</b> chooses the weights."
         )
 
     def initAlgorithm(self, config=None) -> None:

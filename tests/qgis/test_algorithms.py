@@ -31,6 +31,12 @@ def run(algorithm: str, params: dict, feedback=None):
     return processing.run(algorithm, params, feedback=feedback)
 
 
+def algorithm(algorithm_id: str):
+    from qgis.core import QgsApplication
+
+    return QgsApplication.processingRegistry().algorithmById(algorithm_id)
+
+
 def vector(path_or_layer) -> QgsVectorLayer:
     if isinstance(path_or_layer, QgsVectorLayer):
         return path_or_layer
@@ -71,6 +77,9 @@ def test_automask_on_landsat_gives_polygons_in_the_raster_crs(processing, small_
     layer = vector(result["OUTPUT"])
     assert layer.crs() == QgsRasterLayer(RGB, "rgb").crs()
     assert FIELDS <= set(layer.fields().names())
+    # the help describes every attribute the output has
+    help_text = algorithm("sam:automask_raster").shortHelpString()
+    assert [name for name in layer.fields().names() if name != "fid" and f"<i>{name}</i>" not in help_text] == []
     # nodata frame: no polygon reaches outside the raster's data
     extent = QgsRasterLayer(RGB, "rgb").extent()
     for feature in layer.getFeatures():
@@ -110,6 +119,8 @@ def test_segment_prompts_from_another_crs(processing, small_checkpoint, scene, p
     layer = vector(result["OUTPUT"])
     assert layer.crs() == QgsRasterLayer(str(path), "scene").crs()
     assert "group" in layer.fields().names()
+    help_text = algorithm("sam:segment_prompts").shortHelpString()
+    assert [name for name in layer.fields().names() if name != "fid" and f"<i>{name}</i>" not in help_text] == []
 
 
 class CancelAfterFirstTile(QgsProcessingFeedback):
@@ -199,3 +210,45 @@ def test_demo_segments_known_objects_in_place(processing, which, request, tmp_pa
     found = [f.geometry() for f in layer.getFeatures()]
     best = [max((iou(QgsGeometry.fromWkt(item["wkt"]), g) for g in found), default=0.0) for item in objects]
     assert min(best) >= 0.8, best
+
+
+@pytest.mark.parametrize("algorithm_id", ["sam:automask_raster", "sam:segment_prompts", "sam:encode_raster"])
+def test_help_in_the_dialog_names_parameters_by_their_labels(processing, qgis_iface, monkeypatch, algorithm_id):
+    import re
+
+    import processing as qgis_processing
+    from qgis.gui import QgsBrowserGuiModel
+    from qgis.PyQt.QtWidgets import QLabel, QTextBrowser
+
+    browser = QgsBrowserGuiModel()  # pytest-qgis's iface has none; the dialog's file widgets need one
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    alg = algorithm(algorithm_id)
+    dialog = qgis_processing.createAlgorithmDialog(algorithm_id)
+    try:
+        shown = " ".join(w.toPlainText() for w in dialog.findChildren(QTextBrowser))
+        labels = [w.text() for w in dialog.findChildren(QLabel)]
+        help_text = alg.shortHelpString()
+        plain = re.sub("<[^>]+>", "", help_text)
+        assert plain.split(".")[0] in shown  # the dialog shows this help
+        ids = [p.name() for p in alg.parameterDefinitions()]
+        assert [name for name in ids if re.search(rf"\b{name}\b", plain)] == []
+        named = re.findall(r"<b>(.*?)</b>", help_text)
+        assert named, help_text
+        for name in named:  # each parameter the help names is a label of the dialog
+            assert any(label.startswith(name) for label in labels), (name, labels)
+    finally:
+        dialog.close()
+        dialog.deleteLater()
+
+
+def test_model_by_index_or_name_and_a_clear_message_for_an_unknown_one(processing, scene):
+    path, _ = scene
+    common = {"INPUT": str(path), "TILE_SIZE": 256, "OVERLAP": 32}
+    assert run("sam:encode_raster", {**common, "MODEL": 0})["TILES"] == 1  # 0 = demo, as scripts pass enums
+    assert run("sam:encode_raster", {**common, "MODEL": "demo"})["TILES"] == 1
+    for wrong in ("vit_x", 9):
+        with pytest.raises(QgsProcessingException) as error:
+            run("sam:encode_raster", {**common, "MODEL": wrong})
+        message = str(error.value)
+        assert "Incorrect parameter value" not in message
+        assert repr(wrong) in message and "0 = demo" in message and "4 = vit_h" in message

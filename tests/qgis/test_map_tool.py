@@ -64,6 +64,16 @@ def use_model(checkpoint=None, tile_size: int = 256) -> None:
     settings.set_value("output_gpkg", "")
 
 
+@pytest.fixture(autouse=True)
+def project_folder(tmp_path):
+    """The project's home folder (where commits go by default) is this test's folder."""
+    project = QgsProject.instance()
+    previous = project.presetHomePath()
+    project.setPresetHomePath(str(tmp_path))
+    yield tmp_path
+    project.setPresetHomePath(previous)
+
+
 def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
     canvas, layer, objects, to_canvas = canvas_on_scene
     use_model(small_checkpoint)
@@ -103,7 +113,8 @@ def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
     QTest.keyClick(canvas, Qt.Key_Escape)
     assert tool.points == [] and tool.box is None and tool.geometry is None
 
-    # commit: what the (random-weight, seeded) model previews goes to the scratch layer in the raster's CRS
+    # commit: what the (random-weight, seeded) model previews is saved at once into a GeoPackage in the
+    # project's folder (no unsaved scratch layer), in the raster's CRS, and the user is told where
     QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, pixel)
     assert idle(tool)
     assert tool.geometry is not None and tool._preview.numberOfVertices() > 0
@@ -111,11 +122,16 @@ def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
     tool.committed.connect(committed.append)
     QTest.keyClick(canvas, Qt.Key_Return)
     assert len(committed) == 1 and tool.points == [] and tool.geometry is None
+    default = tmp_path / "segment_anything.gpkg"
     (output,) = [lyr for lyr in QgsProject.instance().mapLayers().values() if lyr.name() == "Segment Anything"]
-    assert output.crs() == layer.crs() and output.featureCount() == 1
-    feature = next(output.getFeatures())
+    assert output.providerType() == "ogr" and output.source().startswith(str(default))
+    assert any(str(default) in text and "saved" in text for text in messages), messages
+    saved = QgsVectorLayer(f"{default}|layername=sam_segments", "saved", "ogr")
+    assert saved.isValid() and saved.crs() == layer.crs() and saved.featureCount() == 1
+    feature = next(saved.getFeatures())
     assert feature["id"] == 1 and feature["points"] == 1 and feature["raster"] == "scene"
     assert feature.geometry().area() == pytest.approx(feature["area"])
+    del saved
 
     # or into a chosen GeoPackage
     gpkg = tmp_path / "kept.gpkg"
