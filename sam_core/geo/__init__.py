@@ -1,7 +1,8 @@
 """Georeferenced rasters: tiled segmentation into polygons with the raster's CRS (rasterio, shapely, pyogrio).
 
 Main entry points (see :mod:`sam_core.geo.pipeline`): :func:`automask_raster`, :func:`segment_prompts`,
-:func:`encode_raster`, :func:`segment_at`. Names are imported lazily (rasterio only when used).
+:func:`encode_raster`, :func:`segment_at` (:class:`RasterSession` for many clicks). Names are imported
+lazily (rasterio only when used).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ _EXPORTS = {
     "segment_prompts": "sam_core.geo.pipeline",
     "encode_raster": "sam_core.geo.pipeline",
     "segment_at": "sam_core.geo.pipeline",
+    "RasterSession": "sam_core.geo.pipeline",
     "open_raster": "sam_core.geo.raster",
     "RasterView": "sam_core.geo.raster",
     "PromptGroup": "sam_core.geo.prompts",

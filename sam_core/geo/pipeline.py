@@ -6,7 +6,9 @@
   output, reused by a rerun with the same raster and settings, and removed on success.
 - :func:`segment_prompts`: one polygon per prompt group (vector file or list, any CRS).
 - :func:`encode_raster`: fill the embedding cache with every tile, so that later clicks are instant.
-- :func:`segment_at`: interactive clicks/boxes in map coordinates -> polygons (for the QGIS engine).
+- :func:`segment_at` and :class:`RasterSession`: interactive clicks/boxes in map coordinates -> polygons
+  (for the QGIS engine). Open rasters belong to the run or session that opened them (context managers);
+  nothing is kept in module state.
 
 Outputs are written atomically (nothing is left behind by a failure or a cancel); attributes are listed in
 :func:`sam_core.geo.vectorize.pieces_to_features`.
@@ -14,11 +16,9 @@ Outputs are written atomically (nothing is left behind by a failure or a cancel)
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -147,30 +147,21 @@ def _unpack(data: Any) -> list[MaskPiece]:
 def tile_pieces(view: RasterView, tile: Tile, generator: Any, cancel: Optional[CancelToken] = None) -> list[MaskPiece]:
     """Automatic masks of one tile as pieces of the working grid; nodata never yields a mask.
 
-    ``cancel`` reaches generators whose ``generate`` takes it (stopping inside a long tile)."""
+    ``generator.generate(rgb, cancel=cancel)`` returns records in the official format (``cancel`` stops
+    inside a long tile), as :class:`sam_core.automask.AutomaticMaskGenerator` does."""
     rgb, valid = view.read(tile.y0, tile.x0, tile.y1, tile.x1)
     if not valid.any():
         return []
-    if cancel is not None and "cancel" in inspect.signature(generator.generate).parameters:
-        records = generator.generate(rgb, cancel=cancel)
-    else:
-        records = generator.generate(rgb)
+    records = generator.generate(rgb, cancel=cancel)
     return records_to_pieces(tile, records, None if valid.all() else valid)
 
 
-_VIEWS: "OrderedDict[RasterSpec, RasterView]" = OrderedDict()
-
-
 def _worker_tile(tile: Tile, spec: RasterSpec, generator: Any) -> list[MaskPiece]:
-    """Dask task: open the raster (once per worker) and segment one tile."""
+    """Dask task: open the raster's working grid (``spec`` keeps its stretch) and segment one tile."""
     from sam_core.distributed import worker_generator
 
-    view = _VIEWS.get(spec)
-    if view is None:
-        view = _VIEWS[spec] = reopen(spec)
-        while len(_VIEWS) > 4:
-            _VIEWS.popitem(last=False)[1].close()
-    return tile_pieces(view, tile, worker_generator(generator))
+    with reopen(spec) as view:
+        return tile_pieces(view, tile, worker_generator(generator))
 
 
 def _fingerprint(view: RasterView, **settings: Any) -> dict:
@@ -414,25 +405,53 @@ def encode_raster(
 
 # --------------------------------------------------------------------------------------- interactive
 
-_SESSIONS: "OrderedDict[tuple, tuple[RasterView, TiledPredictor]]" = OrderedDict()
+class RasterSession:
+    """A raster opened for interactive clicks with one predictor: the open raster and its tiles'
+    embeddings are kept between :meth:`segment` calls until :meth:`close` (or the ``with`` block ends).
 
+    Owned by its caller (the QGIS engine keeps one per raster and model); nothing is kept in module state.
+    """
 
-def _session(raster: PathLike, bands: Any, tile_size: int, overlap: int, predictor: Any) -> tuple[RasterView, TiledPredictor]:
-    path = str(Path(raster).expanduser().resolve())
-    stat = os.stat(path) if os.path.exists(path) else None
-    key = (path, None if stat is None else (stat.st_size, stat.st_mtime_ns), str(bands), tile_size, overlap, id(predictor))
-    if key in _SESSIONS:
-        _SESSIONS.move_to_end(key)
-        return _SESSIONS[key]
-    view = open_raster(raster, bands)
-    session = (view, _tiled(view, predictor, tile_size, overlap))
-    _SESSIONS[key] = session
-    while len(_SESSIONS) > 4:
-        _SESSIONS.popitem(last=False)[1][0].close()
-    return session
+    def __init__(self, raster: PathLike, predictor: Any, *, bands: Union[None, str, Sequence[int]] = None,
+                 tile_size: int = 1024, overlap: int = 128) -> None:
+        self.view = open_raster(raster, bands)
+        self.tiled = _tiled(self.view, predictor, tile_size, overlap)
 
+    def close(self) -> None:
+        self.view.close()
 
-_PREDICTORS: "OrderedDict[tuple, Any]" = OrderedDict()
+    def __enter__(self) -> "RasterSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def segment(self, points: Optional[Sequence[Sequence[float]]] = None, labels: Optional[Sequence[int]] = None,
+                box: Optional[Sequence[float]] = None, *, crs: Any = None, simplify: float = 0.0) -> list[dict]:
+        """Points (x, y) and/or a box (xmin, ymin, xmax, ymax) in map coordinates of ``crs`` (default the
+        raster's) -> polygons as dicts ``{"wkt", "predicted_iou", "area", "area_m2", "tiles", "crs_wkt"}``
+        in the raster's CRS (an empty list when nothing was found)."""
+        view = self.view
+        pts = [] if points is None else [tuple(map(float, p)) for p in points]
+        group = {"points": pts, "labels": list(labels) if labels is not None else [1] * len(pts), "box": box,
+                 "crs": crs}
+        (prompt,) = to_pixel_prompts(load_prompts([group]), view)
+        result = self.tiled.predict(prompt.points, prompt.labels, prompt.box)
+        piece = _clear_nodata(view, result.piece)
+        if piece is None:
+            return []
+        features = pieces_to_features([piece], view.transform, view.crs, simplify=simplify)
+        return [
+            {
+                "wkt": f.geometry.wkt,
+                "predicted_iou": f.attributes["predicted_iou"],
+                "area": f.attributes["area"],
+                "area_m2": f.attributes["area_m2"],
+                "tiles": list(piece.tiles),
+                "crs_wkt": view.crs_wkt,
+            }
+            for f in features
+        ]
 
 
 def segment_at(
@@ -451,38 +470,13 @@ def segment_at(
     device: Optional[str] = None,
     simplify: float = 0.0,
 ) -> list[dict]:
-    """Interactive segmentation: points (x, y) and/or a box (xmin, ymin, xmax, ymax) in map coordinates
-    of ``crs`` (default the raster's) -> polygons as dicts ``{"wkt", "predicted_iou", "area", "area_m2",
-    "tiles", "crs_wkt"}`` in the raster's CRS (an empty list when nothing was found).
+    """Interactive segmentation in one call: points (x, y) and/or a box (xmin, ymin, xmax, ymax) in map
+    coordinates of ``crs`` (default the raster's) -> polygons as :meth:`RasterSession.segment` returns.
 
-    The raster, its tiles' embeddings and (without ``predictor``) the model are kept between calls, so
-    only the first click on a tile pays for its encoding. Objects larger than a tile are decoded over the
-    tiles they cover and joined.
+    The raster is opened for this call only. Keep the ``predictor`` between calls (its embedding cache
+    makes later clicks on an encoded tile decode only), or a :class:`RasterSession` to keep the raster
+    open too. Objects larger than a tile are decoded over the tiles they cover and joined.
     """
-    if predictor is None:
-        key = (model, None if checkpoint is None else str(checkpoint), device)
-        if key not in _PREDICTORS:
-            _PREDICTORS[key] = _predictor(None, model, checkpoint, device)
-            while len(_PREDICTORS) > 2:
-                _PREDICTORS.popitem(last=False)
-        predictor = _PREDICTORS[key]
-    pts = [] if points is None else [tuple(map(float, p)) for p in points]
-    group = {"points": pts, "labels": list(labels) if labels is not None else [1] * len(pts), "box": box, "crs": crs}
-    view, tiled = _session(raster, bands, tile_size, overlap, predictor)
-    (prompt,) = to_pixel_prompts(load_prompts([group]), view)
-    result = tiled.predict(prompt.points, prompt.labels, prompt.box)
-    piece = _clear_nodata(view, result.piece)
-    if piece is None:
-        return []
-    features = pieces_to_features([piece], view.transform, view.crs, simplify=simplify)
-    return [
-        {
-            "wkt": f.geometry.wkt,
-            "predicted_iou": f.attributes["predicted_iou"],
-            "area": f.attributes["area"],
-            "area_m2": f.attributes["area_m2"],
-            "tiles": list(piece.tiles),
-            "crs_wkt": view.crs_wkt,
-        }
-        for f in features
-    ]
+    predictor = _predictor(predictor, model, checkpoint, device)
+    with RasterSession(raster, predictor, bands=bands, tile_size=tile_size, overlap=overlap) as session:
+        return session.segment(points, labels, box, crs=crs, simplify=simplify)

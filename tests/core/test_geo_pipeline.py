@@ -21,6 +21,7 @@ from helpers.georasters import known_scene, map_iou, read_output, to_map, write_
 
 from sam_core.errors import SamError  # noqa: E402
 from sam_core.geo import automask_raster, encode_raster, segment_at, segment_prompts  # noqa: E402
+from sam_core.geo.pipeline import RasterSession  # noqa: E402
 from sam_core.progress import Cancelled, CancelToken  # noqa: E402
 
 UTM = CRS.from_epsg(32633)
@@ -257,16 +258,18 @@ def test_segment_at_and_encode_raster(scene_raster):
     assert len(polys) == 1
     geom = __import__("shapely").from_wkt(polys[0]["wkt"])
     assert map_iou(geom, footprints["bar"]) >= 0.9 and len(polys[0]["tiles"]) >= 3
-    encoded = predictor.encoded
-    segment_at(raster, [(centre.x, centre.y)], [1], predictor=predictor, **TILES)
-    assert predictor.encoded == encoded  # tiles' embeddings are kept between clicks
+    with RasterSession(raster, predictor, **TILES) as session:  # an open raster with its tiles' embeddings
+        assert session.segment([(centre.x, centre.y)], [1]) == polys
+        encoded = predictor.encoded
+        session.segment([(centre.x, centre.y)], [1])
+        assert predictor.encoded == encoded  # tiles' embeddings are kept between clicks
     assert encode_raster(raster, predictor=ColourPredictor(), **TILES) == 12
 
 
 class MissesLeftEdgeObjects(ColourComponents):
     """Finds nothing touching a tile's left side: the neighbour tile has no partner for a cut object."""
 
-    def generate(self, image):
+    def generate(self, image, cancel=None):
         return [r for r in super().generate(image) if not np.asarray(r["segmentation"])[:, 0].any()]
 
 

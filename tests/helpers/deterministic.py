@@ -30,7 +30,7 @@ class ColourComponents:
         self.min_area = min_area
         self.calls = 0
 
-    def generate(self, image: np.ndarray) -> list[dict]:
+    def generate(self, image: np.ndarray, cancel=None) -> list[dict]:
         self.calls += 1
         key = _colour_key(image)
         records = []
@@ -107,7 +107,7 @@ class DarkRegions:
         self.threshold = threshold
         self.min_area = min_area
 
-    def generate(self, image: np.ndarray) -> list[dict]:
+    def generate(self, image: np.ndarray, cancel=None) -> list[dict]:
         grey = np.asarray(image, dtype=np.float32).mean(axis=-1)
         labels, n = ndimage.label(grey <= self.threshold)
         records = []
