@@ -20,7 +20,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from sam_core.errors import SamError
 from sam_core.progress import CancelToken, ProgressFn, check
@@ -108,58 +108,82 @@ class ModelSpec:
             cache_memory_bytes=self.cache_memory_bytes if cache_memory_bytes is None else int(cache_memory_bytes),
         )
 
-    def build(self, *, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> "Predictor":
-        """A new :class:`~sam_core.predictor.Predictor` for this spec (a zoo model is downloaded first,
-        with ``progress`` and ``cancel``). Prefer :meth:`PredictorPool.get`, which keeps it."""
+    @property
+    def model_key(self) -> tuple:
+        """What the loaded network depends on (not the cache): predictors of specs with the same key share it."""
+        return (self.name, self.checkpoint, self.device, self.precision, self.compile)
+
+    def load_model(self, *, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> Any:
+        """The network of this spec, loaded (a zoo model is downloaded first, with ``progress`` and
+        ``cancel``), at its precision and compiled when asked."""
         from sam_core import zoo
-        from sam_core.cache import EmbeddingCache
-        from sam_core.predictor import Predictor
 
         if self.checkpoint is not None:
             if not Path(self.checkpoint).is_file():
                 raise SamError(f"checkpoint file {self.checkpoint} does not exist: choose another file or a model name")
         else:
-            zoo.check_prompt_model(self.name)
             zoo.ensure_checkpoint(self.name, progress=progress, cancel=cancel)
         check(cancel)
-        cache = EmbeddingCache(memory_bytes=self.cache_memory_bytes, directory=self.cache_dir)
-        predictor = Predictor(self.name, checkpoint=self.checkpoint, device=self.device, precision=self.precision,
-                              cache=cache)
+        model = zoo.load_model(self.name, self.checkpoint, device=self.device)
+        if self.precision is not None:
+            if not hasattr(model, "set_precision"):
+                raise SamError(f"model {self.label} has no precision setting")
+            model.set_precision(self.precision)
         if self.compile:
-            predictor.model.compile_encoder()
-        return predictor
+            model.compile_encoder()
+        return model
+
+    def predictor(self, model: Any) -> "Predictor":
+        """A :class:`~sam_core.predictor.Predictor` on ``model`` (from :meth:`load_model`) with this
+        spec's embedding cache."""
+        from sam_core.cache import EmbeddingCache
+        from sam_core.predictor import Predictor
+
+        return Predictor(model, cache=EmbeddingCache(memory_bytes=self.cache_memory_bytes, directory=self.cache_dir))
+
+    def build(self, *, progress: Optional[ProgressFn] = None, cancel: Optional[CancelToken] = None) -> "Predictor":
+        """A new predictor on a newly loaded model. Prefer :meth:`PredictorPool.get`, which keeps both."""
+        return self.predictor(self.load_model(progress=progress, cancel=cancel))
 
 
 class PredictorPool:
-    """Predictors by :class:`ModelSpec`, each built once and kept with its embedding cache (thread-safe).
+    """Predictors by :class:`ModelSpec`, built once and kept with their embedding caches (thread-safe).
 
-    At most ``size`` predictors are held; the least recently used is dropped first (its memory is
-    freed when no caller holds it any more). A pool is owned by whoever runs the work: create one per
-    engine, session, worker or command and pass it on.
+    Specs that differ only in their embedding cache share one loaded network (:attr:`ModelSpec.model_key`).
+    At most ``size`` networks are held; the least recently used is dropped first, with its predictors
+    (their memory is freed when no caller holds them any more). ``loads`` counts networks loaded. A pool is
+    owned by whoever runs the work: create one per engine, session, worker or command and pass it on.
     """
 
     def __init__(self, size: int = 2) -> None:
         if size < 1:
-            raise SamError(f"a predictor pool holds at least one predictor, got size {size}")
+            raise SamError(f"a predictor pool holds at least one model, got size {size}")
         self.size = int(size)
-        self._predictors: "OrderedDict[ModelSpec, Predictor]" = OrderedDict()
+        self.loads = 0
+        self._models: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._predictors: "dict[ModelSpec, Predictor]" = {}
         self._lock = threading.Lock()
-        self.builds = 0
 
     def get(self, spec: ModelSpec, *, progress: Optional[ProgressFn] = None,
             cancel: Optional[CancelToken] = None) -> "Predictor":
         """The predictor for ``spec``: the one already built, or a new one (then kept)."""
         if not isinstance(spec, ModelSpec):
             raise TypeError(f"a PredictorPool takes a ModelSpec, got {type(spec).__name__}")
+        key = spec.model_key
         with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = spec.load_model(progress=progress, cancel=cancel)
+                self.loads += 1
+                self._models[key] = model
+                while len(self._models) > self.size:
+                    dropped, _ = self._models.popitem(last=False)
+                    for other in [s for s in self._predictors if s.model_key == dropped]:
+                        del self._predictors[other]
+            self._models.move_to_end(key)
             predictor = self._predictors.get(spec)
             if predictor is None:
-                predictor = spec.build(progress=progress, cancel=cancel)
-                self.builds += 1
-                self._predictors[spec] = predictor
-                while len(self._predictors) > self.size:
-                    self._predictors.popitem(last=False)
-            self._predictors.move_to_end(spec)
+                predictor = self._predictors[spec] = spec.predictor(model)
             return predictor
 
     def __contains__(self, spec: object) -> bool:
@@ -167,9 +191,11 @@ class PredictorPool:
             return spec in self._predictors
 
     def __len__(self) -> int:
-        return len(self._predictors)
+        """The number of loaded networks."""
+        return len(self._models)
 
     def clear(self) -> None:
-        """Drop every predictor (their memory is freed when no caller holds them)."""
+        """Drop every predictor and network (their memory is freed when no caller holds them)."""
         with self._lock:
             self._predictors.clear()
+            self._models.clear()

@@ -37,16 +37,19 @@ def test_the_pool_builds_each_predictor_once_and_drops_the_least_recently_used(s
     b = a.with_cache(tmp_path / "embeddings")
     c = ModelSpec.of(None, small_vit_checkpoint, precision="exact")
     first = pool.get(a)
-    assert pool.get(a) is first and pool.builds == 1
-    on_disk = pool.get(b)
-    assert on_disk is not first and on_disk.cache.directory == tmp_path / "embeddings"
-    assert first.cache.directory is None
-    pool.get(a)  # a is now the most recently used
+    assert pool.get(a) is first and pool.loads == 1
+    on_disk = pool.get(b)  # another embedding cache on the same network: no second load
+    assert on_disk is not first and on_disk.model is first.model and pool.loads == 1
+    assert on_disk.cache.directory == tmp_path / "embeddings" and first.cache.directory is None
     exact = pool.get(c)
-    assert exact.model.precision == "exact" and pool.builds == 3
-    assert a in pool and c in pool and b not in pool and len(pool) == 2
+    assert exact.model.precision == "exact" and first.model.precision != "exact" and pool.loads == 2
+    pool.get(a)  # a's network is now the most recently used
+    d = ModelSpec.of(None, small_vit_checkpoint, device="cpu")
+    pool.get(d)
+    assert pool.loads == 3 and len(pool) == 2
+    assert a in pool and b in pool and d in pool and c not in pool  # c's network was the least recently used
     pool.clear()
-    assert len(pool) == 0
+    assert len(pool) == 0 and a not in pool
 
 
 def test_the_pool_reports_a_missing_checkpoint_and_refuses_other_keys(tmp_path):
