@@ -20,6 +20,13 @@ Images that are not 8-bit RGB are prepared by :func:`sam_core.imaging.prepare_im
 invalid (NaN, nodata, alpha 0) are never part of a mask (their logits are set to -inf before the
 stability score). For 8-bit RGB images every pixel is valid and nothing changes.
 
+With a SAM 2.1 predictor the algorithm is the official ``SAM2AutomaticMaskGenerator``'s: prompts go
+through the SAM 2.1 image path (square input, direct upscale of the logits), and ``use_m2m=True`` adds
+its mask-to-mask refinement (every candidate decoded again from its own point and low-resolution logits,
+one mask each, before the filters). Its recommended thresholds differ from SAM's (``pred_iou_thresh``
+0.8; see :func:`sam_core.zoo.automask_defaults`). ``min_mask_region_area`` is not offered with SAM 2.1:
+the official generator hands it to a CUDA-only post-processing step.
+
 Coordinates: points ``(x, y)`` pixels; ``bbox`` and ``crop_box`` are XYWH pixels of the original image.
 """
 
@@ -34,7 +41,7 @@ import torch
 
 from sam_core import masks as M
 from sam_core.errors import SamError
-from sam_core.imaging import Preparation, prepare_image, to_input_coords
+from sam_core.imaging import Preparation, prepare_image
 from sam_core.progress import CancelToken, ProgressFn, check, report
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -58,7 +65,8 @@ class AutomaticMaskGenerator:
     Arguments are those of the official ``SamAutomaticMaskGenerator`` (see its documentation), with a
     :class:`~sam_core.predictor.Predictor` in place of the model, plus ``skip_covered_points`` (see the
     module documentation; off by default). ``min_mask_region_area`` and ``coco_rle`` need neither
-    OpenCV nor pycocotools.
+    OpenCV nor pycocotools. ``use_m2m`` and ``multimask_output`` are ``SAM2AutomaticMaskGenerator``'s
+    (mask-to-mask refinement, off; three candidates per point, on).
     """
 
     def __init__(
@@ -78,6 +86,8 @@ class AutomaticMaskGenerator:
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         skip_covered_points: bool = False,
+        use_m2m: bool = False,
+        multimask_output: bool = True,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise SamError("give exactly one of points_per_side or point_grids")
@@ -93,6 +103,9 @@ class AutomaticMaskGenerator:
             )
         if int(min_mask_region_area) < 0:
             raise SamError(f"the minimum mask region area must be 0 or more, got {min_mask_region_area}")
+        if int(min_mask_region_area) > 0 and getattr(predictor, "family", "sam") == "sam2":
+            raise SamError("min_mask_region_area is not available with SAM 2.1 models (the official generator "
+                           "leaves it to a CUDA-only step); use 0, or a SAM model")
         if output_mode not in OUTPUT_MODES:
             raise SamError(f"unknown output mode {output_mode!r}: choose one of {', '.join(OUTPUT_MODES)}")
         for name, value in (
@@ -127,6 +140,8 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = int(min_mask_region_area)
         self.output_mode = output_mode
         self.skip_covered_points = bool(skip_covered_points)
+        self.use_m2m = bool(use_m2m)
+        self.multimask_output = bool(multimask_output)
 
     # -----------------------------------------------------------------------------------------
     def generate(
@@ -252,18 +267,21 @@ class AutomaticMaskGenerator:
         model = self.predictor.model
         device = embedding.features.device
         crop_size = (crop_box[3] - crop_box[1], crop_box[2] - crop_box[0])
-        coords = to_input_coords(points, crop_size, int(model.image_encoder.img_size))
+        coords = self.predictor.to_input_coords(points, crop_size)
         coord_dtype = torch.float32 if device.type == "mps" else torch.float64
         coords = torch.as_tensor(coords, dtype=coord_dtype, device=device)
         labels = torch.ones((len(points), 1), dtype=torch.int, device=device)
         # prompts with no candidate above the IoU threshold need no masks (the filter below drops them)
-        floor = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
-        low_res, iou, _ = self.predictor.decode_torch(embedding, coords[:, None, :], labels, multimask=True,
-                                                      upscale=False, iou_floor=floor)
+        floor = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 and not self.use_m2m else None
+        low_res, iou, mask_inputs = self.predictor.decode_torch(embedding, coords[:, None, :], labels,
+                                                                multimask=self.multimask_output, upscale=False,
+                                                                iou_floor=floor)
         k = iou.shape[1]
         iou = iou.flatten(0, 1)
         low_res = low_res.flatten(0, 1)
         rows = torch.arange(len(points), device=device).repeat_interleave(k)
+        if self.use_m2m:
+            low_res, iou = self._refine(embedding, coords[rows][:, None, :], labels[rows], mask_inputs.flatten(0, 1))
 
         # The IoU filter needs no full-resolution mask: upsample only the candidates that pass it.
         if self.pred_iou_thresh > 0.0:
@@ -271,7 +289,7 @@ class AutomaticMaskGenerator:
             iou, low_res, rows = iou[keep], low_res[keep], rows[keep]
         if len(iou) == 0:
             return None
-        logits = model.postprocess_masks(low_res[:, None], embedding.input_size, embedding.original_size)[:, 0]
+        logits = self.predictor.upscale(low_res[:, None], embedding.input_size, embedding.original_size)[:, 0]
         if valid is not None:
             logits = logits.masked_fill(~valid, float("-inf"))
         stability = M.stability_score(logits, model.mask_threshold, self.stability_score_offset)
@@ -289,6 +307,20 @@ class AutomaticMaskGenerator:
         if len(iou) == 0:
             return None
         return masks, iou, stability, boxes, rows
+
+    def _refine(self, embedding: Any, coords: torch.Tensor, labels: torch.Tensor,
+                mask_inputs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mask-to-mask refinement (``SAM2AutomaticMaskGenerator.refine_with_m2m``): each candidate decoded
+        again from its point and its (clamped) low-resolution logits, one mask each, in batches of
+        ``points_per_batch``. Returns low-resolution logits (n, low, low) and IoU (n,)."""
+        parts = []
+        for start in range(0, len(coords), self.points_per_batch):
+            part = slice(start, start + self.points_per_batch)
+            low_res, iou, _ = self.predictor.decode_torch(embedding, coords[part], labels[part],
+                                                          mask_input=mask_inputs[part, None], multimask=False,
+                                                          upscale=False)
+            parts.append((low_res[:, 0], iou[:, 0]))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @staticmethod
     def _uncovered(points: np.ndarray, covered: torch.Tensor) -> np.ndarray:

@@ -301,9 +301,12 @@ class Predictor:
         """Low-res logits (B, K, low, low) -> logits (B, K, H, W) at the original size, as the official
         ``Sam.postprocess_masks``: bilinear to the model input, crop the padding, bilinear to (H, W).
         The second resize is skipped when it would keep the size (it is the identity then, bit for bit).
+        SAM 2.1 resizes the logits straight to (H, W) (``input_size`` unused).
         """
         size = self.image_size
         with torch.inference_mode():
+            if self.family == "sam2":
+                return self.model.upscale(low_res, tuple(original_size))
             masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
             masks = masks[..., : input_size[0], : input_size[1]]
             if tuple(original_size) != tuple(masks.shape[-2:]):
@@ -331,11 +334,13 @@ class Predictor:
         if on_device.high_res_features is None:
             raise SamError("this embedding has no high-resolution features: encode the image again with this SAM 2.1 model")
         features = Sam2Features(on_device.features, tuple(on_device.high_res_features))
-        move = (lambda t: None if t is None else t.to(self.device))
+        def move(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            return None if tensor is None else tensor.to(self.device)
+
         with torch.inference_mode():
             low_res, iou, _, _ = self.model.decode(features, move(coords), move(labels), move(boxes), move(mask_input),
                                                    multimask, dense_pe=self.dense_pe())
-            masks = self.model.upscale(low_res, embedding.original_size) if upscale else low_res
+        masks = self.upscale(low_res, embedding.input_size, embedding.original_size) if upscale else low_res
         return masks, iou, low_res.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP)
 
     def to_input_coords(self, coords: np.ndarray, original_size: Sequence[int]) -> np.ndarray:

@@ -73,3 +73,13 @@ def vit_t_checkpoint(checkpoint_dir) -> Path:
     from sam_core.models import get_config
 
     return write_official_checkpoint(get_config("vit_t"), checkpoint_dir / "mobile_sam.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny_checkpoint(checkpoint_dir) -> Path:
+    """Random-weight checkpoint of the full-size official ``sam2.1_hiera_tiny`` (about 156 MB, seed 0,
+    every parameter randomized, ``{"model": state_dict}`` as the official files)."""
+    from helpers.sam2_checkpoints import write_official_sam2_checkpoint
+    from sam_core.models.sam2 import SAM2_CONFIGS
+
+    return write_official_sam2_checkpoint(SAM2_CONFIGS["sam2.1_hiera_tiny"], checkpoint_dir / "sam2.1_hiera_tiny.pt")

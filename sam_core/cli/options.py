@@ -110,6 +110,9 @@ def add_generator_args(parser: argparse.ArgumentParser) -> None:
                      help="remove islands and holes smaller than this many pixels (default 0: off)")
     gen.add_argument("--skip-covered-points", action="store_true",
                      help="fast mode, not the official algorithm: skip grid points inside masks already found")
+    gen.add_argument("--m2m", action="store_true",
+                     help="SAM 2.1's mask-to-mask refinement (SAM2AutomaticMaskGenerator's use_m2m): every candidate "
+                          "is decoded again from its own mask before the filters")
 
 
 def generator_params(args: argparse.Namespace) -> dict:
@@ -131,5 +134,6 @@ def generator_params(args: argparse.Namespace) -> dict:
         "crop_n_points_downscale_factor": args.crop_points_downscale,
         "min_mask_region_area": args.min_region_area,
         "skip_covered_points": args.skip_covered_points,
+        "use_m2m": args.m2m,
     }
     return {**chosen, **{key: value for key, value in recommended.items() if chosen[key] is None}}

@@ -152,21 +152,14 @@ def test_sam2_checkpoint_under_a_sam1_name_is_a_clear_error(checkpoint):
         zoo.load_model("vit_b", checkpoint)
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """Random-weight full-size sam2.1_hiera_tiny in the official format (about 156 MB)."""
-    return write_official_sam2_checkpoint(SAM2_CONFIGS["sam2.1_hiera_tiny"],
-                                          tmp_path_factory.mktemp("sam2tiny") / "sam2.1_hiera_tiny.pt", seed=0)
-
-
 @pytest.mark.slow
-def test_segment_command_with_sam2_1_hiera_tiny_gives_the_official_best_mask(tiny_checkpoint, tmp_path, capsys):
+def test_segment_command_with_sam2_1_hiera_tiny_gives_the_official_best_mask(sam2_tiny_checkpoint, tmp_path, capsys):
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
     image[80:220, 120:300] = (30, 200, 90)
     path = tmp_path / "scene.png"
     Image.fromarray(image).save(path)
-    official = official_image_predictor(load_official_sam2(SAM2_CONFIGS["sam2.1_hiera_tiny"], tiny_checkpoint))
+    official = official_image_predictor(load_official_sam2(SAM2_CONFIGS["sam2.1_hiera_tiny"], sam2_tiny_checkpoint))
     official.set_image(image)
 
     for args, kwargs in (
@@ -178,7 +171,7 @@ def test_segment_command_with_sam2_1_hiera_tiny_gives_the_official_best_mask(tin
     ):
         out = tmp_path / "mask.png"
         code, stdout, err = run_cli(["segment", path, *args, "--out", out, "--model", "sam2.1_hiera_tiny",
-                                     "--checkpoint", tiny_checkpoint], capsys)
+                                     "--checkpoint", sam2_tiny_checkpoint], capsys)
         assert code == 0, err
         logits, scores, _ = official.predict(**kwargs, return_logits=True)
         best = int(np.argmax(scores))

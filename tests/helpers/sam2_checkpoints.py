@@ -153,3 +153,15 @@ def official_image_predictor(model: nn.Module):
     side = model.image_size // 16
     predictor._bb_feat_sizes = [(4 * side, 4 * side), (2 * side, 2 * side), (side, side)]
     return predictor
+
+
+def official_mask_generator(model: nn.Module, **kwargs):
+    """Meta's ``SAM2AutomaticMaskGenerator`` on ``model`` (its image predictor's feature sizes set from
+    the model's input size, as in :func:`official_image_predictor`)."""
+    sam2()
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    generator = SAM2AutomaticMaskGenerator(model, **kwargs)
+    side = model.image_size // 16
+    generator.predictor._bb_feat_sizes = [(4 * side, 4 * side), (2 * side, 2 * side), (side, side)]
+    return generator
