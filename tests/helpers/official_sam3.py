@@ -211,6 +211,14 @@ def write_sam3_checkpoint(config: Sam3Config, path, seed: int = 0, official_layo
     return path
 
 
+def sam3_processor_class():
+    """The reference ``Sam3Processor`` class (sam3 imported with the stand-ins)."""
+    _install_shims()
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    return Sam3Processor
+
+
 @contextlib.contextmanager
 def cpu_only():
     """While inside: ``Tensor.pin_memory`` returns the tensor (sam3 pins box scales for a CUDA copy;
