@@ -4,8 +4,8 @@ random-weight checkpoint, same image; and the time of one more concept query on 
     python benchmarks/bench_sam3.py --size small            # seconds; a check that the script runs
     python benchmarks/bench_sam3.py --size full --device cuda   # 840 M parameters (CPU: minutes per side)
 
-Each side runs in its own fresh process. "encode" is the vision backbone on one 800 x 600 image (resized to the model's input)
-(``Sam3Processor.set_image`` / ``ConceptPredictor.encode``); "new phrase" is one query with a phrase not
+Each side runs in its own fresh process. "encode" is the vision backbone on one 800 x 600 image,
+resized to the model's input (``Sam3Processor.set_image`` / ``ConceptPredictor.encode``); "new phrase" is one query with a phrase not
 seen before (text encoder + grounding, image features reused); "same phrase" repeats a query whose
 text features are known (sam_core keeps them; the official processor encodes the text again). Peak
 memory is the process's peak resident memory above the loaded model (CPU) or the peak CUDA memory
