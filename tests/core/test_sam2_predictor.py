@@ -179,3 +179,15 @@ def test_segment_command_with_sam2_1_hiera_tiny_gives_the_official_best_mask(sam
         expected = logits[best] > 0
         assert not ((mask != expected) & (np.abs(logits[best]) > TOL)).any()
         assert f"score {scores[best]:.4f}" in stdout
+
+
+@pytest.mark.parametrize("option", [["--precision", "bf16"], ["--compile"]])
+def test_unavailable_precision_or_compile_is_one_error_line(checkpoint, tmp_path, capsys, option):
+    path = tmp_path / "image.png"
+    Image.fromarray(_image()).save(path)
+    out = tmp_path / "mask.png"
+    code, _, err = run_cli(["segment", path, "--point", "80,60", "--out", out, "--checkpoint", checkpoint, *option],
+                           capsys)
+    assert code == 2
+    assert err.startswith("error:") and "SAM 2.1" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

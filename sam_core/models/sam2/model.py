@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam_core.errors import SamError
 from sam_core.models.common import MLP
 from sam_core.models.sam2.config import IMAGENET_MEAN, IMAGENET_STD, Sam2Config
 from sam_core.models.sam2.heads import Sam2MaskDecoder, Sam2PromptEncoder, select_dense
@@ -105,6 +106,18 @@ class Sam2(nn.Module):
     def low_res_size(self) -> int:
         """Side of the low-resolution mask logits and of ``mask_input``."""
         return self.config.low_res_size
+
+    def set_precision(self, precision: str) -> "Sam2":
+        """SAM 2.1 runs in fp32 for now: ``fp32``, ``exact`` and ``auto`` keep it; other precisions raise
+        :class:`SamError`."""
+        if precision not in ("fp32", "exact", "auto"):
+            raise SamError(f"precision {precision!r} is not available for SAM 2.1 models yet (they run in fp32); "
+                           f"leave --precision out or use fp32")
+        return self
+
+    def compile_encoder(self, cache_dir: object = None) -> "Sam2":
+        """Not available for SAM 2.1 yet: raises :class:`SamError`."""
+        raise SamError("compiling the encoder is not available for SAM 2.1 models yet; run without --compile")
 
     # --- the image path ----------------------------------------------------------------------------
 
