@@ -2,6 +2,10 @@
 
 The manifest (``napari.yaml``) claims only these: ``*.nii``, ``*.nii.gz``, ``*.dcm``, ``*.dicom`` and
 folders (a folder is read when it holds DICOM files); every other file is left to napari's readers.
+napari's own reader claims NIfTI and DICOM file names too (and reads them without voxel spacing or
+Hounsfield units), so File > Open would ask which reader to use: :func:`prefer_for_medical_files`
+(called when the widget opens) makes this plugin napari's preferred reader for those file names,
+unless the user has chosen a reader for them.
 
 Both keep the voxel spacing as the layer's ``scale`` (millimetres), in napari's axis order:
 (z, y, x) for volumes and (t, z, y, x) for 4D NIfTI. NIfTI stores voxels as (i, j, k[, t]) = (x, y,
@@ -19,6 +23,25 @@ import numpy as np
 
 LayerData = Tuple[np.ndarray, dict, str]
 PathOrPaths = Union[str, List[str]]
+
+#: File name patterns this plugin's reader claims (as in napari.yaml), folders aside.
+PATTERNS = ("*.nii", "*.nii.gz", "*.dcm", "*.dicom")
+
+
+def prefer_for_medical_files(plugin: str = "sam-suite") -> List[str]:
+    """Make ``plugin`` napari's preferred reader for :data:`PATTERNS` the user has no choice for.
+
+    This is napari's setting ``plugins.extension2reader`` (Preferences > Plugins, the same as ticking
+    "remember this choice" in File > Open's reader dialog). Returns the patterns set.
+    """
+    from napari.settings import get_settings
+
+    settings = get_settings().plugins
+    current = dict(settings.extension2reader)
+    added = [pattern for pattern in PATTERNS if pattern not in current]
+    if added:
+        settings.extension2reader = {**current, **{pattern: plugin for pattern in added}}
+    return added
 
 
 def _is_nifti(path: str) -> bool:

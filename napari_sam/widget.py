@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam.image_access import unwrap
+from napari_sam.readers import prefer_for_medical_files
 from napari_sam.session import KEYS, ModelChoice, SamSession
 from napari_sam.windows import CT_WINDOWS, window_range
 from sam_core.volume import STOP_IOU
@@ -81,6 +82,7 @@ class SamWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
+        prefer_for_medical_files()  # File > Open reads NIfTI/DICOM files with this plugin, without asking
 
     # ----------------------------------------------------------------------------------- panels
 

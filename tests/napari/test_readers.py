@@ -97,17 +97,109 @@ def test_dicom_series_folder_sorted_by_position_in_hounsfield_units(tmp_path):
 def test_reader_declines_other_paths_and_reports_bad_files(tmp_path):
     assert get_reader(str(tmp_path / "image.png")) is None
     assert get_reader(str(tmp_path)) is None  # a folder without DICOM files
+    not_dicom = tmp_path / "not.dcm"
+    not_dicom.write_bytes(b"x" * 200)
+    assert get_reader(str(not_dicom)) is None
     bad = tmp_path / "bad.nii"
     bad.write_bytes(b"not a nifti file")
     with pytest.raises(SamError):
         read_nifti(str(bad))
 
 
-def test_viewer_opens_nifti_through_the_plugin(make_napari_viewer, tmp_path):
+def _compatible_readers(path):
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    return {pm.get_manifest(r.command).name for r in pm.iter_compatible_readers([str(path)])}
+
+
+def test_the_reader_claims_only_what_it_reads(tmp_path):
+    """Issue 14.3: the reader claimed every file ("*"), so File > Open of a TIFF asked which reader to use."""
+    import tifffile
+
+    tiff = tmp_path / "cells.tif"
+    tifffile.imwrite(tiff, np.zeros((8, 8), np.uint8))
+    assert "sam-suite" not in _compatible_readers(tiff)
+    assert "sam-suite" not in _compatible_readers(tmp_path / "photo.png")
+    for name in ("ct.nii", "ct.nii.gz", "CT.NII.GZ", "slice.dcm"):
+        assert "sam-suite" in _compatible_readers(tmp_path / name), name
+
+
+def test_manifest_patterns_are_the_readers_patterns():
+    from npe2 import PluginManager
+
+    from napari_sam.readers import PATTERNS
+
+    pm = PluginManager.instance()
+    pm.discover()
+    reader, = pm.get_manifest("sam-suite").contributions.readers
+    assert tuple(reader.filename_patterns) == PATTERNS
+
+
+# File > Open calls ``viewer.open(paths, plugin=None)`` (napari asks for a reader only when that fails);
+# ``viewer.open(path)`` alone means napari's own reader (``plugin="napari"``) in napari 0.5 and later.
+
+
+def test_file_open_of_a_tiff_uses_napari_and_asks_nothing(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from napari_sam.samples import make_cells_2d
+
+    image, _ = make_cells_2d((64, 80), count=2, bit16=True)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, image)
+    viewer = make_napari_viewer()
+    layer, = viewer.open(str(path), plugin=None)
+    np.testing.assert_array_equal(layer.data, image)
+    assert layer.source.reader_plugin == "napari"
+
+
+def test_file_open_of_nifti_and_dicom_files_once_the_plugin_is_open(make_napari_viewer, tmp_path):
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)
     path = tmp_path / "small.nii.gz"
     _write_nifti(path, data, (1.0, 2.0, 3.0))
     viewer = make_napari_viewer()
-    layers = viewer.open(str(path), plugin="sam-suite")
-    assert layers[0].data.shape == (4, 5, 6)
-    assert tuple(layers[0].scale) == pytest.approx((3.0, 2.0, 1.0))
+    viewer.window.add_plugin_dock_widget("sam-suite", "Segment Anything")
+    layer, = viewer.open(str(path), plugin=None)
+    assert layer.source.reader_plugin == "sam-suite" and layer.name == "small"
+    np.testing.assert_array_equal(layer.data, data.T)
+    assert tuple(layer.scale) == pytest.approx((3.0, 2.0, 1.0))
+
+    volume = np.random.default_rng(2).integers(-1000, 2000, size=(4, 12, 10)).astype(np.int16)
+    _write_dicom_series(tmp_path / "series", volume)
+    one = sorted((tmp_path / "series").glob("*.dcm"))[-1]  # IM0004: the first slice (names run backwards)
+    layer, = viewer.open(str(one), plugin=None)
+    assert layer.source.reader_plugin == "sam-suite"
+    np.testing.assert_array_equal(layer.data, volume[0])
+    assert tuple(layer.scale) == pytest.approx((0.6, 0.7))
+
+
+def test_a_users_own_reader_choice_is_kept(make_napari_viewer):
+    from napari.settings import get_settings
+
+    viewer = make_napari_viewer()
+    get_settings().plugins.extension2reader = {"*.nii": "napari"}
+    viewer.window.add_plugin_dock_widget("sam-suite", "Segment Anything")
+    chosen = get_settings().plugins.extension2reader
+    assert chosen["*.nii"] == "napari" and chosen["*.nii.gz"] == "sam-suite"
+
+
+def test_file_open_of_a_dicom_folder(make_napari_viewer, tmp_path):
+    """napari's own reader takes any folder too (as a stack of files in name order), so File > Open
+    asks which reader to use; choosing Segment Anything reads the series in spatial order, in HU,
+    with the voxel spacing."""
+    from napari.errors import MultipleReaderError
+
+    volume = np.random.default_rng(2).integers(-1000, 2000, size=(4, 12, 10)).astype(np.int16)
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, volume)
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("sam-suite", "Segment Anything")
+    with pytest.raises(MultipleReaderError) as asked:
+        viewer.open(str(folder), plugin=None)
+    assert "sam-suite" in asked.value.available_plugins
+    layer, = viewer.open(str(folder), plugin="sam-suite")  # the reader dialog's answer
+    assert layer.name == "test CT"
+    np.testing.assert_array_equal(layer.data, volume)
+    assert tuple(layer.scale) == pytest.approx((2.0, 0.6, 0.7))
