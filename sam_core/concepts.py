@@ -44,6 +44,19 @@ class Findings:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def records(self, label: str) -> list[dict]:
+        """COCO-style records, best first: ``segmentation`` (compressed RLE), ``area`` (pixels),
+        ``bbox`` (x, y, width, height in pixels), ``score`` and ``class`` (``label``)."""
+        from sam_core.masks import coco_encode_rle, mask_to_rle
+
+        rles = mask_to_rle(torch.from_numpy(self.masks))
+        out = []
+        for rle, box, score, mask in zip(rles, self.boxes, self.scores, self.masks):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            out.append({"segmentation": coco_encode_rle(rle), "area": int(mask.sum()),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score), "class": label})
+        return out
+
 
 def prepare_sam3_input(rgb: np.ndarray, resolution: int) -> torch.Tensor:
     """(1, 3, S, S) float input from RGB uint8 (H, W, 3): resized to S x S (aspect not kept) with
@@ -143,7 +156,8 @@ class ConceptPredictor:
     def find(self, embedding: Embedding, text: Optional[str] = None, exemplars: Sequence[Box] = (),
              negatives: Sequence[Box] = (), threshold: float = 0.5, max_instances: Optional[int] = None) -> Findings:
         """Every instance scoring above ``threshold`` (best first, at most ``max_instances``) of the
-        concept given by ``text`` and/or exemplar boxes (``negatives``: boxes of what is not meant)."""
+        concept given by ``text`` and/or exemplar boxes (``negatives``: boxes of what is not meant).
+        Masks are cleared on invalid pixels of the embedding (nodata, transparent)."""
         if text is None and not exemplars and not negatives:
             raise SamError("nothing to find: give a text, or at least one exemplar box")
         phrase = self.check_text(text) if text is not None else VISUAL_PHRASE
@@ -162,7 +176,10 @@ class ConceptPredictor:
         pixel_boxes = cxcywh_to_xyxy(out.boxes[order]) * scale
         masks = F.interpolate(out.mask_logits[order][:, None], size=(height, width), mode="bilinear",
                               align_corners=False)[:, 0] > 0
-        return Findings(masks=masks.cpu().numpy(), boxes=pixel_boxes.cpu().numpy().astype(np.float64),
+        masks = masks.cpu().numpy()
+        if embedding.valid is not None:
+            masks &= embedding.valid
+        return Findings(masks=masks, boxes=pixel_boxes.cpu().numpy().astype(np.float64),
                         scores=out.scores[order].cpu().numpy().astype(np.float64))
 
 

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         predictor.check_box(box, size, "negative box")
     found = predictor.find(predictor.encode(image), text=args.text, exemplars=exemplars, negatives=negatives,
                            threshold=args.threshold)
-    records = concept_records(found, args.text)
+    records = found.records(args.text if args.text is not None else "exemplar")
     if suffix == ".json":
         with atomic_write(out, mode="w") as handle:
             json.dump(records, handle)
@@ -92,22 +92,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(records)} instances -> {out}")
     return 0
 
-
-def concept_records(found, text) -> list:
-    """COCO-style records of :class:`sam_core.concepts.Findings`, best first."""
-    import torch
-
-    from sam_core.masks import coco_encode_rle, mask_to_rle
-
-    rles = mask_to_rle(torch.from_numpy(found.masks))
-    records = []
-    for rle, box, score, mask in zip(rles, found.boxes, found.scores, found.masks):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        records.append({
-            "segmentation": coco_encode_rle(rle),
-            "area": int(mask.sum()),
-            "bbox": [x0, y0, x1 - x0, y1 - y0],
-            "score": float(score),
-            "class": text if text is not None else "exemplar",
-        })
-    return records

@@ -202,3 +202,12 @@ def test_bad_exemplar_box_is_a_clear_error(predictor, image, box, message):
 def test_nothing_to_find_is_a_clear_error(predictor, image):
     with pytest.raises(SamError, match="nothing to find"):
         predictor.find(predictor.encode(image))
+
+
+def test_masks_are_cleared_on_transparent_pixels(predictor, image):
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    rgba[:, :40, 3] = 0  # the left 40 columns are transparent
+    found = predictor.find(predictor.encode(rgba), text="red square", threshold=-1.0)
+    assert found.masks[:, :, :40].sum() == 0 and found.masks[:, :, 40:].any()
+    records = found.records("red square")
+    assert records[0]["class"] == "red square" and records[0]["area"] == int(found.masks[0].sum())
