@@ -13,12 +13,12 @@ of the payload (the features' bytes, then SAM 2.1's high-resolution features whe
 the valid-pixel mask packed to bits when there is one).
 Files are written atomically (temporary file + rename). A file that is truncated, corrupted or
 otherwise does not match its header is deleted and reported as a miss, so the embedding is recomputed.
-Features are stored as float16 by default (half the size of float32; ``dtype="float32"`` keeps them
-exact). Results never depend on whether an embedding came from the cache: with a float16 store,
-:meth:`EmbeddingCache.put` rounds a fresh embedding to float16 exactly as it is stored and hands back
-that rounded embedding, which the predictor decodes; so the first run (cache miss) and every later run
-(cache hit, from memory or disk) decode from the same values. A cache without a directory keeps
-embeddings unrounded (float32, as the official predictor has them). With ``disk_bytes`` the folder is kept under that many bytes: after each write the least
+Results never depend on whether an embedding came from the cache. Features are stored losslessly, as
+float32, by default, so a cache hit decodes exactly what the encoder gave (and what the official predictor
+decodes). ``dtype="float16"`` halves the files; then :meth:`EmbeddingCache.put` rounds a fresh
+embedding to float16 exactly as it is stored and hands back that rounded embedding, which the predictor
+decodes, so the first run (cache miss) and every later run (cache hit, from memory or disk) still decode
+from the same values. With ``disk_bytes`` the folder is kept under that many bytes: after each write the least
 recently used files (by modification time, refreshed on every read) are deleted. In memory,
 embeddings are kept as they were put (float32 on the model's device).
 """
@@ -83,7 +83,7 @@ class EmbeddingCache:
         self,
         memory_bytes: int = 1 << 30,
         directory: Union[str, "os.PathLike[str]", None] = None,
-        dtype: str = "float16",
+        dtype: str = "float32",
         disk_bytes: Optional[int] = None,
     ) -> None:
         if disk_bytes is not None and disk_bytes < 0:

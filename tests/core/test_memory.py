@@ -1,5 +1,5 @@
 """Memory: a 300-slice volume never holds more embeddings in RAM than the cache's budget; embeddings are
-float16 on disk by default and a second pass reads them from disk without the encoder."""
+float16 on disk when asked and a second pass reads them from disk without the encoder."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_300_slices_stay_within_the_memory_budget_and_go_to_disk_as_float16(smal
     probe = Predictor(None, checkpoint=small_vit_checkpoint, cache=EmbeddingCache(memory_bytes=0))
     one = embedding_nbytes(probe.encode(volume[0]))
     budget = 5 * one + one // 2  # five embeddings fit
-    cache = EmbeddingCache(memory_bytes=budget, directory=tmp_path)
+    cache = EmbeddingCache(memory_bytes=budget, directory=tmp_path, dtype="float16")  # half the disk
     predictor = Predictor(probe.model, cache=cache)
 
     alive: list = []  # weak references to every embedding handed out (dataclasses are unhashable)

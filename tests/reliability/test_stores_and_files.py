@@ -43,6 +43,7 @@ def _plant_torch(path: Path, marker: Path) -> None:
 
 
 def test_cold_and_warm_cache_give_identical_results(small_vit_checkpoint, tmp_path, capsys):
+    """The same command gives the same masks and scores with an empty cache folder and with a filled one."""
     image = write_cells_png(tmp_path)
     argv = ["segment", image, "--point", "45,35", "--all", "--checkpoint", small_vit_checkpoint,
             "--cache-dir", tmp_path / "cache"]
@@ -59,20 +60,22 @@ def test_cold_and_warm_cache_give_identical_results(small_vit_checkpoint, tmp_pa
         assert all(np.array_equal(a, b) for a, b in zip(masks, runs[0][1]))
 
 
-def test_a_fresh_embedding_decodes_from_the_values_the_cache_returns(small_vit_checkpoint, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_fresh_embedding_decodes_from_the_values_the_cache_returns(dtype, small_vit_checkpoint, tmp_path):
     from sam_core.cache import EmbeddingCache
     from sam_core.predictor import Predictor
 
     image = np.array(Image.open(write_cells_png(tmp_path)))
     logits = []
-    for _ in range(2):  # a new process each time: memory empty, the disk holds the float16 entry
-        predictor = Predictor(None, checkpoint=small_vit_checkpoint, cache=EmbeddingCache(directory=tmp_path / "c"))
+    for _ in range(2):  # a new process each time: memory empty, the disk holds the entry
+        cache = EmbeddingCache(directory=tmp_path / "c", dtype=dtype)
+        predictor = Predictor(None, checkpoint=small_vit_checkpoint, cache=cache)
         embedding = predictor.encode(image)
         logits.append(predictor.predict(embedding, points=np.array([[45.0, 35.0]]), labels=np.array([1])).logits)
     assert np.array_equal(logits[0], logits[1])
-    memory_only = Predictor(None, checkpoint=small_vit_checkpoint)  # no disk: float32 as the official predictor
-    first = memory_only.encode(image)
-    assert memory_only.encode(image).features.equal(first.features)
+    official_like = Predictor(None, checkpoint=small_vit_checkpoint)  # no disk: float32 as the official predictor
+    plain = official_like.predict(official_like.encode(image), points=np.array([[45.0, 35.0]]), labels=np.array([1]))
+    assert np.array_equal(plain.logits, logits[0]) == (dtype == "float32")  # lossless by default
 
 
 # ------------------------------------------------------------------- concurrent and damaged caches
