@@ -122,6 +122,7 @@ class ModelSpec:
             if not Path(self.checkpoint).is_file():
                 raise SamError(f"checkpoint file {self.checkpoint} does not exist: choose another file or a model name")
         else:
+            zoo.check_prompt_model(self.name)  # before a download of a model that cannot be used here
             zoo.ensure_checkpoint(self.name, progress=progress, cancel=cancel)
         check(cancel)
         model = zoo.load_model(self.name, self.checkpoint, device=self.device)
