@@ -49,7 +49,10 @@ def run_models(args: argparse.Namespace) -> int:
         if status.present:
             details.append(f"  {status.name}: {status.path}")
         else:
-            hint = status.note or f"'python -m sam_core download {status.name}' fetches it to {status.path}"
+            token = " --token TOKEN" if zoo.MODELS[status.name].gated else ""
+            hint = status.note or f"'python -m sam_core download {status.name}{token}' fetches it to {status.path}"
+            if token:
+                hint += " (gated: accept its licence on Hugging Face first)"
             details.append(f"  {status.name}: {hint}")
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
