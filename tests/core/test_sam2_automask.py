@@ -104,3 +104,27 @@ def _decode(rle: dict) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"]}).astype(bool)
+
+
+def test_geo_automask_runs_with_a_sam2_checkpoint(tmp_path, capsys):
+    """The geo pipeline (tiles, polygons with the raster's CRS) with a SAM 2.1 checkpoint read from the
+    weights alone: the command runs end to end and keeps the CRS."""
+    import shapely
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from helpers.georasters import known_scene, read_output, write_raster
+    from sam_core.cli import main
+
+    utm = CRS.from_epsg(32633)
+    image, _ = known_scene((200, 220))
+    raster = write_raster(tmp_path / "scene.tif", image, Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5600000.0), utm)
+    checkpoint = write_official_sam2_checkpoint(SMALL_SAM2, tmp_path / "small_sam2.pt", seed=0)
+    out = tmp_path / "out.gpkg"
+    fast = ["--checkpoint", str(checkpoint), "--tile-size", "128", "--overlap", "32", "--quiet"]
+    assert main(["geo", "automask", str(raster), str(out), *fast, "--points-per-side", "4", "--pred-iou-thresh", "0",
+                 "--stability-thresh", "0", "--m2m"]) == 0
+    assert "polygons from 4 tiles" in capsys.readouterr().out
+    geoms, _, crs = read_output(out)
+    assert crs == utm and len(geoms) > 0 and all(g.is_valid for g in geoms)
+    assert all(shapely.box(400000.0, 5598000.0, 402200.0, 5600000.0).buffer(1e-6).contains(g) for g in geoms)
