@@ -321,6 +321,7 @@ def vit_b_export(vit_b_checkpoint, tmp_path_factory):
     return predictor, folder
 
 
+@pytest.mark.slow
 def test_vit_b_onnx_equals_torch(vit_b_export):
     predictor, folder = vit_b_export
     image = _image(480, 640, seed=9)

@@ -31,9 +31,10 @@ def test_no_test_skips_for_a_missing_demo():
     assert offenders == []
 
 
-def test_a_test_that_changes_the_thread_count(request):
+def test_a_test_that_changes_the_thread_count():
     _THREADS_AT_START.append(torch.get_num_threads())
     torch.set_num_threads(1 if torch.get_num_threads() != 1 else 2)
+    assert torch.get_num_threads() != _THREADS_AT_START[0]  # changed here; the next test must not see it
 
 
 def test_the_next_test_gets_the_thread_count_back():
