@@ -62,6 +62,9 @@ class GeoResult:
 # ----------------------------------------------------------------------------------- per-tile results
 
 
+TILE_FORMAT = 2  # boxes of saved pieces as (x0, y0, x1, y1); stores of another format start afresh
+
+
 class TileStore:
     """Finished tiles of one run, one ``.npz`` per tile in a folder beside the output (for resume).
 
@@ -114,7 +117,7 @@ class TileStore:
 
 
 def _pack(pieces: Sequence[MaskPiece]) -> dict:
-    boxes = np.array([[p.y0, p.x0, p.mask.shape[0], p.mask.shape[1]] for p in pieces], dtype=np.int64).reshape(-1, 4)
+    boxes = np.array([[p.x0, p.y0, p.x1, p.y1] for p in pieces], dtype=np.int64).reshape(-1, 4)  # (x0, y0, x1, y1)
     bits = [np.packbits(p.mask.ravel()) for p in pieces]
     return {
         "boxes": boxes,
@@ -128,7 +131,8 @@ def _pack(pieces: Sequence[MaskPiece]) -> dict:
 
 def _unpack(data: Any) -> list[MaskPiece]:
     pieces = []
-    for i, (y0, x0, h, w) in enumerate(data["boxes"]):
+    for i, (x0, y0, x1, y1) in enumerate(data["boxes"]):
+        h, w = y1 - y0, x1 - x0
         raw = data["bits"][data["offsets"][i] : data["offsets"][i + 1]]
         mask = np.unpackbits(raw, count=int(h * w)).astype(bool).reshape(int(h), int(w))
         point = data["points"][i]
@@ -166,7 +170,8 @@ def _worker_tile(tile: Tile, spec: RasterSpec, generator: Any) -> list[MaskPiece
 
 def _fingerprint(view: RasterView, **settings: Any) -> dict:
     stat = os.stat(view.path)
-    return {"raster": view.path, "size": stat.st_size, "mtime": stat.st_mtime_ns, "spec": asdict(view.spec), **settings}
+    return {"raster": view.path, "size": stat.st_size, "mtime": stat.st_mtime_ns, "spec": asdict(view.spec),
+            "format": TILE_FORMAT, **settings}
 
 
 def _generator_id(generator: Any, spec: Any) -> str:

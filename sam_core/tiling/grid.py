@@ -3,6 +3,10 @@
 Tiles of ``tile_size`` pixels overlap by ``overlap`` pixels; the last tile of each row and column is flush
 with the image's edge (its overlap with the previous tile may be larger). The overlap between two neighbours
 is split at its middle to give each tile its core. Tile windows are pixel (row, col) ranges of the full image.
+
+One order for boxes: every box of a tile (its ``core``, the arguments of :meth:`Tile.contains_box`,
+:meth:`TileGrid.tiles_touching`, ...) is (x0, y0, x1, y1) in full-image pixels, x = column, y = row, as
+everywhere in sam_core; a tile's window is also available by name (``x0``, ``y0``, ``x1``, ``y1``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class Tile:
     x0: int
     y1: int
     x1: int
-    core: tuple[int, int, int, int]  # (y0, x0, y1, x1) of the part of the image this tile owns
+    core: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the part of the image this tile owns
     inner_edges: tuple[bool, bool, bool, bool]  # (top, left, bottom, right): edge inside the image
 
     @property
@@ -116,7 +120,7 @@ class TileGrid:
                         x0=x0,
                         y1=y1,
                         x1=x1,
-                        core=(row_cores[r][0], col_cores[c][0], row_cores[r][1], col_cores[c][1]),
+                        core=(col_cores[c][0], row_cores[r][0], col_cores[c][1], row_cores[r][1]),
                         inner_edges=(y0 > 0, x0 > 0, y1 < self.height, x1 < self.width),
                     )
                 )
@@ -140,7 +144,7 @@ class TileGrid:
     def owner(self, x: float, y: float) -> Tile:
         """The tile whose core holds pixel (x, y)."""
         for tile in self.tiles:
-            cy0, cx0, cy1, cx1 = tile.core
+            cx0, cy0, cx1, cy1 = tile.core
             if cy0 <= y < cy1 and cx0 <= x < cx1:
                 return tile
         raise SamError(f"point ({x}, {y}) is outside the image ({self.width}x{self.height} pixels)")

@@ -111,6 +111,9 @@ class TiledPredictor:
     ) -> TiledPrediction:
         """Decode one object from points (x, y) with labels (1 positive, 0 negative) and/or a box (x0, y0, x1, y1).
 
+        Points may lie anywhere in -0.5 <= x <= width, -0.5 <= y <= height, the range of
+        :meth:`sam_core.predictor.Predictor.predict`, so a click valid on a small image is valid here too.
+
         The prompt goes to the tile that holds it best; when the object reaches an inner edge of that tile,
         or the box does not fit in one tile, the tiles it covers are decoded and joined (each pixel taken
         from the tile that owns it). ``multimask`` defaults to the official advice: three candidates for a
@@ -124,8 +127,10 @@ class TiledPredictor:
         if len(lbl) != len(pts):
             raise SamError(f"{len(pts)} points but {len(lbl)} labels")
         h, w = self.grid.height, self.grid.width
-        if len(pts) and ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
-            raise SamError(f"a point lies outside the image ({w}x{h} pixels)")
+        outside = (pts[:, 0] < -0.5) | (pts[:, 0] > w) | (pts[:, 1] < -0.5) | (pts[:, 1] > h)
+        if outside.any():  # the range Predictor accepts (pixel centres and pixel corners)
+            x, y = pts[np.argmax(outside)]
+            raise SamError(f"point ({x:g}, {y:g}) is outside the image ({w} x {h} pixels, x across, y down)")
         if bx is not None:
             bx = np.array([max(bx[0], 0), max(bx[1], 0), min(bx[2], w), min(bx[3], h)])
             if bx[0] >= bx[2] or bx[1] >= bx[3]:
@@ -135,8 +140,8 @@ class TiledPredictor:
         extent_pts = pts[lbl > 0] if (lbl > 0).any() else pts
         corners = [extent_pts] + ([bx.reshape(2, 2)] if bx is not None else [])
         allpts = np.concatenate([c for c in corners if len(c)])
-        ex0, ey0 = allpts.min(axis=0)
-        ex1, ey1 = allpts.max(axis=0) + 1
+        ex0, ey0 = np.maximum(allpts.min(axis=0), 0)
+        ex1, ey1 = np.minimum(allpts.max(axis=0) + 1, [w, h])
         seed = self.grid.best_tile(ex0, ey0, ex1, ey1)
         if seed is not None:
             result = self._decode(seed, _inside_points(seed, pts), _inside_labels(seed, pts, lbl), bx, multimask)
@@ -148,7 +153,7 @@ class TiledPredictor:
                 return TiledPrediction(piece, float(result.scores[best]), (seed.index,))
         if bx is not None:
             return self._decode_box_tiles(pts, lbl, bx)
-        return self._grow(seed or self.grid.owner(*extent_pts[0]), pts, lbl, multimask)
+        return self._grow(seed or self.grid.owner(*np.clip(extent_pts[0], 0, [w - 1, h - 1])), pts, lbl, multimask)
 
     def _decode_box_tiles(self, pts: np.ndarray, lbl: np.ndarray, bx: np.ndarray) -> TiledPrediction:
         decoded: dict[int, tuple[np.ndarray, float]] = {}
@@ -199,7 +204,7 @@ class TiledPredictor:
         mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
         assigned = np.zeros_like(mask)
         for tile in tiles:  # pixels owned by a decoded tile come from that tile
-            cy0, cx0, cy1, cx1 = tile.core
+            cx0, cy0, cx1, cy1 = tile.core
             sub = decoded[tile.index][0][cy0 - tile.y0 : cy1 - tile.y0, cx0 - tile.x0 : cx1 - tile.x0]
             mask[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = sub
             assigned[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = True
@@ -215,14 +220,23 @@ class TiledPredictor:
         return TiledPrediction(piece, score, order)
 
 
+def _inside(tile: Tile, pts: np.ndarray) -> np.ndarray:
+    """Which points fall in the tile; at the image's edges the tile also takes the half pixel beyond it
+    (x down to -0.5 and up to the width, as :class:`~sam_core.predictor.Predictor` accepts)."""
+    top, left, bottom, right = tile.inner_edges
+    x, y = pts[:, 0], pts[:, 1]
+    return (
+        (x >= (tile.x0 if left else -0.5)) & ((x < tile.x1) if right else (x <= tile.x1))
+        & (y >= (tile.y0 if top else -0.5)) & ((y < tile.y1) if bottom else (y <= tile.y1))
+    )
+
+
 def _inside_points(tile: Tile, pts: np.ndarray) -> np.ndarray:
-    keep = (pts[:, 0] >= tile.x0) & (pts[:, 0] < tile.x1) & (pts[:, 1] >= tile.y0) & (pts[:, 1] < tile.y1)
-    return pts[keep]
+    return pts[_inside(tile, pts)]
 
 
 def _inside_labels(tile: Tile, pts: np.ndarray, lbl: np.ndarray) -> np.ndarray:
-    keep = (pts[:, 0] >= tile.x0) & (pts[:, 0] < tile.x1) & (pts[:, 1] >= tile.y0) & (pts[:, 1] < tile.y1)
-    return lbl[keep]
+    return lbl[_inside(tile, pts)]
 
 
 def _touched_edges(tile: Tile, mask: np.ndarray, margin: int = 2) -> tuple[bool, bool, bool, bool]:

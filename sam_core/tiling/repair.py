@@ -210,7 +210,7 @@ def _window_at(grid: TileGrid, cx: float, cy: float) -> Tile:
     x0 = int(min(max(round((cx - w / 2) / step) * step, 0), grid.width - w))
     y0 = int(min(max(round((cy - h / 2) / step) * step, 0), grid.height - h))
     return Tile(
-        index=-1, row=-1, col=-1, y0=y0, x0=x0, y1=y0 + h, x1=x0 + w, core=(y0, x0, y0 + h, x0 + w),
+        index=-1, row=-1, col=-1, y0=y0, x0=x0, y1=y0 + h, x1=x0 + w, core=(x0, y0, x0 + w, y0 + h),
         inner_edges=(y0 > 0, x0 > 0, y0 + h < grid.height, x0 + w < grid.width),
     )
 

@@ -69,7 +69,7 @@ def test_grid_covers_image_last_tiles_flush_and_cores_partition():
     for tile in grid:
         assert tile.height == 256 and tile.width == 256
         cover[tile.slices] += 1
-        cy0, cx0, cy1, cx1 = tile.core
+        cx0, cy0, cx1, cy1 = tile.core
         assert tile.y0 <= cy0 < cy1 <= tile.y1 and tile.x0 <= cx0 < cx1 <= tile.x1
         owners[cy0:cy1, cx0:cx1] += 1
     assert cover.min() >= 1
@@ -239,6 +239,17 @@ def test_tiled_predictor_drives_the_real_predictor(small_vit_checkpoint):
     grey = (image[..., 0].astype(np.uint16) * 200)
     tiled16 = TiledPredictor(predictor, grey, tile_size=128, overlap=32, preparation=Preparation(value_range=(0, 51000)))
     assert tiled16.predict(points=[(150, 150)]).piece is not None
+    # one point range for every predictor: the edges' half pixels (-0.5 and the width/height) are valid
+    corners = [(-0.5, -0.5), (340.0, 300.0), (-0.5, 300.0), (340.0, -0.5)]
+    small = np.ascontiguousarray(image[:100, :120])
+    embedding = predictor.encode(small)
+    for x, y in [(-0.5, -0.5), (120.0, 100.0)]:
+        predictor.predict(embedding, points=np.array([[x, y]]), labels=np.array([1]))
+    for x, y in corners:
+        assert tiled.predict(points=[(x, y)]).piece is not None
+    for x, y in [(-0.6, 10.0), (10.0, 300.1)]:
+        with pytest.raises(SamError, match="outside the image"):
+            tiled.predict(points=[(x, y)])
 
 
 class MissesLeftEdgeObjects(ColourComponents):
