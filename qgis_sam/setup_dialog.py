@@ -52,7 +52,7 @@ TORCH_BUILDS = ("CPU only (smaller download; for computers without an NVIDIA GPU
 
 # Run as ``python -c CHECK_SCRIPT PLUGIN_VERSION``: fails (exit code 1, with what to do) on another version.
 CHECK_SCRIPT = (
-    "import sys, sam_core, torch, rasterio; "
+    "import sam_core, sys, torch, rasterio; "
     "print('sam_core', sam_core.__version__, '| torch', torch.__version__); "
     "sys.exit(0 if sam_core.__version__ == sys.argv[1] else "
     "f'this Python has sam_core {sam_core.__version__} but the plugin is version {sys.argv[1]}: click Create and "
