@@ -178,6 +178,9 @@ def export_onnx(
         zoo.model_info(model)  # an unknown name fails before anything is loaded or created
     with _output_folder(folder) as out:
         sam = _load(model, checkpoint)
+        from sam_core.models.sam2 import refuse_sam2
+
+        refuse_sam2(sam, "ONNX export")
         if getattr(sam, "precision", "fp32") == "int8":
             raise SamError("this model's encoder is quantized to int8 in PyTorch; load it in fp32 to export "
                            "(use quantize_encoder / --quantize-encoder for an int8 ONNX encoder)")

@@ -288,6 +288,7 @@ def finetune(
     ``objects_per_step`` of its objects; corrective rounds are drawn from ``rounds``. ``progress``
     is called per step; ``cancel`` is checked between steps (the last finished epoch stays saved).
     """
+    from sam_core.models.sam2 import refuse_sam2
     from sam_core.predictor import Predictor
 
     if int(epochs) < 0:
@@ -298,6 +299,7 @@ def finetune(
     train_idx, val_idx = _split(len(images), val_fraction, seed)
     predictor = Predictor(model, cache=cache)
     model = predictor.model
+    refuse_sam2(model, "fine-tuning")
     device = predictor.device
     total = len(images) + epochs * len(train_idx)
     done = 0

@@ -191,3 +191,21 @@ def test_unavailable_precision_or_compile_is_one_error_line(checkpoint, tmp_path
     assert code == 2
     assert err.startswith("error:") and "SAM 2.1" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_export_refuses_sam2_with_one_error_line(checkpoint, tmp_path, capsys):
+    code, _, err = run_cli(["export", "onnx", "--checkpoint", checkpoint, "--out", tmp_path / "onnx"], capsys)
+    assert code == 2, err
+    assert err.startswith("error:") and "ONNX export is not available for SAM 2.1 models yet" in err
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_finetune_refuses_sam2_before_training(checkpoint, tmp_path):
+    from sam_core.train.finetune import finetune
+
+    label = np.zeros((130, 210), np.int32)
+    label[30:90, 50:120] = 1
+    model = load_checkpoint(build_sam2(SMALL_SAM2), checkpoint)
+    with pytest.raises(SamError, match="fine-tuning is not available for SAM 2.1 models yet"):
+        finetune(model, [_image()], [label], epochs=1, checkpoint_path=tmp_path / "tuned.pt")
+    assert not (tmp_path / "tuned.pt").exists()

@@ -17,6 +17,13 @@ def get_sam2_config(name: str) -> Sam2Config:
         raise SamError(f"unknown SAM 2.1 model {name!r}; known: {', '.join(SAM2_CONFIGS)}") from None
 
 
+def refuse_sam2(model: object, action: str) -> None:
+    """Raise :class:`SamError` when ``model`` is a SAM 2.1 network and ``action`` (e.g. "ONNX export")
+    does not support it yet."""
+    if getattr(model, "family", "sam") == "sam2":
+        raise SamError(f"{action} is not available for SAM 2.1 models yet; use a SAM model (vit_t, vit_b, ...)")
+
+
 def build_sam2(config: Sam2Config | str) -> Sam2:
     """A SAM 2.1 network (random weights, eval mode, on the CPU) for a configuration or its name."""
     if isinstance(config, str):
@@ -34,4 +41,5 @@ __all__ = [
     "get_sam2_config",
     "infer_sam2_config",
     "is_sam2_state_dict",
+    "refuse_sam2",
 ]
