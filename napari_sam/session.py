@@ -130,6 +130,9 @@ class SamSession:
         self.on_candidates: List[Callable[[Optional[np.ndarray], int], None]] = []
         #: Called with the label of new points (``positive`` or ``negative``) whenever it changes.
         self.on_label: List[Callable[[str], None]] = []
+        #: Called with each new job (embeddings, propagation, automatic, fine-tuning) before it starts,
+        #: so that its progress and end are never missed, however fast it is.
+        self.on_job: List[Callable[[Job], None]] = []
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -565,6 +568,8 @@ class SamSession:
         job = Job(func, description, on_result, finished)
         holder.append(job)
         self.jobs.append(job)
+        for listener in self.on_job:
+            listener(job)
         return job.start()
 
     # ----------------------------------------------------------------------------------- volumes

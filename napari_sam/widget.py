@@ -63,8 +63,8 @@ class SamWidget(QWidget):
         self.session = SamSession(napari_viewer)
         self.session.on_candidates.append(self._show_scores)
         self.session.on_label.append(self._show_label)
+        self.session.on_job.append(self._watch)
         self.choices: list = []
-        self._job = None
         layout = QVBoxLayout(self)
         layout.addWidget(self._setup_panel())
         layout.addWidget(self._prompt_panel())
@@ -343,14 +343,12 @@ class SamWidget(QWidget):
             return self.apply_settings()
         return self.start()
 
-    def _watch(self, job: Any) -> Any:
-        if job is not None:
-            self.progress_bar.setValue(0)
-            self.progress_bar.setFormat(f"{job.description}: starting")
-            job.listeners.append(self._on_progress)
-            job.worker.finished.connect(lambda: self._on_finished(job))
-        self._job = job
-        return job
+    def _watch(self, job: Any) -> None:
+        """Show ``job``'s progress and end in the panel's bar (called before the job starts)."""
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat(f"{job.description}: starting")
+        job.listeners.append(self._on_progress)
+        job.worker.finished.connect(lambda: self._on_finished(job))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress_bar.setMaximum(max(total, 1))
@@ -369,7 +367,7 @@ class SamWidget(QWidget):
     def compute_embeddings(self) -> Any:
         if not self._ensure_started():
             return None
-        return self._watch(self.session.compute_embeddings(self.all_slices_check.isChecked()))
+        return self.session.compute_embeddings(self.all_slices_check.isChecked())
 
     def _show_label(self, label: str) -> None:
         self.label_button.setText(f"New points: {label} (Shift-T)")
@@ -386,9 +384,9 @@ class SamWidget(QWidget):
             return None
         first = self.first_spin.value()
         last = self.last_spin.value()
-        return self._watch(self.session.propagate(
+        return self.session.propagate(
             None if first < 0 else first, None if last < 0 else last, stop_iou=self.stop_iou_spin.value()
-        ))
+        )
 
     def automatic(self, whole_stack: bool) -> Any:
         if not self._ensure_started():
@@ -399,7 +397,7 @@ class SamWidget(QWidget):
             "stability_score_thresh": self.stability_spin.value(),
             "min_mask_region_area": self.min_area_spin.value(),
         }
-        return self._watch(self.session.automatic(whole_stack, params, link_iou=self.link_iou_spin.value()))
+        return self.session.automatic(whole_stack, params, link_iou=self.link_iou_spin.value())
 
     def finetune(self, output: Optional[str] = None) -> Any:
         if not self._ensure_started():
@@ -409,7 +407,7 @@ class SamWidget(QWidget):
 
             folder = Path(self.cache_edit.text() or ".").expanduser().parent / "finetuned"
             output = str(folder / f"finetuned-{time.strftime('%Y%m%d-%H%M%S')}.pt")
-        return self._watch(self.session.finetune(output, epochs=self.epochs_spin.value(), on_done=self.add_model))
+        return self.session.finetune(output, epochs=self.epochs_spin.value(), on_done=self.add_model)
 
     def _apply_window(self, index: int) -> None:
         name = self.window_combo.currentText()

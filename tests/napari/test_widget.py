@@ -66,6 +66,17 @@ def test_plugin_menu_opens_the_widget_and_the_samples(make_napari_viewer):
     assert "demo" in [c.name for c in widget.choices if c is not None]
 
 
+def test_automask_grid_and_thresholds_follow_the_chosen_model(make_widget):
+    def settings():
+        return widget.points_per_side_spin.value(), widget.pred_iou_spin.value(), widget.stability_spin.value()
+
+    viewer, widget = make_widget(model="demo")
+    assert settings() == (16, 0.5, 0.8)
+    names = [widget.model_combo.itemText(i).split(" (")[0] for i in range(widget.model_combo.count())]
+    widget.model_combo.setCurrentIndex(names.index("vit_b"))
+    assert settings() == (32, 0.88, 0.95)
+
+
 def test_buttons_keep_the_prompts_preview_and_layers(make_widget, qtbot, notes):
     """Issue 14.1: on the plugin's proxy viewer, every button used to delete and recreate the layers."""
     image, _ = make_cells_2d((96, 96), count=3)
