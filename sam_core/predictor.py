@@ -334,6 +334,7 @@ class Predictor:
         if on_device.high_res_features is None:
             raise SamError("this embedding has no high-resolution features: encode the image again with this SAM 2.1 model")
         features = Sam2Features(on_device.features, tuple(on_device.high_res_features))
+
         def move(tensor: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             return None if tensor is None else tensor.to(self.device)
 
