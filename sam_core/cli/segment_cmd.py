@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sam_core.fileio import check_output_path
     from sam_core.io import read_image, write_mask_png
 
     out = Path(args.out)
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     box = parse_numbers(args.box, 4, "--box", "X0,Y0,X1,Y1") if args.box else None
     if points is None and box is None:
         raise SamError("give at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    check_output_path(out, option="--out")
     image = read_image(args.image)
     predictor = load_predictor(args, cache_dir=args.cache_dir)
     embedding = predictor.encode(image, preparation(args))
@@ -91,11 +93,9 @@ def _write_all(items: list, write_mask_png) -> None:
                 with atomic_write(path, "w") as handle:
                     json.dump(content, handle, indent=2)
             done.append(path)
-    except BaseException as error:
+    except BaseException:
         for path in done:
             path.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise SamError(f"cannot write {getattr(error, 'filename', None) or 'the output'}: {error.strerror or error}") from error
         raise
 
 
