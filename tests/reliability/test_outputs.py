@@ -53,7 +53,7 @@ def read_only(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    pytest.skip("cannot make a read-only folder here: not root (no tmpfs mount) and mode bits do not stop this user")
+    pytest.skip("cannot make a read-only folder here: no read-only tmpfs mount (not root or not permitted) and mode bits do not stop this user")
 
 
 @pytest.fixture()
@@ -61,7 +61,7 @@ def full_disk(tmp_path):
     """A folder on a 64 KB tmpfs that is almost full."""
     folder = tmp_path / "full"
     if not _mount_tmpfs(folder, "size=64k"):
-        pytest.skip("a full disk needs a small tmpfs mount, which needs root")
+        pytest.skip("a full disk needs a small tmpfs mount: not root, or mounting is not permitted here")
     try:
         with open(folder / "filler", "wb") as handle:
             handle.write(b"\0" * (60 << 10))
