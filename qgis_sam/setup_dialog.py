@@ -1,22 +1,19 @@
 """Engine settings and first-run dialog: choose a Python with sam_core, or create one with pip.
 
-Creating an environment runs, with live output and progress (never blocking QGIS):
-``BASE_PYTHON -m venv FOLDER``, ``VENV_PYTHON -m pip install --upgrade pip``, for the CPU build of
-PyTorch ``VENV_PYTHON -m pip install torch --index-url CPU_TORCH_INDEX`` (about 200 MB instead of the
-several GB of PyPI's default CUDA build on Linux and Windows), ``VENV_PYTHON -m pip install PACKAGE``
-and a check that the engine imports and has the plugin's version. PACKAGE is the engine wheel the
-plugin zip carries, with its ``[geo]`` extra (see ``bundle``); torch and the geo libraries come from PyPI.
+Creating an environment runs the steps of ``engine_setup`` with live output and progress (never
+blocking QGIS): a venv, PyTorch (the CPU build, about 200 MB, instead of the several GB of PyPI's
+default CUDA build on Linux and Windows), the engine wheel the plugin zip carries with its ``[geo]``
+extra (see ``bundle``; torch and the geo libraries come from PyPI), and a check that the engine imports
+and has the plugin's version.
 
 A set-up that fails (pip error, no network, cancelled) shows pip's last lines and what to try, and
 leaves nothing half-installed: a folder this set-up created is removed; an existing one is marked
-incomplete (``INCOMPLETE_MARKER``) and set up again from scratch next time.
+incomplete and set up again from scratch next time.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import sys
 from typing import Optional
 
 from qgis.core import QgsApplication
@@ -43,93 +40,21 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings
-from .bundle import BundleError, engine_package, plugin_version
+from .bundle import BundleError, engine_package
 from .engine_client import ENV_VAR, engine_environment
-
-CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-TORCH_BUILDS = ("CPU only (smaller download; for computers without an NVIDIA GPU)",
-                "PyPI's default (with CUDA on Linux and Windows, for NVIDIA GPUs)")
-
-# Run as ``python -c CHECK_SCRIPT PLUGIN_VERSION``: fails (exit code 1, with what to do) on another version.
-CHECK_SCRIPT = (
-    "import sam_core, sys, torch, rasterio; "
-    "print('sam_core', sam_core.__version__, '| torch', torch.__version__); "
-    "sys.exit(0 if sam_core.__version__ == sys.argv[1] else "
-    "f'this Python has sam_core {sam_core.__version__} but the plugin is version {sys.argv[1]}: click Create and "
-    "install to set up an environment with the engine bundled with the plugin, or install "
-    "sam-suite=={sys.argv[1]} into it')"
+from .engine_setup import (  # noqa: F401 (CPU_TORCH_INDEX: tests and scripts read it here)
+    CPU_TORCH_INDEX,
+    TORCH_BUILDS,
+    begin_folder,
+    check_command,
+    default_base_python,
+    failure_report,
+    finish_folder,
+    has_nvidia_gpu,
+    install_steps,
+    is_setup_folder,
+    venv_python,
 )
-INCOMPLETE_MARKER = ".sam_setup_incomplete"
-# pip's words when it cannot reach the package index (Linux, Windows and macOS spellings).
-NETWORK_SIGNS = ("Failed to establish a new connection", "Temporary failure in name resolution",
-                 "Name or service not known", "Network is unreachable", "Connection refused", "Could not fetch URL",
-                 "NewConnectionError", "ConnectTimeoutError", "ProxyError", "Max retries exceeded",
-                 "getaddrinfo failed", "nodename nor servname")
-NETWORK_ADVICE = ("No network: pip could not reach the package index (PyPI). Connect this computer to the internet "
-                  "(behind a proxy, set it in pip's configuration file, pip.conf or pip.ini), then click "
-                  "'Create and install' again.")
-PIP_ADVICE = ("What to try: read pip's lines above; free some disk space if it says 'No space left'; use a base "
-              "Python 3.10 to 3.12 (PyTorch may have no build for a newer one yet); or create the environment "
-              "by hand (see the plugin's README) and choose it under 'Use an existing Python'.")
-
-
-def venv_python(folder: str) -> str:
-    """The interpreter inside a virtual environment folder."""
-    if os.name == "nt":
-        return os.path.join(folder, "Scripts", "python.exe")
-    return os.path.join(folder, "bin", "python")
-
-
-def default_base_python() -> str:
-    """A Python to create the environment with: QGIS's own interpreter if it is a real one, else python3."""
-    for name in ("python.exe", "python3", "python"):
-        candidate = os.path.join(sys.exec_prefix, name if os.name == "nt" else os.path.join("bin", name))
-        if os.path.isfile(candidate):
-            return candidate
-    return shutil.which("python3") or shutil.which("python") or ""
-
-
-def check_command(python: str) -> list[str]:
-    """The command that checks that ``python`` runs the engine of the plugin's version."""
-    return [python, "-c", CHECK_SCRIPT, plugin_version()]
-
-
-def failure_report(description: str, code: int, output: str) -> str:
-    """What the log shows when a step fails: the step, pip's last lines and what to try."""
-    lines = [line for line in output.splitlines() if line.strip()][-12:]
-    tail = "\n".join(f"    {line}" for line in lines) or "    (no output)"
-    if any(sign in output for sign in NETWORK_SIGNS):
-        advice = NETWORK_ADVICE
-    elif description.startswith("Checking"):
-        advice = "What to try: the lines above say what is missing; choose another Python or click Create and install."
-    else:
-        advice = PIP_ADVICE
-    return f"== {description} failed (exit code {code}). The last lines:\n{tail}\n{advice}"
-
-
-def has_nvidia_gpu() -> bool:
-    """Whether this computer seems to have an NVIDIA driver (``nvidia-smi`` on the PATH)."""
-    return shutil.which("nvidia-smi") is not None
-
-
-def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool) -> list[tuple[str, list[str]]]:
-    """(description, command) for each step of creating the environment; ``cpu_torch`` installs
-    PyTorch's CPU build first, so that installing ``package`` keeps it."""
-    python = venv_python(folder)
-    steps = [
-        ("Creating the virtual environment", [base_python, "-m", "venv", folder]),
-        ("Updating pip", [python, "-m", "pip", "install", "--upgrade", "pip"]),
-    ]
-    if cpu_torch:
-        steps.append(("Installing PyTorch, CPU build (about 200 MB)",
-                      [python, "-m", "pip", "install", "torch", "--index-url", CPU_TORCH_INDEX]))
-    steps += [
-        (f"Installing {package} (torch and friends: this can take several minutes)",
-         [python, "-m", "pip", "install", package]),
-        ("Checking the engine", check_command(python)),
-    ]
-    return steps
-
 
 def _path_row(edit: QLineEdit, browse) -> QWidget:
     row = QWidget()
@@ -352,18 +277,9 @@ class EngineSetupDialog(QDialog):
             self.use_existing.setChecked(True)
 
     def _finish_folder(self, ok: bool) -> None:
-        """After creating: drop the incomplete marker, or remove the folder this set-up created, or leave
-        an existing folder marked incomplete (the next set-up starts it again)."""
-        folder = self.folder_edit.text().strip()
-        marker = os.path.join(folder, INCOMPLETE_MARKER)
-        if ok:
-            if os.path.exists(marker):
-                os.remove(marker)
-        elif self._created_folder:
-            shutil.rmtree(folder, ignore_errors=True)
-            self._log(f"== removed the unfinished environment {folder}: nothing is left half-installed")
-        else:
-            self._log(f"== the environment {folder} is marked incomplete; Create and install sets it up again")
+        message = finish_folder(self.folder_edit.text().strip(), ok, self._created_folder)
+        if message:
+            self._log(message)
 
     def test_python(self) -> None:
         """Check (without blocking) that the chosen Python imports sam_core, torch and rasterio."""
@@ -380,18 +296,13 @@ class EngineSetupDialog(QDialog):
             self._log(f"== cannot create the environment: {problem}")
             return
         folder = self.folder_edit.text().strip()
-        marker = os.path.join(folder, INCOMPLETE_MARKER)
-        if os.path.exists(marker):
-            self._log(f"== an earlier set-up of {folder} did not finish: removing it and starting again")
-            shutil.rmtree(folder, ignore_errors=True)
-        self._created_folder = not os.path.isdir(folder) or not os.listdir(folder)
         try:
-            os.makedirs(folder, exist_ok=True)
-            with open(marker, "w", encoding="utf-8") as handle:
-                handle.write("set-up of the Segment Anything engine not finished\n")
+            self._created_folder, messages = begin_folder(folder)
         except OSError as error:
             self._log(f"== cannot create the environment: {error}")
             return
+        for message in messages:
+            self._log(message)
         self._creating = True
         self._run_steps(install_steps(self.base_edit.text().strip(), folder, self.package_edit.text().strip(),
                                       cpu_torch=self.torch_combo.currentIndex() == 0))
@@ -403,8 +314,7 @@ class EngineSetupDialog(QDialog):
             return f"the base Python {base!r} does not exist: choose a Python 3.10 or newer interpreter"
         if not folder:
             return "choose a folder for the environment"
-        ours = any(os.path.isfile(os.path.join(folder, name)) for name in ("pyvenv.cfg", INCOMPLETE_MARKER))
-        if os.path.isdir(folder) and os.listdir(folder) and not ours:
+        if os.path.isdir(folder) and os.listdir(folder) and not is_setup_folder(folder):
             return f"the folder {folder} is not empty and is not a Python environment: choose a new or empty folder"
         if not self.package_edit.text().strip():
             return self._bundle_problem or "the package to install is empty (normally the plugin's engine/*.whl[geo])"

@@ -12,6 +12,7 @@ import configparser
 import email
 import json
 import multiprocessing
+import os
 import re
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def test_npe2_validates_the_manifest_and_lists_the_plugin():
 # The code paths that start or run processes: the engine process and its client, the QGIS first-run
 # dialog, the Dask workers. None may rely on fork, POSIX signals, /tmp or a shell.
 PROCESS_CODE = ["sam_core/engine.py", "sam_core/distributed.py", "sam_core/__main__.py", "qgis_sam/engine_client.py",
-                "qgis_sam/setup_dialog.py", "qgis_sam/bundle.py", "qgis_sam/settings.py"]
+                "qgis_sam/setup_dialog.py", "qgis_sam/engine_setup.py", "qgis_sam/bundle.py", "qgis_sam/settings.py"]
 POSIX_ONLY = [
     (r"\bos\.fork\b|\bos\.forkpty\b|[\"']fork[\"']", "fork (Windows has none; macOS defaults to spawn)"),
     (r"\bos\.(setsid|setpgrp|killpg|getpgid|kill)\b|\bpreexec_fn\b|\bstart_new_session\b", "POSIX process calls"),
@@ -144,14 +145,23 @@ def test_process_code_avoids_posix_only_calls():
     assert not found, "\n".join(found)
 
 
-def _in_a_spawned_process(raster: str, output: str, report: str) -> None:
-    """Runs in a process started with ``spawn`` (as on Windows and macOS): the QGIS plugin's engine client
-    starts the engine and asks it to segment, and a local Dask cluster (workers started with spawn) makes
-    automatic masks of a raster."""
+def _in_a_spawned_process(raster: str, output: str, folder: str, report: str) -> None:
+    """Runs in a process started with ``spawn`` (as on Windows and macOS): the first-run dialog's set-up
+    steps (its commands and folder bookkeeping, without Qt), the QGIS plugin's engine client starting the
+    engine and asking it to segment, and a local Dask cluster (workers started with spawn) making automatic
+    masks of a raster."""
     import dask
 
     from qgis_sam.engine_client import EngineClient
+    from qgis_sam.engine_setup import begin_folder, check_command, finish_folder, install_steps
     from sam_core.geo import automask_raster
+
+    created, _ = begin_folder(folder)
+    description, create_venv = install_steps(sys.executable, folder, "unused", cpu_torch=False)[0]
+    venv = subprocess.run(create_venv, capture_output=True, text=True, timeout=300)
+    check = subprocess.run(check_command(sys.executable), capture_output=True, text=True, timeout=300)
+    venv_made = Path(folder, "pyvenv.cfg").is_file()
+    finish_folder(folder, ok=False, created=created)  # as after a failed set-up: nothing left
 
     client = EngineClient(sys.executable, version=sam_core.__version__)
     try:
@@ -162,11 +172,13 @@ def _in_a_spawned_process(raster: str, output: str, report: str) -> None:
         client.stop()
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
         result = automask_raster(raster, output, model="demo", tile_size=64, overlap=16, workers=1)
-    Path(report).write_text(json.dumps({"start_method": multiprocessing.get_start_method(),
-                                        "version": info["version"], "segment": segment, "tiles": result.tiles_done}))
+    Path(report).write_text(json.dumps({
+        "start_method": multiprocessing.get_start_method(), "venv": [venv.returncode, venv_made],
+        "check": [check.returncode, check.stdout], "folder_left": os.path.exists(folder),
+        "version": info["version"], "segment": segment, "tiles": result.tiles_done}))
 
 
-def test_engine_and_dask_workers_run_from_spawned_processes(tmp_path):
+def test_setup_steps_engine_and_dask_workers_run_from_spawned_processes(tmp_path):
     import rasterio
     from rasterio.transform import from_origin
 
@@ -178,12 +190,15 @@ def test_engine_and_dask_workers_run_from_spawned_processes(tmp_path):
         dst.write(image)
     report = tmp_path / "report.json"
     child = multiprocessing.get_context("spawn").Process(
-        target=_in_a_spawned_process, args=(str(raster), str(tmp_path / "masks.gpkg"), str(report)))
+        target=_in_a_spawned_process,
+        args=(str(raster), str(tmp_path / "masks.gpkg"), str(tmp_path / "sam_engine"), str(report)))
     child.start()
     child.join(600)
     assert child.exitcode == 0 and report.is_file()
     result = json.loads(report.read_text())
     assert result["start_method"] == "spawn"
+    assert result["venv"] == [0, True] and not result["folder_left"]
+    assert result["check"][0] == 0 and result["check"][1].startswith(f"sam_core {sam_core.__version__}")
     assert result["version"] == sam_core.__version__
     polygons = result["segment"]["polygons"]
     assert len(polygons) == 1 and 700 <= polygons[0]["area"] <= 1300  # the 32 x 32 square

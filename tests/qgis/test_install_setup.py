@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, engine_python, wait_until
 
-from qgis_sam import bundle, setup_dialog
+from qgis_sam import engine_setup, setup_dialog
 from qgis_sam.bundle import BundleError, engine_package, plugin_version
 from qgis_sam.engine_client import EngineClient, EngineVersionMismatch
-from qgis_sam.setup_dialog import INCOMPLETE_MARKER, EngineSetupDialog, failure_report, venv_python
+from qgis_sam.engine_setup import INCOMPLETE_MARKER, failure_report, venv_python
+from qgis_sam.setup_dialog import EngineSetupDialog
 
 VERSION = plugin_version()
 
@@ -83,7 +84,7 @@ def test_an_engine_of_another_version_is_stopped_with_what_to_do():
 
 
 def test_checking_a_python_with_another_engine_version_fails_with_a_message(qgis_app, monkeypatch):
-    monkeypatch.setattr(setup_dialog, "plugin_version", lambda: "9.9.9")
+    monkeypatch.setattr(engine_setup, "plugin_version", lambda: "9.9.9")
     dialog = EngineSetupDialog()
     dialog.python_edit.setText(engine_python())
     dialog.test_python()
