@@ -46,8 +46,9 @@ def click_canvas(qtbot, viewer, layer, data_yx):
     scale = np.asarray(layer.scale, float)[-2:]
     translate = np.asarray(layer.translate, float)[-2:]
     world = np.asarray(data_yx, float) * scale + translate
-    centre = np.asarray(viewer.camera.center, float)[-2:]
-    screen = (world - centre) * viewer.camera.zoom
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene
+    centre = np.asarray(camera.center, float)[-2:]
+    screen = (world - centre) * camera.zoom
     pos = QPoint(int(round(widget.width() / 2 + screen[1])), int(round(widget.height() / 2 + screen[0])))
     qtbot.mouseClick(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
     return pos
