@@ -2,7 +2,7 @@
 Meta's ``Sam3Processor`` for a text query on one image. Not part of the test suite: on a 2-core CPU it
 takes 10 minutes or more and about 8 GB of memory.
 
-    python benchmarks/sam3_full_parity.py
+    python benchmarks/sam3_full_parity.py            # --small: the tests' small size, seconds
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 import common  # noqa: F401  (puts tests/ on sys.path for the reference helpers)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     import numpy as np
     import torch
     from PIL import Image
@@ -23,6 +23,8 @@ def main() -> int:
     from sam_core.models.sam3.build import load_sam3
     from sam_core.models.sam3.config import SAM3
 
+    if "--small" in argv:
+        from helpers.official_sam3 import SMALL_SAM3 as SAM3
     start = time.perf_counter()
     reference = randomize_sam3(official_sam3(SAM3), seed=0)
     predictor = ConceptPredictor(load_sam3(reference.state_dict()))
@@ -50,4 +52,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
