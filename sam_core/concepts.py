@@ -174,9 +174,11 @@ class ConceptPredictor:
             order = order[:max_instances]
         scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=self.device)
         pixel_boxes = cxcywh_to_xyxy(out.boxes[order]) * scale
-        masks = F.interpolate(out.mask_logits[order][:, None], size=(height, width), mode="bilinear",
-                              align_corners=False)[:, 0] > 0
-        masks = masks.cpu().numpy()
+        masks = np.zeros((len(order), height, width), dtype=bool)
+        for start in range(0, len(order), 16):  # bounded float memory on large images
+            logits = out.mask_logits[order[start:start + 16]][:, None]
+            masks[start:start + 16] = (F.interpolate(logits, size=(height, width), mode="bilinear",
+                                                     align_corners=False)[:, 0] > 0).cpu().numpy()
         if embedding.valid is not None:
             masks &= embedding.valid
         return Findings(masks=masks, boxes=pixel_boxes.cpu().numpy().astype(np.float64),
