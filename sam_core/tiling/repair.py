@@ -264,7 +264,8 @@ def _agreement(candidate: np.ndarray, window: Tile, piece: MaskPiece, grid: Tile
 def _touches_window_side(window: Tile, mask: np.ndarray) -> bool:
     top, left, bottom, right = window.inner_edges
     return bool(
-        (top and mask[0].any()) or (left and mask[:, 0].any()) or (bottom and mask[-1].any()) or (right and mask[:, -1].any())
+        (top and mask[0].any()) or (left and mask[:, 0].any())
+        or (bottom and mask[-1].any()) or (right and mask[:, -1].any())
     )
 
 
@@ -289,7 +290,8 @@ def repair_object(
         if (window.x0, window.y0) in tried:
             break
         tried.add((window.x0, window.y0))
-        keep = (points[:, 0] >= window.x0) & (points[:, 0] < window.x1) & (points[:, 1] >= window.y0) & (points[:, 1] < window.y1)
+        x, y = points[:, 0], points[:, 1]
+        keep = (x >= window.x0) & (x < window.x1) & (y >= window.y0) & (y < window.y1)
         if not keep.any():
             break
         box = np.array([max(bx0, window.x0), max(by0, window.y0), min(bx1, window.x1), min(by1, window.y1)])
