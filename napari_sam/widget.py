@@ -345,24 +345,24 @@ class SamWidget(QWidget):
 
     def _watch(self, job: Any) -> None:
         """Show ``job``'s progress and end in the panel's bar (called before the job starts)."""
-        self.progress_bar.setValue(0)
         self.progress_bar.setFormat(f"{job.description}: starting")
+        self.progress_bar.setValue(0)
         job.listeners.append(self._on_progress)
         job.worker.finished.connect(lambda: self._on_finished(job))
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.setFormat(f"{message} (%p%)" if message else "%p%")
         self.progress_bar.setMaximum(max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat(f"{message} (%p%)" if message else "%p%")
 
     def _on_finished(self, job: Any) -> None:
         """The bar says how the job ended: done (full), cancelled or failed (empty)."""
         if job.error is None:
-            self.progress_bar.setValue(self.progress_bar.maximum())
             self.progress_bar.setFormat("done")
+            self.progress_bar.setValue(self.progress_bar.maximum())
         else:
-            self.progress_bar.setValue(0)
             self.progress_bar.setFormat("cancelled" if job.cancelled else "failed (see the notification)")
+            self.progress_bar.setValue(0)
 
     def compute_embeddings(self) -> Any:
         if not self._ensure_started():

@@ -74,15 +74,20 @@ def test_automatic_segmentation_of_a_slice_and_of_the_stack(make_widget, qtbot, 
     viewer, widget = make_widget(volume)
     _automatic_settings(widget)
     viewer.dims.set_point(0, 2)
+    shown = []  # what the progress bar says at each step
+    widget.progress_bar.valueChanged.connect(lambda _: shown.append(widget.progress_bar.text()))
     click(qtbot, widget.auto_button)
     wait_for(qtbot, widget)
+    assert shown and all(text.startswith("point batch ") for text in shown[1:]), shown  # no "4/4 crop 1/1"
     layer = viewer.layers["SAM automatic (image)"]
     assert layer.data.shape == volume.shape
     assert layer.data[2].max() > 0 and not layer.data[[0, 1, 3]].any()
     assert notes[-1][1] == f"Automatic segmentation: {len(np.unique(layer.data[2])) - 1} object(s)."
     assert widget.progress_bar.format() == "done"
+    shown.clear()
     click(qtbot, widget.auto_volume_button)
     wait_for(qtbot, widget)
+    assert shown[-1] == "slice 3 (100%)" and widget.progress_bar.text() == "done", shown
     assert viewer.layers["SAM automatic (image)"] is layer
     assert layer.data[0].max() > 0 and layer.data[3].max() > 0
 
