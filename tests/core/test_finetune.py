@@ -147,6 +147,7 @@ def _official_vit_like(sa, config):
     )
 
 
+@pytest.mark.slow
 def test_finetuning_the_decoder_helps_on_a_new_domain(demo):
     pairs = [halo_scene(seed) for seed in range(8)]
     images = [p[0] for p in pairs]

@@ -63,6 +63,7 @@ def predictor():
     return Predictor("demo")
 
 
+@pytest.mark.slow
 def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_path):
     from sam_core.geo import automask_raster
 

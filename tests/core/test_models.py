@@ -244,6 +244,7 @@ def test_regrouped_attention_forms_equal_the_plain_one(queries, keys):
         _assert_close(form(q, k, v), plain, 1e-5)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_fused_decoder_equals_the_official_operations_at_full_size():
     """vit_b's decoder (4096 image tokens): the regrouped attentions and the matrix-product upscaling give
@@ -275,6 +276,7 @@ def test_fused_decoder_equals_the_official_operations_at_full_size():
             assert ((masks > 0) == (exact_masks > 0)).float().mean() > 0.999
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_iou_floor_skips_only_prompts_without_a_candidate_above_it():
     """Automatic masks drop candidates at or below the IoU threshold: the fused decoder leaves out the

@@ -23,6 +23,7 @@ def test_recalibration_changes_only_batchnorm_statistics():
     assert all(m.momentum == 0.1 for m in norms) and not model.training
 
 
+@pytest.mark.slow
 def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_demo, "recalibrate_batchnorm", lambda *args, **kwargs: None)  # tested above
     schedule = []

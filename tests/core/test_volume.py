@@ -211,6 +211,7 @@ def test_propagate_with_a_real_predictor_stays_within_the_cache_budget(small_vit
     assert cache.memory_used <= cache.memory_bytes
 
 
+@pytest.mark.slow
 def test_propagate_with_demo_segments_a_generated_3d_object(demo_checkpoint):
     from napari_sam.samples import make_volume_3d
     from sam_core.predictor import Predictor
