@@ -56,18 +56,26 @@ def max_image_bytes() -> int:
     return int(megabytes * (1 << 20))
 
 
-def check_image_size(shape: Sequence[int], itemsize: int, what: str, limit: Optional[int] = None) -> None:
+def check_image_size(shape: Sequence[int], itemsize: int, what: str, limit: Optional[int] = None,
+                     remedy: str = "crop or tile the image, use `geo` for rasters (read window by window)") -> None:
     """Refuse an image of ``shape`` (rows, columns[, channels...]) with ``itemsize`` bytes per value whose
-    decoded pixels would exceed ``limit`` bytes (default :func:`max_image_bytes`), naming size and limit."""
+    decoded pixels would exceed ``limit`` bytes (default :func:`max_image_bytes`), naming size and limit;
+    ``remedy`` says what the user can do besides raising the limit."""
     limit = max_image_bytes() if limit is None else int(limit)
     needed = int(np.prod([int(n) for n in shape], dtype=np.float64)) * int(itemsize)
     if needed > limit:
         dims = " x ".join(str(int(n)) for n in shape)
         raise SamError(
-            f"{what} declares {dims} values of {int(itemsize) * 8} bits: {needed / (1 << 20):,.0f} MB when decoded, "
-            f"above the limit of {limit / (1 << 20):,.0f} MB; crop or tile the image, use `geo` for rasters "
-            f"(read window by window), or raise the limit with {MAX_IMAGE_ENV}=<megabytes>"
+            f"{what} declares {dims} values of {int(itemsize) * 8} bits: {_megabytes(needed)} when decoded, "
+            f"above the limit of {_megabytes(limit)}; {remedy}, or raise the limit with "
+            f"{MAX_IMAGE_ENV}=<megabytes>"
         )
+
+
+def _megabytes(count: int) -> str:
+    """``1_600_000_000`` -> ``"1,526 MB"``; small sizes keep two significant digits (``"0.012 MB"``)."""
+    value = count / (1 << 20)
+    return f"{value:,.0f} MB" if value >= 10 else f"{value:.2g} MB"
 
 
 # Above this many valid values the percentiles are taken on a regular subsample (every k-th value),

@@ -143,9 +143,11 @@ class RasterView:
         from rasterio.enums import Resampling
         from rasterio.windows import Window
 
-        from sam_core.imaging import Preparation, prepare_image
+        from sam_core.imaging import Preparation, check_image_size, prepare_image
 
         h, w = y1 - y0, x1 - x0
+        itemsize = np.dtype(self.dataset.dtypes[self.bands[0] - 1]).itemsize
+        check_image_size((h, w, len(self.bands)), itemsize, f"a window of {self.path}", remedy="choose a smaller tile size")
         window = Window(self._col_off + x0 * self._fx, self._row_off + y0 * self._fy, w * self._fx, h * self._fy)
         resampled = self._fx != 1.0 or self._fy != 1.0
         kwargs = {"window": window, "out_shape": (len(self.bands), h, w)}

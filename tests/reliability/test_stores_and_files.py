@@ -269,3 +269,11 @@ def test_the_budget_is_configurable_and_applies_to_pngs(tmp_path, capsys, monkey
     monkeypatch.setenv("SAM_CORE_MAX_IMAGE_MB", "lots")
     code, _, err = run_cli(["automask", big, "--out", tmp_path / "labels.tif"], capsys)
     assert code == 2 and "SAM_CORE_MAX_IMAGE_MB must be a positive number" in err
+
+
+def test_raster_windows_are_held_to_the_budget_too(scene, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SAM_CORE_MAX_IMAGE_MB", "0.1")  # the one 200 x 220 RGB window (tile 256) is 0.13 MB
+    code, _, err = run_cli(["geo", "automask", scene, tmp_path / "o.gpkg", "--tile-size", "256", "--quiet"], capsys)
+    line = err.strip()
+    assert code == 2 and line.count("\n") == 0 and "200 x 220 x 3" in line and "choose a smaller tile size" in line
+    assert not (tmp_path / "o.gpkg").exists()
