@@ -37,10 +37,10 @@ def canvas(viewer):
     return viewer.window._qt_viewer.canvas.native
 
 
-def click_canvas(qtbot, viewer, layer, data_yx):
-    """Left-click on the canvas of a shown viewer where ``layer`` has the data coordinates ``data_yx``
-    (row, col of the displayed plane; a 2D view). Returns the screen position clicked."""
-    from qtpy.QtCore import QPoint, Qt
+def screen_position(viewer, layer, data_yx):
+    """Where on the canvas of a shown viewer (2D view) ``layer`` has the data coordinates ``data_yx``
+    (row, col of the displayed plane)."""
+    from qtpy.QtCore import QPoint
 
     widget = canvas(viewer)
     scale = np.asarray(layer.scale, float)[-2:]
@@ -49,9 +49,34 @@ def click_canvas(qtbot, viewer, layer, data_yx):
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # napari >= 0.9: scene
     centre = np.asarray(camera.center, float)[-2:]
     screen = (world - centre) * camera.zoom
-    pos = QPoint(int(round(widget.width() / 2 + screen[1])), int(round(widget.height() / 2 + screen[0])))
-    qtbot.mouseClick(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
-    return pos
+    return QPoint(int(round(widget.width() / 2 + screen[1])), int(round(widget.height() / 2 + screen[0])))
+
+
+def click_canvas(qtbot, viewer, layer, data_yx):
+    """Left-click on the canvas where ``layer`` has the data coordinates ``data_yx`` (see screen_position)."""
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(canvas(viewer), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     screen_position(viewer, layer, data_yx))
+
+
+def drag_box(qtbot, viewer, layer, corner, opposite):
+    """Draw a rectangle on the ``SAM boxes`` layer with the mouse, from ``corner`` to ``opposite``
+    ((row, col) data coordinates of ``layer``): select the layer, press R (napari's rectangle tool),
+    drag on the canvas."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    viewer.layers.selection.active = viewer.layers["SAM boxes"]
+    qtbot.keyClick(canvas(viewer), Qt.Key.Key_R)
+    widget = canvas(viewer)
+    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                     screen_position(viewer, layer, corner))
+    for t in np.linspace(0.2, 1.0, 5):
+        qtbot.mouseMove(widget, screen_position(viewer, layer, np.add(corner, t * np.subtract(opposite, corner))))
+        QApplication.processEvents()  # napari follows a drag event by event
+    qtbot.mouseRelease(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                       screen_position(viewer, layer, opposite))
 
 
 def press(qtbot, viewer, key):
@@ -65,8 +90,3 @@ def iou(a, b) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
 
-
-def rectangle(r0, c0, r1, c1, lead=()):
-    """The four corners of a rectangle for a Shapes layer, with leading stack coordinates ``lead``."""
-    lead = list(lead)
-    return np.array([lead + [r0, c0], lead + [r0, c1], lead + [r1, c1], lead + [r1, c0]], dtype=float)

@@ -4,7 +4,7 @@ propagation, filling between prompted slices, 4D, automatic labels, tiling."""
 from __future__ import annotations
 
 import numpy as np
-from napari_util import click, click_canvas, iou, needs_demo, press, rectangle, wait_for
+from napari_util import click, click_canvas, drag_box, iou, needs_demo, press, wait_for
 
 from napari_sam.samples import make_cells_2d, make_spheres, make_time_series, make_volume_3d
 from napari_sam.session import OBJECTS_NAME, POINTS_NAME, PREVIEW_NAME
@@ -16,9 +16,11 @@ def test_prompts_on_two_slices_fill_the_slices_between(make_widget, qtbot):
     click(qtbot, widget.start_button)
     viewer.dims.set_point(0, 3 * 2.0)  # the slider, in world units
     click_canvas(qtbot, viewer, viewer.layers["image"], (32, 32))
-    viewer.layers["SAM boxes"].add_rectangles(rectangle(12, 12, 50, 50, [8]))  # drawn on slice 8
+    viewer.dims.set_point(0, 8 * 2.0)
+    drag_box(qtbot, viewer, viewer.layers["image"], (12, 12), (50, 50))
     wait_for(qtbot, widget)
     assert np.round(viewer.layers[POINTS_NAME].data[0, 0]) == 3
+    assert np.round(viewer.layers["SAM boxes"].data[0][:, 0]).tolist() == [8, 8, 8, 8]
     click(qtbot, widget.propagate_button)
     wait_for(qtbot, widget)
     preview = viewer.layers[PREVIEW_NAME].data > 0

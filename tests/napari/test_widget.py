@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 import pytest
-from napari_util import click, click_canvas, iou, needs_demo, press, rectangle, wait_for
+from napari_util import click, click_canvas, drag_box, iou, needs_demo, press, wait_for
 
 from napari_sam.image_access import ImageAccess
 from napari_sam.samples import make_cells_2d
@@ -164,7 +164,9 @@ def test_box_and_negative_point_give_the_predictors_mask_with_scale_and_translat
     for name in (POINTS_NAME, BOXES_NAME, PREVIEW_NAME, OBJECTS_NAME):
         assert tuple(viewer.layers[name].scale) == (0.5, 0.25)
         assert tuple(viewer.layers[name].translate) == (10.0, -3.0)
-    viewer.layers[BOXES_NAME].add_rectangles(rectangle(20, 30, 70, 90))  # as drawn with the mouse
+    drag_box(qtbot, viewer, viewer.layers["image"], (20, 30), (70, 90))
+    box, = viewer.layers[BOXES_NAME].data
+    assert np.abs(box[:, -2:].min(axis=0) - [20, 30]).max() <= 1 and np.abs(box[:, -2:].max(axis=0) - [70, 90]).max() <= 1
     viewer.layers.selection.active = viewer.layers[POINTS_NAME]
     click_canvas(qtbot, viewer, viewer.layers["image"], (45, 60))
     click(qtbot, widget.label_button)
@@ -172,8 +174,9 @@ def test_box_and_negative_point_give_the_predictors_mask_with_scale_and_translat
     wait_for(qtbot, widget)
     points = viewer.layers[POINTS_NAME]
     assert list(points.features["label"]) == ["positive", "negative"]
+    (r0, c0), (r1, c1) = box.min(axis=0), box.max(axis=0)
     expected = _predict_directly(viewer, small_vit_checkpoint, points=_xy(points), labels=np.array([1, 0]),
-                                 box=np.array([30.0, 20.0, 90.0, 70.0]))
+                                 box=np.array([c0, r0, c1, r1], np.float32))
     assert widget.candidate_label.text().startswith("candidate 1/1")
     np.testing.assert_array_equal(viewer.layers[PREVIEW_NAME].data > 0, expected.masks[0])
 
@@ -437,8 +440,8 @@ def test_demo_preview_segments_known_objects(make_widget, qtbot):
         truth = labels == object_id
         if object_id <= 2:  # a box around the object
             rows, cols = np.nonzero(truth)
-            viewer.layers[BOXES_NAME].add_rectangles(
-                rectangle(rows.min() - 2, cols.min() - 2, rows.max() + 2, cols.max() + 2))
+            drag_box(qtbot, viewer, viewer.layers["image"], (rows.min() - 2, cols.min() - 2),
+                     (rows.max() + 2, cols.max() + 2))
         else:  # one click at the object's centre
             (x, y), = prompts_from_mask(truth)[0]
             viewer.layers.selection.active = viewer.layers[POINTS_NAME]
