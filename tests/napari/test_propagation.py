@@ -47,6 +47,23 @@ def test_propagate_respects_the_range(make_widget, qtbot):
     assert not on[:5].any() and not on[8:].any() and on[6]
 
 
+def test_switching_the_image_while_propagating_drops_the_result(make_widget, qtbot, notes):
+    volume, _ = make_volume_3d((8, 64, 64))
+    viewer, widget = make_widget(volume)
+    viewer.add_image(make_cells_2d((80, 96), count=3)[0], name="other")
+    widget.image_combo.setCurrentText("image")
+    click(qtbot, widget.start_button)
+    viewer.dims.set_point(0, 4)
+    viewer.layers[PREVIEW_NAME].data[4, 20:44, 20:44] = 1  # a start mask as if decoded
+    click(qtbot, widget.propagate_button)
+    # No Qt events run between these clicks: the propagation's result arrives after the switch.
+    widget.image_combo.setCurrentText("other")
+    click(qtbot, widget.start_button)
+    wait_for(qtbot, widget)
+    assert ("warning", "The image changed while propagating: the result was dropped. Propagate again.") in notes
+    assert viewer.layers[PREVIEW_NAME].data.shape == (80, 96) and not viewer.layers[PREVIEW_NAME].data.any()
+
+
 def test_time_series_and_4d_propagate_along_the_last_stack_axis(make_widget, qtbot):
     series, _ = make_time_series((6, 64, 64))
     viewer, widget = make_widget(np.stack([series, series[::-1]]), show=True)  # (t=2, z=6, y, x)
