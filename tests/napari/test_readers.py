@@ -141,7 +141,23 @@ def test_manifest_patterns_are_the_readers_patterns():
 # ``viewer.open(path)`` alone means napari's own reader (``plugin="napari"``) in napari 0.5 and later.
 
 
-def test_file_open_of_a_tiff_uses_napari_and_asks_nothing(make_napari_viewer, tmp_path):
+@pytest.fixture
+def file_open(monkeypatch):
+    """``file_open(viewer, path)``: what napari's File > Open runs once the file dialog answered
+    ``path``; returns the reader choices napari asked the user to make (none when it just opened)."""
+    import napari._qt.qt_viewer as qt_viewer
+
+    asked = []
+    monkeypatch.setattr(qt_viewer, "handle_gui_reading", lambda paths, *args, **kwargs: asked.append(paths))
+
+    def run(viewer, path):
+        viewer.window._qt_viewer._qt_open([str(path)], stack=False)
+        return asked
+
+    return run
+
+
+def test_file_open_of_a_tiff_uses_napari_and_asks_nothing(make_napari_viewer, tmp_path, file_open):
     import tifffile
 
     from napari_sam.samples import make_cells_2d
@@ -153,9 +169,10 @@ def test_file_open_of_a_tiff_uses_napari_and_asks_nothing(make_napari_viewer, tm
     layer, = viewer.open(str(path), plugin=None)
     np.testing.assert_array_equal(layer.data, image)
     assert layer.source.reader_plugin == "napari"
+    assert file_open(viewer, path) == [] and len(viewer.layers) == 2  # File > Open: no question either
 
 
-def test_file_open_of_nifti_and_dicom_files_once_the_plugin_is_open(make_napari_viewer, tmp_path):
+def test_file_open_of_nifti_and_dicom_files_once_the_plugin_is_open(make_napari_viewer, tmp_path, file_open):
     data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)
     path = tmp_path / "small.nii.gz"
     _write_nifti(path, data, (1.0, 2.0, 3.0))
@@ -165,6 +182,7 @@ def test_file_open_of_nifti_and_dicom_files_once_the_plugin_is_open(make_napari_
     assert layer.source.reader_plugin == "sam-suite" and layer.name == "small"
     np.testing.assert_array_equal(layer.data, data.T)
     assert tuple(layer.scale) == pytest.approx((3.0, 2.0, 1.0))
+    assert file_open(viewer, path) == [] and viewer.layers[-1].source.reader_plugin == "sam-suite"
 
     volume = np.random.default_rng(2).integers(-1000, 2000, size=(4, 12, 10)).astype(np.int16)
     _write_dicom_series(tmp_path / "series", volume)
@@ -185,7 +203,7 @@ def test_a_users_own_reader_choice_is_kept(make_napari_viewer):
     assert chosen["*.nii"] == "napari" and chosen["*.nii.gz"] == "sam-suite"
 
 
-def test_file_open_of_a_dicom_folder(make_napari_viewer, tmp_path):
+def test_file_open_of_a_dicom_folder(make_napari_viewer, tmp_path, file_open):
     """napari's own reader takes any folder too (as a stack of files in name order), so File > Open
     asks which reader to use; choosing Segment Anything reads the series in spatial order, in HU,
     with the voxel spacing."""
@@ -199,6 +217,7 @@ def test_file_open_of_a_dicom_folder(make_napari_viewer, tmp_path):
     with pytest.raises(MultipleReaderError) as asked:
         viewer.open(str(folder), plugin=None)
     assert "sam-suite" in asked.value.available_plugins
+    assert file_open(viewer, folder) == [[str(folder)]]  # File > Open Folder shows napari's reader dialog
     layer, = viewer.open(str(folder), plugin="sam-suite")  # the reader dialog's answer
     assert layer.name == "test CT"
     np.testing.assert_array_equal(layer.data, volume)
