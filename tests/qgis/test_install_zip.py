@@ -59,6 +59,7 @@ def install_from_zip():
     result["active"] = "qgis_sam" in qgis.utils.active_plugins
     result["enabled"] = QgsSettings().value("PythonPlugins/qgis_sam", False, bool)
     result["plugin_file"] = sys.modules["qgis_sam"].__file__
+    result["metadata"] = {key: qgis.utils.pluginMetadata("qgis_sam", key) for key in ("version", "supportsQt6")}
 '''
 
 SET_UP_AND_RUN = r'''
@@ -235,6 +236,9 @@ def test_removing_the_plugin_leaves_nothing_in_qgis_python(plugin_zip, tmp_path)
     result = run_qgis(tmp_path, INSTALL_AND_REMOVE, {"zip": str(plugin_zip), "engine_python": engine_python()},
                       {"SAM_CORE_HOME": str(tmp_path / "sam_home")}, timeout=300)
     assert result["active"] and result["engine_pid"] and result["toolbar_before"] and result["provider_before"]
+    # QGIS reads the version the zip builder wrote (sam_core.__version__)
+    version = plugin_zip.name.split("-")[1].removesuffix(".zip")
+    assert result["metadata"] == {"version": version, "supportsQt6": "True"}
     assert {"qgis_sam", "qgis_sam.plugin", "qgis_sam.settings", "qgis_sam.engine_client"} <= set(result["modules_before"])
     assert result["modules"] == []
     assert not result["plugins"] and result["sys_path"] == []
