@@ -14,7 +14,7 @@ import numpy as np
 from sam_core.errors import SamError
 from sam_core.types import Embedding
 
-__all__ = ["decode_each", "paint", "merge", "delete", "measure"]
+__all__ = ["decode_each", "paint", "merge", "delete", "split", "replace_object", "measure"]
 
 
 def decode_each(predictor: Any, embedding: Embedding, points: Optional[np.ndarray] = None,
@@ -77,6 +77,39 @@ def delete(labels: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     ids = _check_ids(labels, ids)
     out = np.array(labels, copy=True)
     out[np.isin(out, ids)] = 0
+    return out
+
+
+def split(labels: np.ndarray, mask: np.ndarray) -> tuple:
+    """Split off the part of one object inside ``mask`` (bool, labels' shape) as a new object.
+
+    The object split is the one ``mask`` overlaps most. Returns ``(new labels, object id, new id)``;
+    the new id is the labels' maximum + 1.
+    """
+    labels = np.asarray(labels)
+    mask = np.asarray(mask, bool)
+    ids, counts = np.unique(labels[mask & (labels > 0)], return_counts=True)
+    if not len(ids):
+        raise SamError("the new mask lies on no object: click inside the object to split")
+    object_id = int(ids[np.argmax(counts)])
+    part = mask & (labels == object_id)
+    if part.sum() == (labels == object_id).sum():
+        raise SamError(f"the new mask covers all of object {object_id}: click on one part of it only")
+    new_id = int(labels.max()) + 1
+    out = np.array(labels, copy=True)
+    out[part] = new_id
+    return out, object_id, new_id
+
+
+def replace_object(labels: np.ndarray, object_id: int, mask: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """Object ``object_id`` redrawn as ``mask`` (bool, labels' shape): its pixels outside become
+    background; inside, it takes free pixels (and other objects' pixels when ``overwrite``)."""
+    object_id = _check_ids(labels, [object_id])[0]
+    mask = np.asarray(mask, bool)
+    out = np.array(labels, copy=True)
+    out[(out == object_id) & ~mask] = 0
+    take = mask if overwrite else mask & (out == 0)
+    out[take] = object_id
     return out
 
 

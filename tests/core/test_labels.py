@@ -80,3 +80,22 @@ def test_measure_equals_regionprops_table_with_the_scale():
     assert "area" in measure(labels[0], scale=(1.0, 1.0))
     with pytest.raises(SamError, match="one value per labels axis"):
         measure(labels, scale=(1.0, 1.0))
+
+
+def test_split_and_replace_object():
+    from sam_core.labels import replace_object, split
+
+    labels = np.array([[1, 1, 1, 0], [1, 1, 1, 2], [0, 0, 2, 2]])
+    mask = np.zeros(labels.shape, bool)
+    mask[:, 2:] = True
+    mask[2, 2:] = False
+    out, object_id, new_id = split(labels, mask)
+    assert (object_id, new_id) == (1, 3)  # object 1 overlaps most; object 2 is left alone
+    np.testing.assert_array_equal(out, [[1, 1, 3, 0], [1, 1, 3, 2], [0, 0, 2, 2]])
+    with pytest.raises(SamError, match="no object"):
+        split(labels, np.zeros(labels.shape, bool))
+    with pytest.raises(SamError, match="covers all"):
+        split(labels, labels == 2)
+    redrawn = replace_object(labels, 2, mask)
+    np.testing.assert_array_equal(redrawn, [[1, 1, 1, 2], [1, 1, 1, 2], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(replace_object(labels, 2, mask, overwrite=True), [[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0]])
