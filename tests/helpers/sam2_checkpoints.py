@@ -36,9 +36,10 @@ SMALL_SAM2 = Sam2Config(
 )
 
 
-def official_sam2(config: Sam2Config) -> nn.Module:
-    """Meta's SAM2Base for ``config``, as the sam2.1 yaml files build it (with the image predictor's
-    dynamic multimask settings), eval mode. The decoder's sizes are fixed by SAM2Base."""
+def official_sam2(config: Sam2Config, cls: type | None = None, **extra) -> nn.Module:
+    """Meta's SAM2Base (or ``cls``, e.g. ``SAM2VideoPredictor``, with ``extra`` settings) for ``config``,
+    as the sam2.1 yaml files build it (with the image predictor's dynamic multimask settings), eval
+    mode. The decoder's sizes are fixed by SAM2Base."""
     sam2()
     from sam2.modeling.backbones.hieradet import Hiera
     from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
@@ -89,7 +90,7 @@ def official_sam2(config: Sam2Config) -> nn.Module:
                             layer_scale_init_value=1e-6, use_dwconv=True), num_layers=config.fuser_layers),
         in_dim=d,
     )
-    model = SAM2Base(
+    model = (cls or SAM2Base)(
         image_encoder=ImageEncoder(trunk=trunk, neck=neck, scalp=config.scalp),
         memory_attention=MemoryAttention(d_model=d, pos_enc_at_input=True, layer=layer,
                                          num_layers=config.memory_attention_layers),
@@ -123,6 +124,7 @@ def official_sam2(config: Sam2Config) -> nn.Module:
             "dynamic_multimask_stability_delta": 0.05,
             "dynamic_multimask_stability_thresh": 0.98,
         },
+        **extra,
     )
     return model.eval()
 
@@ -139,6 +141,19 @@ def write_official_sam2_checkpoint(config: Sam2Config, path: Path | str, seed: i
 def load_official_sam2(config: Sam2Config, checkpoint: Path | str) -> nn.Module:
     """The official model for ``config`` with the weights of ``checkpoint``, eval mode."""
     model = official_sam2(config)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+    return model.eval()
+
+
+def official_video_predictor(config: Sam2Config, checkpoint: Path | str, **extra) -> nn.Module:
+    """Meta's ``SAM2VideoPredictor`` for ``config`` with the weights of ``checkpoint``, with the
+    settings ``build_sam2_video_predictor`` adds (binarized prompted masks for memory, hole filling of
+    8 pixels, which is skipped with a warning without sam2's CUDA extension) and ``extra``."""
+    sam2()
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    settings = {"binarize_mask_from_pts_for_mem_enc": True, "fill_hole_area": 8, **extra}
+    model = official_sam2(config, SAM2VideoPredictor, **settings)
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
     return model.eval()
 

@@ -239,12 +239,14 @@ class Sam2(nn.Module):
         return present * self.obj_ptr_proj(token) + (1 - present) * self.no_obj_ptr
 
     def encode_memory(self, pix_feat: torch.Tensor, mask_logits: torch.Tensor,
-                      object_score_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      object_score_logits: torch.Tensor, binarize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A frame's memory (the official ``_encode_new_memory``): its (B, C, h, w) stride-16 features
         (without the no-memory embedding) and its (B, 1, S, S) mask logits -> memory features (B,
         mem_dim, h, w) (``no_obj_embed_spatial`` added where the object is absent) and their
-        positional encoding."""
-        mask = torch.sigmoid(mask_logits) * MEMORY_SIGMOID_SCALE + MEMORY_SIGMOID_BIAS
+        positional encoding. ``binarize``: the mask is taken as ``logits > 0`` instead of their sigmoid
+        (the official video predictor's ``binarize_mask_from_pts_for_mem_enc`` on prompted frames)."""
+        mask = (mask_logits > 0).float() if binarize else torch.sigmoid(mask_logits)
+        mask = mask * MEMORY_SIGMOID_SCALE + MEMORY_SIGMOID_BIAS
         features, pos = self.memory_encoder(pix_feat, mask)
         absent = 1 - (object_score_logits > 0).float()
         features = features + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]

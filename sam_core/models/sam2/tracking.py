@@ -81,7 +81,7 @@ def condition_on_memory(model: Sam2, frame_idx: int, features: FrameFeatures, co
     for t_pos, state in entries:
         if state is None:
             continue
-        memories.append(state.memory.flatten(2).transpose(1, 2))
+        memories.append(state.memory.flatten(2).transpose(1, 2).to(pix_feat.dtype))  # stored in bf16 by propagation
         pos = state.memory_pos.flatten(2).transpose(1, 2) + model.maskmem_tpos_enc[n_mem - t_pos - 1].view(1, 1, -1)
         memory_pos.append(pos)
 
