@@ -3,7 +3,11 @@
 Run with QGIS's Python under a display (Xvfb in CI), the engine from a Python with sam_core::
 
     SAM_ENGINE_PYTHON=.venv/bin/python xvfb-run -a -s "-screen 0 1280x1024x24" \\
-        /usr/bin/python3 scripts/screenshot_qgis.py --out docs/qgis.png
+        /usr/bin/python3 scripts/screenshot_qgis.py --raster tests/data/RGB.byte.tif --tile-size 256 \\
+        --project-crs EPSG:3857 --show-tiles --click 236985,2798415 --out docs/qgis.png
+
+(the picture in the README: Landsat in UTM shown in a Web Mercator project, 256-pixel tiles; objects cut
+at a tile border are segmented again whole, so no outline stops on the dashed tile borders)
 
 Without a raster it generates a small scene of coloured objects (the kind the bundled ``demo`` model
 knows). The window shows QGIS's layer tree and map canvas with the polygons of
@@ -59,6 +63,45 @@ def generate_scene(path: str) -> list[tuple[float, float]]:
     return centres
 
 
+def tile_borders(raster, tile_size: int, overlap: int):
+    """A line layer of the inner tile borders of the engine's grid (same rule as sam_core.tiling.grid)."""
+    import math
+
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsVectorLayer
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtGui import QColor
+
+    def starts(length: int) -> list[int]:
+        if length <= tile_size:
+            return [0]
+        count = math.ceil((length - tile_size) / (tile_size - overlap)) + 1
+        return [min(i * (tile_size - overlap), length - tile_size) for i in range(count)]
+
+    width, height = raster.width(), raster.height()
+    extent = raster.extent()
+    px, py = extent.width() / width, extent.height() / height
+    xs = sorted({s for s in starts(width) if s > 0} | {s + tile_size for s in starts(width) if s + tile_size < width})
+    ys = sorted({s for s in starts(height) if s > 0} | {s + tile_size for s in starts(height) if s + tile_size < height})
+    layer = QgsVectorLayer(f"LineString?crs={raster.crs().authid()}", "tile borders", "memory")
+    features = []
+    for x in xs:
+        mx = extent.xMinimum() + x * px
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(mx, extent.yMinimum()), QgsPointXY(mx, extent.yMaximum())]))
+        features.append(feature)
+    for y in ys:
+        my = extent.yMaximum() - y * py
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(extent.xMinimum(), my), QgsPointXY(extent.xMaximum(), my)]))
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    symbol = layer.renderer().symbol()
+    symbol.setColor(QColor(255, 255, 255, 150))
+    symbol.setWidth(0.3)
+    symbol.symbolLayer(0).setPenStyle(Qt.PenStyle.DashLine)
+    return layer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raster", help="GeoTIFF to show (default: a generated scene)")
@@ -66,12 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="demo")
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--overlap", type=int, default=128)
+    parser.add_argument("--project-crs", default="", help="CRS of the project and canvas (default: the raster's)")
+    parser.add_argument("--show-tiles", action="store_true", help="draw the tile borders as dashed lines")
     parser.add_argument("--pred-iou-thresh", type=float, default=None, help="automask threshold (default: the model's)")
     parser.add_argument("--stability-thresh", type=float, default=None, help="automask threshold (default: the model's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "qgis.png"))
     args = parser.parse_args(argv)
 
-    from qgis.core import QgsApplication, QgsPointXY, QgsProject, QgsRasterLayer, QgsVectorLayer
+    from qgis.core import (
+        QgsApplication,
+        QgsCoordinateReferenceSystem,
+        QgsCoordinateTransform,
+        QgsPointXY,
+        QgsProject,
+        QgsRasterLayer,
+        QgsVectorLayer,
+    )
     from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas
     from qgis.core import QgsLayerTreeModel
     from qgis.PyQt.QtCore import QEvent, QPoint, Qt
@@ -104,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot open {raster_path}", file=sys.stderr)
         return 2
     project = QgsProject.instance()
-    project.setCrs(raster.crs())
+    crs = QgsCoordinateReferenceSystem(args.project_crs) if args.project_crs else raster.crs()
+    project.setCrs(crs)
     project.addMapLayer(raster)
 
-    params = {"INPUT": raster, "MODEL": args.model, "TILE_SIZE": args.tile_size, "OVERLAP": 64,
+    params = {"INPUT": raster, "MODEL": args.model, "TILE_SIZE": args.tile_size, "OVERLAP": args.overlap,
               "PRED_IOU_THRESH": args.pred_iou_thresh, "STABILITY_THRESH": args.stability_thresh,
               "OUTPUT": os.path.join(workdir, "segments.gpkg")}  # None: the model's thresholds
     if args.checkpoint:
@@ -119,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     symbol.symbolLayer(0).setStrokeColor(QColor(0, 240, 255))
     symbol.symbolLayer(0).setStrokeWidth(0.5)
     project.addMapLayer(segments)
+    if args.show_tiles:
+        project.addMapLayer(tile_borders(raster, args.tile_size, args.overlap))
 
     window = QMainWindow()
     window.setWindowTitle(f"QGIS {app.applicationVersion() if hasattr(app, 'applicationVersion') else ''} — "
@@ -143,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     window.setCentralWidget(splitter)
     window.resize(1280, 800)
     window.show()
-    canvas.setDestinationCrs(raster.crs())
-    canvas.setExtent(raster.extent())
+    canvas.setDestinationCrs(crs)
+    to_canvas = QgsCoordinateTransform(raster.crs(), crs, project)
+    canvas.setExtent(to_canvas.transformBoundingBox(raster.extent()))
     canvas.refresh()
 
     def settle(predicate=lambda: False, seconds: float = 120.0) -> None:
@@ -164,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     canvas.setMapTool(tool)
     click = tuple(float(v) for v in args.click.split(",")) if args.click else (centres[0] if centres else None)
     if click is not None:
-        pixel = canvas.getCoordinateTransform().transform(QgsPointXY(*click))
+        pixel = canvas.getCoordinateTransform().transform(to_canvas.transform(QgsPointXY(*click)))
         tool.add_point(QPoint(round(pixel.x()), round(pixel.y())), 1)
         settle(lambda: not tool.busy and tool.task is None)
     canvas.refresh()
@@ -172,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     settle(seconds=1.0)
     window.statusBar().showMessage(
         f"{segments.featureCount()} polygons from sam:automask_raster ({args.model}); map tool preview of one click "
-        f"(orange) — CRS {raster.crs().authid() or raster.crs().description()}")
+        f"(orange); raster {raster.crs().authid() or raster.crs().description()}, project {crs.authid()}, "
+        f"{args.tile_size}-pixel tiles")
     settle(seconds=0.5)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     ok = window.grab().save(args.out)
