@@ -28,8 +28,9 @@ stopped between tiles after a ``cancel``; ``"internal"`` is a bug (its traceback
 ``cancel`` and ``shutdown`` are handled at once; other requests run in order within their ``lane``
 (default ``"main"``), and lanes run side by side, so a long Processing job does not hold back map clicks.
 
-The engine keeps one :class:`~sam_core.predictor.Predictor` per (model, checkpoint, device), with its
-embedding cache, so the clicks after the first on an encoded tile only run the mask decoder.
+The engine keeps its models in one :class:`~sam_core.pool.PredictorPool` (a predictor per model, device
+and embedding cache, all requests alike), so the clicks after the first on an encoded tile only run the
+mask decoder and an automatic-mask run does not load the model again.
 End of input (the client went away) cancels running requests and stops the engine.
 """
 
@@ -50,6 +51,9 @@ from sam_core.errors import SamError
 from sam_core.progress import CancelToken, Cancelled
 
 PROTOCOL_VERSION = 1
+
+# Bytes of tile embeddings an automatic-mask run keeps in memory (for the seam repair's windows).
+_RUN_CACHE_BYTES = 256 << 20
 # Lanes one engine runs side by side (one thread each); a request naming another lane is refused.
 MAX_LANES = 16
 
@@ -229,9 +233,10 @@ class Engine:
         """``cache_dir``: the on-disk embedding cache shared by every predictor (default
         ``<sam_core home>/embeddings``), so that tiles encoded once (``encode_raster``, earlier sessions)
         are not encoded again."""
+        from sam_core.pool import PredictorPool
+
         self.cache_dir = cache_dir
-        self._predictors: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
+        self.pool = PredictorPool(size=2)
 
     # -- commands -------------------------------------------------------------------------------
     def run(self, cmd: str, params: Params, progress: Callable[[int, int, str], None],
@@ -240,8 +245,6 @@ class Engine:
         if cmd not in _COMMAND_PARAMS:
             raise SamError(f"unknown command {cmd!r}; known: {', '.join(sorted(_COMMAND_PARAMS))}, cancel, shutdown")
         params = _check_params(cmd, params)
-        if params.get("checkpoint") and "model" in _COMMAND_PARAMS[cmd] and "model" not in params:
-            params["model"] = None  # the configuration is inferred from the checkpoint's weights
         return _jsonable(getattr(self, f"_cmd_{cmd}")(params, progress, cancel))
 
     def _cmd_hello(self, params: Params, progress, cancel) -> dict:
@@ -267,16 +270,22 @@ class Engine:
 
     def _cmd_automask_raster(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
+        from sam_core.distributed import GeneratorSpec
 
         if "extent" in params:
             params["extent"] = tuple(float(v) for v in params["extent"])
-        return geo.automask_raster(params.pop("raster"), params.pop("output"), progress=progress,
-                                   cancel=cancel, **params)
+        # the model comes from this engine's pool (loaded once for clicks and runs alike); tiles of a run
+        # are not kept in the on-disk embedding cache
+        spec = self.spec(params.pop("model", None), params.pop("checkpoint", None), params.pop("device", None))
+        generator = GeneratorSpec.create(spec.with_cache(None, _RUN_CACHE_BYTES),
+                                         params=params.pop("generator_params", None)).build(self.pool)
+        return geo.automask_raster(params.pop("raster"), params.pop("output"), generator=generator,
+                                   progress=progress, cancel=cancel, **params)
 
     def _cmd_segment_prompts(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
 
-        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+        predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None))
         return geo.segment_prompts(params.pop("raster"), params.pop("prompts"), params.pop("output"),
                                    predictor=predictor, progress=progress, cancel=cancel, **params)
@@ -284,7 +293,7 @@ class Engine:
     def _cmd_encode_raster(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
 
-        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+        predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None), params.pop("cache_dir", None))
         tiles = geo.encode_raster(params.pop("raster"), predictor=predictor, progress=progress, cancel=cancel,
                                   **params)
@@ -293,7 +302,7 @@ class Engine:
     def _cmd_segment_at(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
 
-        predictor = self.predictor(params.pop("model", "demo"), params.pop("checkpoint", None),
+        predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None))
         box = params.pop("box", None)
         progress(0, 1, "segmenting (the first click on a tile encodes it)")
@@ -304,20 +313,20 @@ class Engine:
         return {"polygons": polygons}
 
     # -- state ----------------------------------------------------------------------------------
-    def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
-                  cache_dir: Optional[str] = None) -> Any:
-        """The predictor for (model, checkpoint, device), built once and kept with its embedding cache."""
-        from sam_core.cache import EmbeddingCache
-        from sam_core.predictor import Predictor
+    def spec(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
+             cache_dir: Optional[str] = None) -> Any:
+        """The :class:`~sam_core.pool.ModelSpec` of a request, with this engine's on-disk embedding cache."""
+        from sam_core.pool import ModelSpec
         from sam_core.weights import home_dir
 
         directory = str(cache_dir or self.cache_dir or home_dir() / "embeddings")
-        key = (model, str(checkpoint) if checkpoint else None, device, directory)
-        with self._lock:
-            if key not in self._predictors:
-                self._predictors[key] = Predictor(model, checkpoint=checkpoint, device=device,
-                                                  cache=EmbeddingCache(directory=directory))
-            return self._predictors[key]
+        return ModelSpec.of(model, checkpoint, device=device, cache_dir=directory)
+
+    def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
+                  cache_dir: Optional[str] = None) -> Any:
+        """The predictor for (model, checkpoint, device) from this engine's pool: built once, kept with
+        its embedding cache."""
+        return self.pool.get(self.spec(model, checkpoint, device, cache_dir))
 
 
 class _Server:

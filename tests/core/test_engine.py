@@ -241,6 +241,25 @@ def test_clicks_after_the_first_reuse_the_embedding(small_vit_checkpoint, engine
     assert all(on_disk.get(path.stem).model_id == predictor.model_id for path in files)
 
 
+def test_automask_and_clicks_share_the_engines_model(small_vit_checkpoint, engine_home, tmp_path):
+    """One pool per engine: an automatic-mask run uses the model the clicks loaded (no second load), and
+    its tiles stay out of the on-disk embedding cache."""
+    from sam_core.engine import Engine
+    from sam_core.progress import CancelToken
+    from sam_core.weights import home_dir
+
+    engine = Engine()
+    common = {"raster": RGB, "checkpoint": str(small_vit_checkpoint), "tile_size": 256, "overlap": 32}
+    engine.run("segment_at", dict(common, points=[[230000.0, 2720000.0]], labels=[1]), lambda *a: None, CancelToken())
+    cached = sorted((home_dir() / "embeddings").glob("*.samemb"))
+    result = engine.run("automask_raster", dict(common, output=str(tmp_path / "all.gpkg"),
+                                                generator_params={"points_per_side": 2}), lambda *a: None,
+                        CancelToken())
+    assert result["tiles_done"] == result["tiles_total"] > 1 and (tmp_path / "all.gpkg").is_file()
+    assert engine.pool.loads == 1
+    assert sorted((home_dir() / "embeddings").glob("*.samemb")) == cached
+
+
 def test_encode_raster_then_clicks_need_no_encoder(small_vit_checkpoint, engine_home):
     from sam_core.engine import Engine
     from sam_core.progress import CancelToken
