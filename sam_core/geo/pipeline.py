@@ -318,13 +318,9 @@ def _repair(view: RasterView, grid: TileGrid, objects: list[MaskPiece], predicto
 def _predictor(predictor: Any, model: Optional[str], checkpoint: Optional[PathLike], device: Optional[str], cache_dir=None) -> Any:
     if predictor is not None:
         return predictor
-    from sam_core.cache import EmbeddingCache
-    from sam_core.predictor import Predictor
+    from sam_core.pool import ModelSpec
 
-    cache = EmbeddingCache(directory=cache_dir) if cache_dir is not None else None
-    if checkpoint is not None and model == "demo":
-        model = None  # a checkpoint file: its configuration is inferred from the weights
-    return Predictor(model, checkpoint=checkpoint, device=device, cache=cache)
+    return ModelSpec.of(model, checkpoint, device=device, cache_dir=cache_dir).build()
 
 
 def _tiled(view: RasterView, predictor: Any, tile_size: int, overlap: int) -> TiledPredictor:
