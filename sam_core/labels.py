@@ -14,7 +14,7 @@ import numpy as np
 from sam_core.errors import SamError
 from sam_core.types import Embedding
 
-__all__ = ["decode_each", "paint", "merge", "delete", "split", "replace_object", "measure"]
+__all__ = ["decode_each", "paint", "merge", "delete", "split", "replace_object", "measure", "write_csv"]
 
 
 def decode_each(predictor: Any, embedding: Embedding, points: Optional[np.ndarray] = None,
@@ -160,3 +160,24 @@ def measure(labels: np.ndarray, intensity: Optional[np.ndarray] = None, scale: O
     if tracks is not None:
         out["track_id"] = np.array([int(tracks.get(int(i), 0)) for i in out["label"]], np.int64)
     return out
+
+
+def write_csv(table: Mapping[str, Sequence[Any]], path: Any) -> None:
+    """Write ``table`` (column name -> values, all of one length, e.g. from :func:`measure`) as CSV with a
+    header row; atomically (a temporary file renamed), so ``path`` is never left half written."""
+    import csv
+    import io
+
+    from sam_core.fileio import atomic_write
+
+    columns = list(table)
+    lengths = {len(table[c]) for c in columns}
+    if len(lengths) > 1:
+        raise SamError(f"the table's columns differ in length: {sorted(lengths)}")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(columns)
+    for row in zip(*(table[c] for c in columns)):
+        writer.writerow([v.item() if isinstance(v, np.generic) else v for v in row])
+    with atomic_write(path, "w") as handle:
+        handle.write(text.getvalue())

@@ -99,3 +99,22 @@ def test_split_and_replace_object():
     redrawn = replace_object(labels, 2, mask)
     np.testing.assert_array_equal(redrawn, [[1, 1, 1, 2], [1, 1, 1, 2], [0, 0, 0, 0]])
     np.testing.assert_array_equal(replace_object(labels, 2, mask, overwrite=True), [[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0]])
+
+
+def test_write_csv_is_atomic_and_round_trips(tmp_path):
+    import csv
+
+    from sam_core.labels import write_csv
+
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:3, 1:4] = 2
+    table = measure(labels, scale=(0.5, 0.5), classes={2: "cell"})
+    path = tmp_path / "out" / "measurements.csv"
+    write_csv(table, path)
+    rows = list(csv.DictReader(path.open()))
+    assert rows == [{"label": "2", "area": "1.5", "centroid-0": "0.75", "centroid-1": "1.0", "bbox-min-0": "0.5",
+                     "bbox-min-1": "0.5", "bbox-max-0": "1.5", "bbox-max-1": "2.0", "class": "cell"}]
+    assert [p.name for p in path.parent.iterdir()] == ["measurements.csv"]
+    with pytest.raises(SamError, match="differ in length"):
+        write_csv({"a": [1], "b": [1, 2]}, path)
+    assert len(list(csv.DictReader(path.open()))) == 1  # the old file is untouched
