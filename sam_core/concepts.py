@@ -24,6 +24,7 @@ from sam_core.imaging import Preparation, prepare_image
 from sam_core.models.sam3.decoder import cxcywh_to_xyxy
 from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
 from sam_core.models.sam3.tokenizer import ClipTokenizer
+from sam_core.models.sam3.vision import sam3_input
 from sam_core.types import Embedding
 
 # what SAM 3 reads for an exemplar-only query (the sam3 package's placeholder phrase)
@@ -61,11 +62,7 @@ class Findings:
 def prepare_sam3_input(rgb: np.ndarray, resolution: int) -> torch.Tensor:
     """(1, 3, S, S) float input from RGB uint8 (H, W, 3): resized to S x S (aspect not kept) with
     antialiased bilinear interpolation, rounded to uint8 as torchvision does, then scaled to [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    if x.shape[-2:] != (resolution, resolution):
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255)
-    return (x / 255.0 - 0.5) / 0.5
+    return sam3_input(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None], resolution)
 
 
 class ConceptPredictor:

@@ -67,9 +67,11 @@ class Predictor:
                 raise SamError("this model has no precision setting; load it with sam_core to choose one")
             model.set_precision(precision)
         self.model = model.eval()
-        # "sam" (SAM, MobileSAM) or "sam2" (SAM 2.1: the model brings its own image transform and decoder,
-        # see sam_core.models.sam2.Sam2; embeddings carry its high-resolution features)
+        # "sam" (SAM, MobileSAM), "sam2" (SAM 2.1: the model brings its own image transform and decoder,
+        # see sam_core.models.sam2.Sam2; embeddings carry its high-resolution features) or "sam3" (SAM 3's
+        # interactive head, sam_core.models.sam3.interactive.Sam3Interactive: the same surface as SAM 2.1)
         self.family: str = getattr(model, "family", "sam")
+        self._sam2_style = self.family in ("sam2", "sam3")
         self.cache = cache if cache is not None else EmbeddingCache()
         self.encoder_runs = 0
         self.model_id = model_id(model)
@@ -100,7 +102,7 @@ class Predictor:
     @property
     def prompt_encoder(self) -> torch.nn.Module:
         """The model's prompt encoder (SAM 2.1 calls it ``sam_prompt_encoder``)."""
-        return self.model.sam_prompt_encoder if self.family == "sam2" else self.model.prompt_encoder
+        return self.model.sam_prompt_encoder if self._sam2_style else self.model.prompt_encoder
 
     # --- encoding -----------------------------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class Predictor:
         """(features, input size, high-resolution features or None) of an (H, W, 3) uint8 image, as the
         model's family computes them: SAM resizes the longest side and pads; SAM 2.1 resizes to a
         square (:meth:`sam_core.models.sam2.Sam2.preprocess`)."""
-        if self.family != "sam2":
+        if not self._sam2_style:
             return (*self.encode_rgb(rgb), None)
         with torch.inference_mode():
             tensor = torch.as_tensor(rgb, device=self.device).permute(2, 0, 1)[None]
@@ -272,7 +274,7 @@ class Predictor:
         logits of -inf (their masks are not computed; see ``MaskDecoder.forward``).
         """
         self._check_embedding(embedding)
-        if self.family == "sam2":
+        if self._sam2_style:
             return self._decode_sam2(embedding, coords, labels, boxes, mask_input, multimask, upscale)
         features = self._on_device(embedding).features
         with torch.inference_mode():
@@ -305,7 +307,7 @@ class Predictor:
         """
         size = self.image_size
         with torch.inference_mode():
-            if self.family == "sam2":
+            if self._sam2_style:
                 return self.model.upscale(low_res, tuple(original_size))
             masks = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
             masks = masks[..., : input_size[0], : input_size[1]]
@@ -348,13 +350,13 @@ class Predictor:
         """(..., 2) (x, y) pixels of an image of ``original_size`` (H, W) -> the model-input frame that
         :meth:`decode_torch` takes (SAM: the longest side scaled to ``image_size``; SAM 2.1: each axis
         scaled to ``image_size``)."""
-        if self.family == "sam2":
+        if self._sam2_style:
             return self.model.input_coords(coords, tuple(original_size))
         return to_input_coords(coords, original_size, self.image_size)
 
     def to_input_boxes(self, boxes: np.ndarray, original_size: Sequence[int]) -> np.ndarray:
         """(B, 4) boxes (x0, y0, x1, y1) -> the model-input frame (see :meth:`to_input_coords`)."""
-        if self.family == "sam2":
+        if self._sam2_style:
             return self.to_input_coords(np.asarray(boxes, dtype=float).reshape(-1, 2, 2), original_size).reshape(-1, 4)
         return to_input_boxes(boxes, original_size, self.image_size)
 

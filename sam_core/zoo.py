@@ -280,10 +280,11 @@ def ensure_checkpoint(
 
 
 def check_prompt_model(name: str) -> None:
-    """:class:`SamError` unless zoo model ``name`` takes points and boxes (SAM 3 takes concepts)."""
-    if model_info(name).family not in ("sam", "sam2"):
-        raise SamError(f"model {name!r} finds concepts (a phrase or exemplar boxes): use 'python -m sam_core find' "
-                       f"or sam_core.concepts; points and boxes with it are not supported yet")
+    """:class:`SamError` unless zoo model ``name`` takes points and boxes (SAM, SAM 2.1, and SAM 3 through
+    its interactive head do)."""
+    if model_info(name).family not in ("sam", "sam2", "sam3"):
+        raise SamError(f"model {name!r} does not take points and boxes; use one of "
+                       f"{', '.join(n for n, i in MODELS.items() if i.family in ('sam', 'sam2', 'sam3'))}")
 
 
 def automask_defaults(name: Optional[str]) -> dict:
@@ -343,8 +344,9 @@ def load_model(
     download: bool = True,
     progress: Optional[ProgressFn] = None,
 ) -> "Sam":
-    """A SAM or SAM 2.1 model (``sam_core.models.sam2.Sam2``) in eval mode on ``device`` (default
-    CPU), with ``model.model_id`` set.
+    """A SAM or SAM 2.1 model (``sam_core.models.sam2.Sam2``), or SAM 3's interactive head
+    (``sam_core.models.sam3.interactive.Sam3Interactive``, for zoo model ``sam3`` or a SAM 3 file), in
+    eval mode on ``device`` (default CPU), with ``model.model_id`` set.
 
     With ``checkpoint`` (a file path) that file is loaded with no network; its configuration is
     ``name``'s if given, else inferred from the weights. Without it, zoo model ``name`` (None:
@@ -356,6 +358,9 @@ def load_model(
     if name is not None:
         check_prompt_model(name)
     torch_device = resolve_device(device)
+    if (name is not None and model_info(name).family == "sam3") or (
+            name is None and checkpoint is not None and _is_sam3_file(Path(checkpoint).expanduser())):
+        return _load_sam3_interactive(name, checkpoint, torch_device, cache_dir, download, progress)
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
@@ -374,6 +379,40 @@ def load_model(
     model = load_checkpoint(_build(config), state)
     model.to(torch_device).eval()
     model.model_id = model_id
+    return model
+
+
+def _is_sam3_file(path: Path) -> bool:
+    """Whether ``path`` is a SAM 3 checkpoint (read lazily: only the key names)."""
+    import torch
+
+    from sam_core.models.sam3.config import is_sam3_state
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a file torch reads lazily: not an official sam3.pt, the SAM loaders report it
+        return False
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    return isinstance(data, dict) and is_sam3_state(data)
+
+
+def _load_sam3_interactive(name: Optional[str], checkpoint: Optional[PathLike], device: "torch.device",
+                           cache_dir: Optional[PathLike], download: bool, progress: Optional[ProgressFn]) -> "torch.nn.Module":
+    """SAM 3's interactive (point and box) model from a file or zoo model ``name``, with ``model_id``
+    set (never equal to the concept model's: their embeddings differ)."""
+    from sam_core.models.sam3.build import read_sam3_state_dict
+    from sam_core.models.sam3.interactive import load_sam3_interactive
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise SamError(f"checkpoint file {path} does not exist")
+    else:
+        path = ensure_checkpoint(name, cache_dir, progress=progress, download=download)
+    model = load_sam3_interactive(read_sam3_state_dict(path))
+    model.to(device).eval()
+    model.model_id = f"sam3-interactive:file:{_file_identity(path)}"
     return model
 
 

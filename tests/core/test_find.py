@@ -125,14 +125,16 @@ def test_bad_input_is_one_error_line_and_no_output(options, message, sam3_file, 
     assert __import__("re").search(message, err), err
 
 
-def test_models_that_cannot_take_concepts_are_named(scene, small_vit_checkpoint, tmp_path, capsys):
+def test_models_that_cannot_take_concepts_are_named(scene, small_vit_checkpoint, sam3_file, tmp_path, capsys):
     out = tmp_path / "labels.tif"
     err = _error(["find", scene, "--text", "cell", "--model", "vit_b", "--out", out], capsys, out)
     assert "'vit_b' cannot find objects by text" in err and "models that can: sam3" in err
     err = _error(["find", scene, "--text", "cell", "--checkpoint", small_vit_checkpoint, "--out", out], capsys, out)
     assert "point-and-box SAM model" in err and "models that can: sam3" in err
-    err = _error(["segment", scene, "--point", "10,10", "--model", "sam3", "--out", tmp_path / "m.png"], capsys, tmp_path / "m.png")
-    assert "use 'python -m sam_core find'" in err
+    # segment takes points and boxes with SAM 3's interactive head: a file without it is told to use find
+    err = _error(["segment", scene, "--point", "10,10", "--model", "sam3", "--checkpoint", sam3_file,
+                  "--out", tmp_path / "m.png"], capsys, tmp_path / "m.png")
+    assert "no interactive head" in err and "use 'find'" in err
 
 
 def test_bad_out_suffix_and_truncated_checkpoint(sam3_file, scene, tmp_path, capsys):

@@ -18,10 +18,12 @@ def get_sam2_config(name: str) -> Sam2Config:
 
 
 def refuse_sam2(model: object, action: str) -> None:
-    """Raise :class:`SamError` when ``model`` is a SAM 2.1 network and ``action`` (e.g. "ONNX export")
-    does not support it yet."""
-    if getattr(model, "family", "sam") == "sam2":
-        raise SamError(f"{action} is not available for SAM 2.1 models yet; use a SAM model (vit_t, vit_b, ...)")
+    """Raise :class:`SamError` when ``model`` is a SAM 2.1 network (or SAM 3's interactive head, which
+    shares its design) and ``action`` (e.g. "ONNX export") does not support it yet."""
+    family = getattr(model, "family", "sam")
+    if family in ("sam2", "sam3"):
+        what = "SAM 2.1" if family == "sam2" else "SAM 3"
+        raise SamError(f"{action} is not available for {what} models yet; use a SAM model (vit_t, vit_b, ...)")
 
 
 def build_sam2(config: Sam2Config | str) -> Sam2:

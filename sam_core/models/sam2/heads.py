@@ -31,23 +31,27 @@ class Sam2PromptEncoder(PromptEncoder):
         return embedding + torch.where(labels == 3, self.point_embeddings[3].weight, zero)
 
 
-def _two_way_transformer(depth: int, dim: int, num_heads: int, mlp_dim: int) -> TwoWayTransformer:
-    """SAM's two-way transformer with SAM 2's names for the MLP's layers (``mlp.layers.0/1``)."""
+def _two_way_transformer(depth: int, dim: int, num_heads: int, mlp_dim: int, sam1_mlp: bool = False) -> TwoWayTransformer:
+    """SAM's two-way transformer with SAM 2's names for the MLP's layers (``mlp.layers.0/1``), or
+    SAM's own (``mlp.lin1/lin2``, as SAM 3's interactive head has them) when ``sam1_mlp``. Both
+    compute Linear -> ReLU -> Linear."""
     transformer = TwoWayTransformer(depth=depth, embedding_dim=dim, num_heads=num_heads, mlp_dim=mlp_dim)
-    for layer in transformer.layers:
-        layer.mlp = MLP(dim, mlp_dim, dim, 2)
+    if not sam1_mlp:
+        for layer in transformer.layers:
+            layer.mlp = MLP(dim, mlp_dim, dim, 2)
     return transformer
 
 
 class Sam2MaskDecoder(nn.Module):
     """Image embedding + prompt embeddings -> mask logits at 4x the embedding's resolution, predicted
-    IoU (sigmoid), the mask tokens (for object pointers) and object-score logits."""
+    IoU (sigmoid), the mask tokens (for object pointers) and object-score logits. ``sam1_mlp``: the
+    transformer's MLPs carry SAM's key names (SAM 3's interactive head), see ``_two_way_transformer``."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, mlp_dim: int, num_multimask_outputs: int,
                  iou_head_depth: int, iou_head_hidden_dim: int, stability_delta: float = 0.05,
-                 stability_thresh: float = 0.98) -> None:
+                 stability_thresh: float = 0.98, sam1_mlp: bool = False) -> None:
         super().__init__()
-        self.transformer = _two_way_transformer(depth, dim, num_heads, mlp_dim)
+        self.transformer = _two_way_transformer(depth, dim, num_heads, mlp_dim, sam1_mlp)
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)

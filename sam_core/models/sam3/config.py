@@ -9,7 +9,7 @@ text transformer's heads are 64 channels wide (CLIP's rule), and every attention
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 
@@ -17,6 +17,21 @@ from sam_core.errors import SamError
 
 DETECTOR_PREFIX = "detector."
 TRACKER_PREFIX = "tracker."
+
+
+@dataclass(frozen=True)
+class InteractiveConfig:
+    """Sizes of SAM 3's interactive (point and box) head, the tracker's SAM-2-style prompt encoder and
+    mask decoder (its width is the neck's ``d_model``). Official values; ``heads`` is not in the
+    weights' shapes."""
+
+    depth: int = 2
+    mlp_dim: int = 2048
+    heads: int = 8
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,9 @@ class Sam3Config:
     geometry_layers: int = 3
     scoring_hidden: int = 2048
     pixel_decoder_stages: int = 3
+    # the interactive head (tracker neck + SAM-2-style heads) as the weights hold it (None: they hold
+    # none); only sam_core.models.sam3.interactive builds it, the concept model ignores it
+    interactive: Optional[InteractiveConfig] = None
 
     @property
     def grid(self) -> int:
@@ -67,6 +85,35 @@ def detector_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     if any(key.startswith(DETECTOR_PREFIX) for key in state_dict):
         return {k[len(DETECTOR_PREFIX):]: v for k, v in state_dict.items() if k.startswith(DETECTOR_PREFIX)}
     return dict(state_dict)
+
+
+def tracker_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tracker's weights of an official ``sam3.pt``, keys kept with their ``tracker.`` prefix."""
+    return {k: v for k, v in state_dict.items() if k.startswith(TRACKER_PREFIX)}
+
+
+INTERACTIVE_NECK = "backbone.vision_backbone.sam2_convs."
+INTERACTIVE_DECODER = TRACKER_PREFIX + "sam_mask_decoder."
+
+
+def infer_interactive_config(state_dict: Mapping[str, torch.Tensor]) -> Optional[InteractiveConfig]:
+    """The interactive head's sizes from an official ``sam3.pt``, or None when it holds no tracker
+    mask decoder (a detector-only file: 'find' works, points and boxes do not)."""
+    if not any(k.startswith(INTERACTIVE_DECODER) for k in state_dict):
+        return None
+    decoder = INTERACTIVE_DECODER
+    try:
+        return InteractiveConfig(
+            depth=_count(state_dict, decoder + "transformer.layers."),
+            mlp_dim=state_dict[decoder + "transformer.layers.0.mlp.lin1.weight"].shape[0],
+            iou_head_depth=_count(state_dict, decoder + "iou_prediction_head.layers."),
+            iou_head_hidden_dim=state_dict[decoder + "iou_prediction_head.layers.0.weight"].shape[0],
+            mask_in_chans=state_dict[TRACKER_PREFIX + "sam_prompt_encoder.mask_downscaling.3.weight"].shape[0],
+            num_multimask_outputs=state_dict[decoder + "mask_tokens.weight"].shape[0] - 1,
+        )
+    except (KeyError, IndexError) as error:
+        raise SamError(f"this SAM 3 checkpoint's interactive (point and box) head is incomplete: {error} is "
+                       f"missing; use the official sam3.pt, or 'find' with this file") from None
 
 
 def is_sam3_state(state_dict: Mapping[str, torch.Tensor]) -> bool:
@@ -125,6 +172,7 @@ def infer_sam3_config(state_dict: Mapping[str, torch.Tensor]) -> Sam3Config:
             geometry_layers=_count(state, "geometry_encoder.encode."),
             scoring_hidden=state["dot_prod_scoring.prompt_mlp.layers.0.weight"].shape[0],
             pixel_decoder_stages=_count(state, "segmentation_head.pixel_decoder.conv_layers."),
+            interactive=infer_interactive_config(state_dict),
         )
     except (KeyError, IndexError, ValueError) as error:
         raise SamError(f"these weights are not a SAM 3 checkpoint (missing or odd {error}); "

@@ -15,6 +15,17 @@ from torch import nn
 from sam_core.models.sam3.config import Sam3Config
 
 
+def sam3_input(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, 3, H, W) RGB in 0..255 (uint8 or float) -> (B, 3, S, S) model input, as SAM 3's image
+    transform: resized to S x S (aspect not kept) with antialiased bilinear interpolation, rounded to
+    uint8 as torchvision does, then scaled to [-1, 1]."""
+    x = images.float()
+    if tuple(x.shape[-2:]) != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255)
+    return (x / 255.0 - 0.5) / 0.5
+
+
 def axial_rotary_table(head_dim: int, side: int, scale: float, theta: float = 10000.0) -> torch.Tensor:
     """Complex rotations (side*side, head_dim/2): half the channel pairs turn with x, half with y.
     Token t sits at x = t % side, y = t // side, positions multiplied by ``scale``."""
@@ -208,13 +219,25 @@ NECK_SCALES = (4.0, 2.0, 1.0, 0.5)
 
 class VisionBackbone(nn.Module):
     """Trunk + neck. ``forward`` returns the 4x, 2x and 1x levels (B, d_model, h, w) and their sine
-    encodings; the 0.5x level exists in the weights but SAM 3's image model drops it."""
+    encodings; the 0.5x level exists in the weights but SAM 3's image model drops it. With
+    ``interactive_neck`` a second neck of the same design, ``sam2_convs`` (the tracker's), feeds the
+    point-and-box head from the same trunk (:meth:`interactive_levels`). ``img_size``: the input side
+    in pixels."""
 
-    def __init__(self, config: Sam3Config) -> None:
+    def __init__(self, config: Sam3Config, interactive_neck: bool = False) -> None:
         super().__init__()
+        self.img_size = config.image_size
         self.trunk = ViT(config)
         self.convs = nn.ModuleList(_neck_level(s, config.vit_dim, config.d_model) for s in NECK_SCALES)
+        if interactive_neck:
+            self.sam2_convs = nn.ModuleList(_neck_level(s, config.vit_dim, config.d_model) for s in NECK_SCALES)
         self.position_encoding = SinePositions(config.d_model)
+
+    def interactive_levels(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The interactive head's 4x, 2x and 1x levels (B, d_model, h, w) of images (B, 3, S, S)
+        normalized to [-1, 1] (the tracker's neck; its 0.5x level is dropped as the detector's)."""
+        x = self.trunk(images)
+        return [conv(x) for conv in self.sam2_convs[:-1]]
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x = self.trunk(images)
