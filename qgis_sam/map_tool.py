@@ -284,14 +284,13 @@ class SamMapTool(QgsMapTool):
 
     # -- engine -------------------------------------------------------------------------------------
     def _params(self) -> dict:
-        checkpoint = settings.value("checkpoint") or None
         return {
             "raster": self._raster_path or self._exported,
             "points": [[x, y] for x, y, _ in self.points],
             "labels": [label for _, _, label in self.points],
             "box": list(self.box) if self.box is not None else None,
-            "model": None if checkpoint else (settings.value("model") or "demo"),
-            "checkpoint": checkpoint,
+            "model": settings.value("model") or None,  # with a checkpoint, the engine's ModelSpec decides
+            "checkpoint": settings.value("checkpoint") or None,
             "device": settings.device(),
             "tile_size": settings.value("tile_size"),
             "overlap": settings.value("overlap"),

@@ -89,7 +89,8 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(
             "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
         self.addParameter(QgsProcessingParameterFile(
-            "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, Model is then ignored)",
+            "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, or is Model's "
+            "when Model is an official model other than demo)",
             QgsProcessingParameterFile.Behavior.File, "", None, True, "Checkpoints (*.pth *.pt);;All files (*)"))
 
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext) -> tuple:  # noqa: N802
@@ -105,10 +106,10 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     def model_params(self, parameters: dict, context: QgsProcessingContext) -> dict:
+        """What the user chose; the engine decides what a checkpoint with a model name means
+        (``sam_core.pool.ModelSpec.of``)."""
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
-        # With a checkpoint the engine infers the configuration from its weights.
-        model = None if checkpoint else model_name(parameters.get("MODEL"))
-        return {"model": model, "checkpoint": checkpoint, "device": settings.device()}
+        return {"model": model_name(parameters.get("MODEL")), "checkpoint": checkpoint, "device": settings.device()}
 
     # -- raster -------------------------------------------------------------------------------------
     def raster(self, parameters: dict, context: QgsProcessingContext) -> QgsRasterLayer:
