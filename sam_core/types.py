@@ -17,7 +17,7 @@ Model families (SAM 1 / MobileSAM today; SAM 2.1 and SAM 3 next) plug in behind
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
 
@@ -67,12 +67,12 @@ class Prediction:
     logits: np.ndarray
 
 
-@dataclass(frozen=True)
-class Box:
+class Box(NamedTuple):
     """An axis-aligned rectangle in pixels of one image: ``(x0, y0, x1, y1)``, x = column, y = row.
 
-    As a pixel window (integer corners) it is half-open: columns ``x0 .. x1 - 1`` and rows
-    ``y0 .. y1 - 1``, so ``image[box.slices]`` is its pixels and ``width = x1 - x0``.
+    A tuple of four numbers in that order, so it goes wherever a box is taken (``Predictor.predict(box=...)``,
+    ``np.asarray(box)``). As a pixel window (integer corners) it is half-open: columns ``x0 .. x1 - 1`` and
+    rows ``y0 .. y1 - 1``, so ``image[box.slices]`` is its pixels and ``width = x1 - x0``.
     """
 
     x0: float

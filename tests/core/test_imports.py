@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sam_core.types import Box, Embedding, MaskGenerator, Prediction, PromptPredictor
@@ -126,6 +127,17 @@ def test_predictors_and_generators_meet_the_protocols(small_vit_checkpoint):
 def test_box_has_one_coordinate_order():
     box = Box.of((50, 10, 20, 40))  # corners in any order
     assert box.xyxy == (20.0, 10.0, 50.0, 40.0) and (box.width, box.height) == (30.0, 30.0)
-    image = __import__("numpy").arange(100 * 100).reshape(100, 100)
+    image = np.arange(100 * 100).reshape(100, 100)
     assert image[box.slices].shape == (30, 30) and image[box.slices][0, 0] == image[10, 20]
     assert box.contains(Box(20, 10, 30, 40)) and not box.contains(Box(0, 10, 30, 40))
+    assert tuple(box) == box.xyxy and np.asarray(box).tolist() == [20.0, 10.0, 50.0, 40.0]
+
+
+def test_a_box_goes_where_four_numbers_go(small_vit_checkpoint):
+    from sam_core.predictor import Predictor
+
+    predictor = Predictor(None, checkpoint=small_vit_checkpoint)
+    embedding = predictor.encode(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    a = predictor.predict(embedding, box=Box(10, 12, 60, 50))
+    b = predictor.predict(embedding, box=(10, 12, 60, 50))
+    np.testing.assert_array_equal(a.logits, b.logits)
