@@ -25,6 +25,7 @@ COMMANDS = (
     "sam_core.cli.segment_cmd",
     "sam_core.cli.automask_cmd",
     "sam_core.cli.find_cmd",
+    "sam_core.cli.propagate_cmd",
     "sam_core.cli.engine_cmd",
     "sam_core.cli.geo_cmd",
     "sam_core.cli.annotate_cmd",

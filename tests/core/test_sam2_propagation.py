@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.sam2_checkpoints import SMALL_SAM2, official_video_predictor, write_official_sam2_checkpoint
+from helpers.sam2_checkpoints import (SMALL_SAM2, official_video_predictor, spread_object_scores,
+                                     write_official_sam2_checkpoint)
 from sam_core.frames import open_frames
 from sam_core.models.build import load_checkpoint
 from sam_core.models.sam2 import build_sam2
@@ -27,12 +28,7 @@ def checkpoint(tmp_path_factory):
     """The random checkpoint with its object-score head spread and shifted, so that objects are present
     on some frames and absent on others (random weights alone report every object absent)."""
     path = write_official_sam2_checkpoint(SMALL_SAM2, tmp_path_factory.mktemp("prop") / "small_sam2.pt", seed=5)
-    checkpoint = torch.load(path, weights_only=True)
-    head = "sam_mask_decoder.pred_obj_score_head.layers.2."
-    checkpoint["model"][head + "weight"] *= 30
-    checkpoint["model"][head + "bias"] = checkpoint["model"][head + "bias"] * 30 + 40.9
-    torch.save(checkpoint, path)
-    return path
+    return spread_object_scores(path)
 
 
 @pytest.fixture(scope="module")

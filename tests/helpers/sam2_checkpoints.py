@@ -138,6 +138,18 @@ def write_official_sam2_checkpoint(config: Sam2Config, path: Path | str, seed: i
     return path
 
 
+def spread_object_scores(path: Path | str, scale: float = 30.0, shift: float = 40.9) -> Path:
+    """Rewrite a random checkpoint so that its object-score head reports objects present on some
+    frames and absent on others (random weights alone give scores of about -1.3 everywhere): the
+    head's last layer times ``scale``, its bias times ``scale`` plus ``shift``."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    head = "sam_mask_decoder.pred_obj_score_head.layers.2."
+    checkpoint["model"][head + "weight"] *= scale
+    checkpoint["model"][head + "bias"] = checkpoint["model"][head + "bias"] * scale + shift
+    torch.save(checkpoint, path)
+    return Path(path)
+
+
 def load_official_sam2(config: Sam2Config, checkpoint: Path | str) -> nn.Module:
     """The official model for ``config`` with the weights of ``checkpoint``, eval mode."""
     model = official_sam2(config)
