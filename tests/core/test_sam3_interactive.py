@@ -174,3 +174,30 @@ def test_predictor_from_zoo_name_and_file(checkpoint, predictor, image):
         ours = loaded.predict(loaded.encode(image), points=np.array([[50.0, 35.0]]))
         np.testing.assert_allclose(ours.scores, predictor.predict(predictor.encode(image),
                                                                   points=np.array([[50.0, 35.0]])).scores, atol=1e-6)
+
+
+def test_automatic_masks_come_from_the_interactive_head(predictor, image):
+    """The AutomaticMaskGenerator runs on SAM 3's head (no official SAM 3 generator exists): every record is
+    one of the three candidates the Predictor gives for its grid point, with that candidate's IoU."""
+    from sam_core.automask import AutomaticMaskGenerator
+    from sam_core.masks import rle_to_mask
+
+    generator = AutomaticMaskGenerator(predictor, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                       box_nms_thresh=1.0, output_mode="uncompressed_rle")
+    records = generator.generate(image)
+    assert records
+    embedding = predictor.encode(image)
+    for record in records:
+        candidates = predictor.predict(embedding, points=np.array(record["point_coords"]), multimask=True)
+        index = int(np.argmin(np.abs(candidates.scores - record["predicted_iou"])))
+        assert abs(candidates.scores[index] - record["predicted_iou"]) < 1e-5
+        mask = rle_to_mask(record["segmentation"]).astype(bool)
+        assert (mask != candidates.masks[index]).mean() < 1e-3
+
+
+def test_export_refuses_sam3_with_one_error_line(checkpoint, tmp_path, capsys):
+    from helpers.cli import run_cli
+
+    code, _, err = run_cli(["export", "onnx", "--checkpoint", checkpoint, "--out", tmp_path / "onnx"], capsys)
+    assert code == 2 and err.startswith("error:") and "not available for SAM 3 models yet" in err, err
+    assert not (tmp_path / "onnx").exists()
