@@ -61,6 +61,10 @@ def run_models(args: argparse.Namespace) -> int:
     print("\n".join(details))
     print()
     print(f"Checkpoint folder: {weights.checkpoint_dir(args.cache_dir)} (change it with --cache-dir or ${weights.CHECKPOINTS_ENV})")
+    from sam_core.models.precision import describe_auto
+
+    for device in zoo.available_devices():
+        print(f"Precision: {describe_auto(device)} (choose with --precision)")
     return 0
 
 

@@ -45,6 +45,8 @@ def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, prec
                             help="compile the encoder with torch.compile: the first image takes a minute or more "
                                  "longer, later processes reuse the compiled code (kept on disk); 3x on a GPU, "
                                  "about 5%% on a CPU")
+        parser.add_argument("--verbose", action="store_true",
+                            help="say on stderr which model, device and encoder precision run (and what auto picked)")
 
 
 def model_spec(args: argparse.Namespace, cache_dir: Optional[PathLike] = None) -> ModelSpec:
@@ -61,7 +63,29 @@ def load_predictor(args: argparse.Namespace, cache_dir: Optional[PathLike] = Non
     """The :class:`sam_core.predictor.Predictor` of :func:`model_spec`, from this command's pool."""
     from sam_core.pool import PredictorPool
 
-    return PredictorPool(size=1).get(model_spec(args, cache_dir))
+    spec = model_spec(args, cache_dir)
+    predictor = PredictorPool(size=1).get(spec)
+    if getattr(args, "verbose", False):
+        _describe_run(spec, predictor)
+    return predictor
+
+
+def _describe_run(spec: ModelSpec, predictor: Predictor) -> None:
+    """``--verbose``: one stderr line naming the model, its device and the encoder's precision."""
+    import sys
+
+    from sam_core.models.precision import describe_auto
+
+    model = predictor.model
+    device = next(model.parameters()).device
+    precision = getattr(model, "precision", "fp32")
+    if spec.precision == "auto":
+        how = describe_auto(device)
+    elif spec.precision is None:
+        how = f"the default; {describe_auto(device)}"
+    else:
+        how = "as asked"
+    print(f"model {spec.label} on {device}, encoder precision {precision} ({how})", file=sys.stderr)
 
 
 def model_name(args: argparse.Namespace) -> Optional[str]:

@@ -10,7 +10,8 @@
 - ``int8``: dynamic int8 quantization of the encoder's MLP Linear layers (weights int8 per output
   channel, activations quantized per batch; the attention projections stay fp32 to keep the
   embedding within cosine 0.999 of fp32) with fused fp32 attention; CPU only.
-- ``auto``: ``bf16`` where the device runs it natively, ``fp16`` on GPUs without bf16, else ``fp32``.
+- ``auto``: ``bf16`` where the device runs it natively, ``fp16`` on GPUs without bf16, else ``fp32``
+  (:func:`describe_auto` says which, and why, in one line).
 
 The prompt encoder and the mask decoder always run in fp32; the embedding is returned as float32.
 Every precision but ``exact`` also runs the mask decoder's fused forms (regrouped attention between
@@ -72,3 +73,26 @@ def autocast(device_type: str, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=dtype)
+
+
+def describe_auto(device: torch.device | str = "cpu") -> str:
+    """One line saying which precision ``auto`` runs on ``device`` and why, for the command line
+    (``models``, ``--verbose``) and the napari and QGIS panels, e.g.
+    ``"auto runs fp32 on cpu: this CPU has no native bf16 ..."``.
+
+    ``auto`` picks the fastest precision that keeps the embedding within cosine 0.999 of fp32 and the
+    masks equal within rounding (bf16 where the device multiplies it natively); ``int8`` is faster on
+    CPUs but stays opt-in (it quantizes the MLPs only and is not checked against that guard).
+    """
+    torch_device = torch.device(device)
+    chosen = resolve_precision("auto", torch_device)
+    kind = torch_device.type
+    if kind == "cuda":
+        why = "this GPU runs bf16" if chosen == "bf16" else "this GPU has no bf16, so float16"
+    elif kind == "cpu":
+        why = ("this CPU multiplies bf16 natively (AVX512-BF16 or AMX)" if chosen == "bf16" else
+               "this CPU has no native bf16 and no other guarded faster path; --precision int8 is faster "
+               "but opt-in (embedding cosine about 0.999 to fp32)")
+    else:
+        why = f"no reduced precision is checked on {kind}"
+    return f"auto runs {chosen} on {kind}: {why}"
