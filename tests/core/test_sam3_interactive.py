@@ -201,3 +201,17 @@ def test_export_refuses_sam3_with_one_error_line(checkpoint, tmp_path, capsys):
     code, _, err = run_cli(["export", "onnx", "--checkpoint", checkpoint, "--out", tmp_path / "onnx"], capsys)
     assert code == 2 and err.startswith("error:") and "not available for SAM 3 models yet" in err, err
     assert not (tmp_path / "onnx").exists()
+
+
+def test_disk_cache_keeps_what_the_head_needs(checkpoint, image, tmp_path):
+    """An embedding read back from the on-disk cache (another predictor, no encoder run) decodes the same."""
+    from sam_core.cache import EmbeddingCache
+
+    first = Predictor(load_sam3_interactive(checkpoint), cache=EmbeddingCache(directory=tmp_path))
+    expected = first.predict(first.encode(image), points=np.array([[50.0, 35.0]]), box=(25, 15, 80, 60))
+    second = Predictor(load_sam3_interactive(checkpoint), cache=EmbeddingCache(directory=tmp_path))
+    embedding = second.encode(image)
+    assert second.encoder_runs == 0 and len(embedding.high_res_features) == 2
+    again = second.predict(embedding, points=np.array([[50.0, 35.0]]), box=(25, 15, 80, 60))
+    np.testing.assert_allclose(again.scores, expected.scores, atol=1e-3)
+    assert (again.masks != expected.masks).mean() < 1e-2
