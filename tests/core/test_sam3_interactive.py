@@ -215,3 +215,20 @@ def test_disk_cache_keeps_what_the_head_needs(checkpoint, image, tmp_path):
     again = second.predict(embedding, points=np.array([[50.0, 35.0]]), box=(25, 15, 80, 60))
     np.testing.assert_allclose(again.scores, expected.scores, atol=1e-3)
     assert (again.masks != expected.masks).mean() < 1e-2
+
+
+def test_find_works_on_the_same_file(checkpoint, reference, image):
+    """One sam3.pt serves both: the concept model loads it too (tracker keys and neck ignored there) and its
+    scores equal Sam3Processor's on that file."""
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    from sam_core.concepts import ConceptPredictor
+    from sam_core.models.sam3.build import load_sam3
+
+    concepts = ConceptPredictor(load_sam3(checkpoint))
+    found = concepts.find(concepts.encode(image), text="a shape", threshold=0.0, max_instances=5)
+    processor = Sam3Processor(reference, resolution=SMALL_SAM3.image_size, device="cpu", confidence_threshold=-1.0)
+    with cpu_only(), torch.inference_mode():
+        state = processor.set_text_prompt("a shape", processor.set_image(Image.fromarray(image)))
+    expected = torch.sort(state["scores"], descending=True).values[:5].numpy()
+    np.testing.assert_allclose(found.scores, expected, atol=1e-4)
