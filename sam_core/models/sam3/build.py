@@ -4,10 +4,11 @@ The official ``sam3.pt`` holds the image (concept) model under ``detector.`` and
 under ``tracker.``. Every detector weight our model has must be in the file, with its shape, and the
 file may hold no detector weight we do not know, except the parts of the official detector that the
 image (concept) model does not run: the tracker's own neck (``backbone.vision_backbone.sam2_convs.``,
-for the interactive head later), instance-query heads of the decoder (``transformer.decoder.instance_``)
-and a mask-prompt encoder (``geometry_encoder.mask_encoder.``). The tracker's weights are not loaded
-yet. The rotary tables (``...attn.freqs_cis``) are computed; a file without
-them loads too.
+for the interactive head), instance-query heads of the decoder (``transformer.decoder.instance_``)
+and a mask-prompt encoder (``geometry_encoder.mask_encoder.``). The tracker's weights are not
+loaded here: the interactive (point and box) model loads them with its neck
+(:func:`sam_core.models.sam3.interactive.load_sam3_interactive`). The rotary tables
+(``...attn.freqs_cis``) are computed; a file without them loads too.
 """
 
 from __future__ import annotations
