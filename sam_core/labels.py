@@ -14,7 +14,7 @@ import numpy as np
 from sam_core.errors import SamError
 from sam_core.types import Embedding
 
-__all__ = ["decode_each", "paint", "merge", "delete", "split", "replace_object", "measure", "write_csv"]
+__all__ = ["decode_each", "paint", "merge", "delete", "split", "replace_object", "measure", "write_csv", "write_labels"]
 
 
 def decode_each(predictor: Any, embedding: Embedding, points: Optional[np.ndarray] = None,
@@ -181,3 +181,30 @@ def write_csv(table: Mapping[str, Sequence[Any]], path: Any) -> None:
         writer.writerow([v.item() if isinstance(v, np.generic) else v for v in row])
     with atomic_write(path, "w") as handle:
         handle.write(text.getvalue())
+
+
+def write_labels(labels: np.ndarray, path: Any, classes: Optional[Mapping[int, str]] = None) -> Optional[str]:
+    """Write ``labels`` as a TIFF at ``path`` and, with ``classes`` (id -> class name), a CSV ``id,class``
+    beside it (``<name>.classes.csv``, one row per object id present, "" without a class). Both are
+    written atomically. Returns the CSV's path (None without classes)."""
+    import io
+    from pathlib import Path
+
+    import tifffile
+
+    from sam_core.fileio import atomic_write
+
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise SamError(f"labels must be integers, got {labels.dtype}")
+    target = Path(path)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, labels)
+    with atomic_write(target, "wb") as handle:
+        handle.write(buffer.getvalue())
+    if classes is None:
+        return None
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    csv_path = target.with_name(target.name.split(".")[0] + ".classes.csv")
+    write_csv({"id": ids, "class": [str(classes.get(i, "")) for i in ids]}, csv_path)
+    return str(csv_path)

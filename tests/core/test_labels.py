@@ -118,3 +118,21 @@ def test_write_csv_is_atomic_and_round_trips(tmp_path):
     with pytest.raises(SamError, match="differ in length"):
         write_csv({"a": [1], "b": [1, 2]}, path)
     assert len(list(csv.DictReader(path.open()))) == 1  # the old file is untouched
+
+
+def test_write_labels_tiff_and_classes_csv(tmp_path):
+    import csv
+
+    import tifffile
+
+    from sam_core.labels import write_labels
+
+    labels = np.zeros((2, 5, 5), np.int32)
+    labels[0, 1:3, 1:3] = 1
+    labels[1, 2:4, 2:4] = 3
+    written = write_labels(labels, tmp_path / "objects.tif", classes={1: "cell", 7: "gone"})
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "objects.tif"), labels)
+    assert written == str(tmp_path / "objects.classes.csv")
+    assert list(csv.reader(open(written))) == [["id", "class"], ["1", "cell"], ["3", ""]]
+    with pytest.raises(SamError, match="integers"):
+        write_labels(labels.astype(float), tmp_path / "x.tif")
