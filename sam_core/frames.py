@@ -118,22 +118,35 @@ def _folder(path: Path) -> Frames:
 
 
 def _tiff(path: Path) -> Frames:
+    """One page a frame (read page by page); a stack stored otherwise (e.g. one planar page) is read
+    whole on the first access."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             shapes = [tuple(page.shape) for page in tif.pages]
+            series = tif.series[0] if tif.series else None
+            series_shape = tuple(series.shape) if series is not None else ()
+            paged = series is not None and len(tif.series) == 1 and len(series.pages) == len(shapes) and \
+                len(shapes) > 1 and len(shapes[0]) in (2, 3) and series_shape[0] == len(shapes)
     except (OSError, ValueError, tifffile.TiffFileError) as error:
         raise SamError(f"cannot read {path} as a TIFF: {error}") from None
     if not shapes:
         raise SamError(f"{path} holds no pages")
     _same_size([s[:2] for s in shapes], [f"page {i}" for i in range(len(shapes))], str(path))
-    height, width = shapes[0][:2]
+    if paged:
+        height, width = shapes[0][:2]
+        return Frames(len(shapes), height, width, lambda i: tifffile.imread(path, key=i), name=str(path))
+    whole: dict = {}
 
     def read(index: int) -> np.ndarray:
-        return tifffile.imread(path, key=index)
+        if "array" not in whole:
+            whole["array"] = tifffile.imread(path)
+        return whole["array"][index]
 
-    return Frames(len(shapes), height, width, read, name=str(path))
+    if len(series_shape) not in (3, 4):
+        raise SamError(f"{path} holds one image of shape {series_shape}, not a stack of frames (T, Y, X[, C])")
+    return Frames(series_shape[0], series_shape[1], series_shape[2], read, name=str(path))
 
 
 def _same_size(sizes: List[Tuple[int, int]], names: List[str], where: str) -> None:
