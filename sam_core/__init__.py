@@ -59,6 +59,9 @@ _EXPORTS = {
     "fill_between": "sam_core.volume",
     "automask_volume": "sam_core.volume",
     "link_slices": "sam_core.volume",
+    # propagation with memory (SAM 2.1)
+    "VideoSession": "sam_core.propagation",
+    "open_frames": "sam_core.frames",
     # training: fine-tuning on your own masks, generated scenes
     "finetune": "sam_core.train.finetune",
     "load_pairs": "sam_core.train.finetune",
