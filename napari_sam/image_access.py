@@ -134,6 +134,13 @@ class ImageAccess:
             plane = np.moveaxis(plane, channel_pos, -1) if isinstance(plane, np.ndarray) else _moveaxis(plane, channel_pos)
         return plane
 
+    def intensity(self) -> np.ndarray:
+        """All pixels as (..., Y, X) or, with channels, (..., Y, X, C) (every channel, read in full)."""
+        data = np.asarray(self.data)
+        if self._channel is not None:
+            data = np.moveaxis(data, self._channel, -1)
+        return data
+
     def _key(self, stack_index: Tuple[int, ...]) -> list:
         spatial = self._spatial_axes()
         stack_axes = spatial[: len(self.stack_shape)]

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+import numpy as np
 from napari.layers import Image
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -20,6 +21,8 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -70,6 +73,8 @@ class SamWidget(QWidget):
         layout.addWidget(self._prompt_panel())
         layout.addWidget(self._volume_panel())
         layout.addWidget(self._automatic_panel())
+        layout.addWidget(self._edit_panel())
+        layout.addWidget(self._measure_panel())
         layout.addWidget(self._finetune_panel())
         keys = "\n".join(f"{key}: {what}" for key, what in KEYS.items())
         help_text = QLabel(
@@ -151,16 +156,25 @@ class SamWidget(QWidget):
         self.next_button.clicked.connect(lambda: self.session.next_candidate())
         self.commit_button = QPushButton("Commit (Shift-C)")
         self.commit_button.clicked.connect(lambda: self.session.commit())
-        self.undo_button = QPushButton("Undo commit (Shift-Z)")
+        self.undo_button = QPushButton("Undo (Shift-Z)")
+        self.undo_button.setToolTip("Undo the last commit or edit of the objects.")
         self.undo_button.clicked.connect(lambda: self.session.undo())
         self.clear_button = QPushButton("Clear prompts (Shift-X)")
         self.clear_button.clicked.connect(lambda: self.session.clear())
         self.overwrite_check = QCheckBox("commit may overwrite other objects")
         self.overwrite_check.toggled.connect(lambda on: setattr(self.session, "overwrite", on))
+        self.each_check = QCheckBox("one object per prompt")
+        self.each_check.setToolTip("Every positive point and every box becomes its own object (decoded together); "
+                                   "Commit adds them all as new ids in one step, Propagate carries each one.")
+        self.each_check.toggled.connect(self._set_one_per_prompt)
         for widget in (self.label_button, self.candidate_label, self.next_button, self.commit_button,
-                       self.undo_button, self.clear_button, self.overwrite_check):
+                       self.undo_button, self.clear_button, self.overwrite_check, self.each_check):
             layout.addWidget(widget)
         return box
+
+    def _set_one_per_prompt(self, on: bool) -> None:
+        self.session.one_per_prompt = bool(on)
+        self.session.request_preview()
 
     def _volume_panel(self) -> QGroupBox:
         box = QGroupBox("Volume / time series")
@@ -217,6 +231,85 @@ class SamWidget(QWidget):
         layout.addWidget(self.auto_button)
         layout.addWidget(self.auto_volume_button)
         return box
+
+    def _edit_panel(self) -> QGroupBox:
+        box = QGroupBox("Edit objects")
+        form = QFormLayout(box)
+        self.ids_edit = QLineEdit()
+        self.ids_edit.setPlaceholderText("e.g. 3, 5 (hover over an object to see its id)")
+        self.ids_edit.setToolTip("Ids of SAM objects (or of SAM automatic objects, to accept some of them).")
+        form.addRow("Object ids", self.ids_edit)
+        buttons = [
+            ("accept_all_button", "Accept all automatic objects", "accept", False,
+             "Copy every object of this image's SAM automatic layer into SAM objects, each with a new id."),
+            ("accept_button", "Accept listed automatic objects", "accept", True,
+             "Copy the automatic objects with the ids typed above into SAM objects."),
+            ("delete_button", "Delete listed objects", "delete", True, "Remove the SAM objects typed above."),
+            ("merge_button", "Merge listed objects", "merge", True,
+             "Join the SAM objects typed above into one (the smallest id)."),
+            ("split_button", "Split object at the preview", "split", False,
+             "Click inside an object first: the preview becomes a new object carved out of it."),
+            ("refine_button", "Refine listed object", "refine", True,
+             "Its outline becomes the prompt on this slice; add points to correct it, then Commit."),
+        ]
+        for attribute, text, action, with_ids, tip in buttons:
+            button = QPushButton(text)
+            button.setToolTip(tip + " Undo with 'Undo' (Shift-Z).")
+            button.clicked.connect(lambda _=False, action=action, with_ids=with_ids: self.edit(action, with_ids))
+            setattr(self, attribute, button)
+            form.addRow(button)
+        return box
+
+    def edit(self, action: str, with_ids: bool = True) -> Any:
+        """Run an edit of the objects with the ids typed in the panel (see ``SamSession.edit``)."""
+        from napari.utils.notifications import show_error
+
+        from napari_sam.editing import parse_ids
+        from sam_core.errors import SamError
+
+        if not self._ensure_started():
+            return None
+        try:
+            ids = parse_ids(self.ids_edit.text()) if with_ids else ()
+        except SamError as error:
+            show_error(str(error))
+            return None
+        return self.session.edit(action, ids)
+
+    def _measure_panel(self) -> QGroupBox:
+        box = QGroupBox("Measurements")
+        layout = QVBoxLayout(box)
+        self.measure_button = QPushButton("Export measurements (CSV)…")
+        self.measure_button.setToolTip("Area or volume, centroid, bounding box (in the image's scale units), "
+                                       "mean and integrated intensity per channel and class of every committed object.")
+        self.measure_button.clicked.connect(lambda: self.measure())
+        self.measure_table = QTableWidget(0, 0)
+        self.measure_table.setMinimumHeight(120)
+        layout.addWidget(self.measure_button)
+        layout.addWidget(self.measure_table)
+        return box
+
+    def measure(self, path: Optional[str] = None) -> Any:
+        """Ask where to save (unless ``path``), then measure the committed objects and show the table."""
+        if not self._ensure_started():
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Measurements", "measurements.csv", "CSV (*.csv)")
+            if not path:
+                return None
+        return self.session.measure(path, on_done=self._show_measurements)
+
+    def _show_measurements(self, table: dict) -> None:
+        columns = list(table)
+        rows = len(table["label"]) if columns else 0
+        self.measure_table.clear()
+        self.measure_table.setColumnCount(len(columns))
+        self.measure_table.setRowCount(rows)
+        self.measure_table.setHorizontalHeaderLabels(columns)
+        for c, name in enumerate(columns):
+            for r, value in enumerate(table[name]):
+                text = f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+                self.measure_table.setItem(r, c, QTableWidgetItem(text))
 
     def _finetune_panel(self) -> QGroupBox:
         box = QGroupBox("Fine-tune on committed objects")

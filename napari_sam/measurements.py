@@ -1,0 +1,60 @@
+"""Per-object measurements of the committed objects, in the image's physical units, as CSV.
+
+The measuring is ``sam_core.labels.measure`` (scikit-image ``regionprops_table``) with the image
+layer's scale as pixel spacing and every channel's intensities; the file is written atomically by
+``sam_core.labels.write_csv``. Classes come from the objects layer's ``features`` table.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+import numpy as np
+from napari.utils.notifications import show_info
+
+if TYPE_CHECKING:
+    from napari_sam.session import SamSession
+    from napari_sam.workers import Job
+
+
+def object_classes(layer: Any) -> Dict[int, str]:
+    """Object id -> class name from a labels layer's ``features`` (columns ``index`` and ``class``)."""
+    features = getattr(layer, "features", None)
+    if features is None or "class" not in features or "index" not in features:
+        return {}
+    return {int(i): str(c) for i, c in zip(features["index"], features["class"]) if isinstance(c, str) and c}
+
+
+def export(session: "SamSession", path: str, on_done: Optional[Callable[[dict], None]] = None) -> Optional["Job"]:
+    """Measure every committed object and write the table to ``path`` (CSV) off the GUI thread."""
+    from sam_core.labels import measure, write_csv
+
+    if not session.ready():
+        return None
+    labels = np.array(session.layers.objects.data)
+    if not labels.any():
+        session.fail("Commit some objects first: measurements are made on the committed objects.")
+        return None
+    access = session.access
+    scale = access.scale
+    classes = object_classes(session.layers.objects)
+
+    def job(progress: Any, cancel: Any) -> dict:
+        from sam_core.progress import check
+
+        progress(0, 2, "reading the image")
+        intensity = access.intensity()
+        check(cancel)
+        progress(1, 2, "measuring")
+        table = measure(labels, intensity, scale, classes=classes)
+        check(cancel)
+        write_csv(table, path)
+        progress(2, 2, "written")
+        return table
+
+    def finished(table: dict) -> None:
+        show_info(f"Measured {len(table['label'])} object(s); written to {path}.")
+        if on_done is not None:
+            on_done(table)
+
+    return session.run(job, "SAM measurements", finished)
