@@ -44,7 +44,8 @@ class ModelInfo:
     automask: tuple[int, float, float] = (32, 0.88, 0.95)
     # "sam": points, boxes, automatic masks; "sam2": SAM 2.1 (sam_core.models.sam2), image prompts through
     # the same Predictor; "sam3": concept queries (text, exemplar boxes) through sam_core.concepts and the
-    # 'find' command
+    # 'find' command, and points and boxes through the same Predictor with its interactive head
+    # (sam_core.models.sam3.interactive)
     family: str = "sam"
     # a download needing a Hugging Face token (--token or HF_TOKEN) for a repository with accepted terms
     gated: bool = False
@@ -118,8 +119,8 @@ MODELS: dict[str, ModelInfo] = {
         url="https://huggingface.co/facebook/sam3/resolve/main/sam3.pt",
         size=None,
         sha256=None,
-        description="SAM 3 (Meta): finds every instance of a phrase or exemplar box ('find'); "
-                    "gated on Hugging Face (token), 848 M parameters, a GPU helps",
+        description="SAM 3 (Meta): finds every instance of a phrase or exemplar box ('find'), and takes "
+                    "points and boxes; gated on Hugging Face (token), 848 M parameters, a GPU helps",
         filename="sam3.pt",
         family="sam3",
         gated=True,
