@@ -252,3 +252,14 @@ def test_model_by_index_or_name_and_a_clear_message_for_an_unknown_one(processin
         message = str(error.value)
         assert "Incorrect parameter value" not in message
         assert repr(wrong) in message and "0 = demo" in message and "4 = vit_h" in message
+        assert "5 = sam2.1_hiera_tiny" in message and "8 = sam2.1_hiera_large" in message
+
+
+def test_model_list_offers_sam2_1(processing):
+    """The MODEL list of the Processing algorithms offers the four SAM 2.1 models after SAM's (image mode)."""
+    names = ["sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large"]
+    for algorithm_id in ("sam:encode_raster", "sam:automask_raster", "sam:segment_prompts"):
+        assert algorithm(algorithm_id).parameterDefinition("MODEL").options()[5:] == names
+    from qgis_sam.algorithms.base import model_name
+
+    assert model_name(5) == "sam2.1_hiera_tiny" and model_name("sam2.1_hiera_large") == "sam2.1_hiera_large"
