@@ -115,3 +115,32 @@ def test_segment_at_with_demo_is_instant_after_the_first_click(demo_raster, pred
     polys = segment_at(raster, [(far.x, far.y)], [1], predictor=predictor, **TILES)
     assert map_iou(shapely.from_wkt(polys[0]["wkt"]), footprints["far_disk"]) >= 0.8
     assert predictor.encoder_runs - runs <= 1  # at most the far disk's own tile was new
+
+
+class _NoPartnerOnTheLeft:
+    """demo's automatic masks, less those touching a tile's left side: an object on a seam then has no
+    partner in the right-hand tile and ends in a straight line on the left tile's border."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+
+    def generate(self, image, cancel=None):
+        return [r for r in self.generator.generate(image, cancel=cancel) if not np.asarray(r["segmentation"])[:, 0].any()]
+
+
+@pytest.mark.slow
+def test_demo_repairs_an_object_cut_at_a_tile_border(demo_raster, predictor, tmp_path):
+    from sam_core.automask import AutomaticMaskGenerator
+    from sam_core.geo import automask_raster
+
+    raster, footprints = demo_raster
+    generator = _NoPartnerOnTheLeft(AutomaticMaskGenerator(predictor, **DEMO_PARAMS))
+    truth = footprints["seam_ellipse"]
+    best = {}
+    for repair in (False, True):
+        out = tmp_path / f"repair_{repair}.gpkg"
+        automask_raster(raster, out, generator=generator, predictor=predictor, repair_seams=repair, **TILES)
+        geoms, _, _ = read_output(out)
+        best[repair] = max(map_iou(g, truth) for g in geoms)
+    assert best[False] < 0.9, best  # the stub that ends on the border x = 256 (about 20 of 104 pixels cut)
+    assert best[True] >= 0.9 and best[True] - best[False] >= 0.05, best  # one whole polygon
