@@ -354,7 +354,7 @@ def load_model(
     ``demo``) is loaded, downloaded first if needed (``download=False`` forbids that). ``model.model_id`` identifies the
     weights (name plus SHA-256, or file identity) for embedding cache keys.
     """
-    from sam_core.models.build import load_checkpoint, read_state_dict
+    from sam_core.models.build import load_checkpoint, read_state_dict, skip_parameter_init
 
     if name is not None:
         check_prompt_model(name)
@@ -377,7 +377,9 @@ def load_model(
         config = _config(name, state)
         digest = info.sha256 or weights.file_sha256(path)
         model_id = f"{name}:sha256:{digest[:16]}"
-    model = load_checkpoint(_build(config), state)
+    with skip_parameter_init():  # the checkpoint replaces every parameter: no random values first
+        network = _build(config)
+    model = load_checkpoint(network, state, take=True)  # the tensors just read become the model's
     model.to(torch_device).eval()
     model.model_id = model_id
     return model

@@ -10,6 +10,7 @@ from typing import Mapping, Union
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from sam_core.errors import SamError
 from sam_core.fileio import atomic_write
@@ -30,6 +31,29 @@ def build_sam(config: SamConfig | str, precision: str = "fp32") -> Sam:
         config = get_config(config)
     sam = Sam(config).eval()
     return sam.set_precision(precision) if precision != "fp32" else sam
+
+
+# nn.init functions and the Tensor methods they call that fill a tensor with initial values
+_PARAMETER_FILLS = frozenset({
+    "uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "zero_", "fill_",
+    "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_",
+})
+
+
+class skip_parameter_init(TorchFunctionMode):
+    """While active (``with skip_parameter_init(): network = build_sam(config)``), building a network
+    leaves its parameters uninitialized instead of filling them with random values: for a network whose
+    every parameter a checkpoint replaces at once (:func:`load_checkpoint`, strict). Buffers and
+    everything else are built as usual. It applies to the calling thread only.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _PARAMETER_FILLS:
+            target = args[0] if args else kwargs.get("tensor")  # nn.init passes the tensor by keyword
+            if isinstance(target, nn.Parameter):
+                return target
+        return func(*args, **kwargs)
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
@@ -97,15 +121,20 @@ def _examples(keys: list[str]) -> str:
     return shown + (", ..." if len(keys) > 3 else "")
 
 
-def load_checkpoint(sam: nn.Module, checkpoint: PathLike | StateDict) -> nn.Module:
+def load_checkpoint(sam: nn.Module, checkpoint: PathLike | StateDict, *, take: bool = False) -> nn.Module:
     """Load weights (a file path or a state dict) into ``sam`` (a :class:`Sam` or a SAM 2.1 ``Sam2``)
     with strict key and shape matching.
+
+    The tensors of a file become the model's own (no copy). Those of a state dict are copied, unless
+    ``take`` is true: then the model takes them over (for a state dict read for this model alone, e.g.
+    by :func:`read_state_dict`; the caller must not change them afterwards).
 
     Raises :class:`SamError` summarising missing, unexpected and mis-shaped tensors, and which model
     the checkpoint looks like.
     """
-    source = f"checkpoint {checkpoint}" if isinstance(checkpoint, (str, os.PathLike)) else "the state dict"
-    state_dict = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    from_file = isinstance(checkpoint, (str, os.PathLike))
+    source = f"checkpoint {checkpoint}" if from_file else "the state dict"
+    state_dict = read_state_dict(checkpoint) if from_file else checkpoint
     expected = sam.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -124,7 +153,12 @@ def load_checkpoint(sam: nn.Module, checkpoint: PathLike | StateDict) -> nn.Modu
             f"{source} does not fit the model {sam.config.name!r}: {'; '.join(problems)}; "
             f"{_describe(state_dict)}. Choose the matching model."
         )
-    sam.load_state_dict(state_dict, strict=True)
+    if take or from_file:
+        # the model's dtypes and devices stay as they are; the tensors are taken over, not copied
+        state_dict = {k: v.to(device=expected[k].device, dtype=expected[k].dtype) for k, v in state_dict.items()}
+        sam.load_state_dict(state_dict, strict=True, assign=True)
+    else:
+        sam.load_state_dict(state_dict, strict=True)
     return sam
 
 
