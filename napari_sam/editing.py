@@ -52,6 +52,7 @@ class ObjectEditor:
 
             automatic = np.where(np.isin(automatic, _check_ids(automatic, ids)), automatic, 0)
         new_ids = session.history.commit(self._objects(), automatic, session.overwrite)
+        session.label_new(new_ids)
         if not new_ids:
             show_info("Nothing to accept: no automatic object is left on free pixels.")
         else:
@@ -81,6 +82,7 @@ class ObjectEditor:
             raise SamError("click inside the object to split first: the preview shows the part to split off")
         new, object_id, new_id = split(np.asarray(self._objects().data), preview)
         self._apply(new, "split", (new_id,))
+        session.label_new([new_id])
         session.clear()
         show_info(f"Object {object_id} split: the new part is object {new_id}.")
         return new_id

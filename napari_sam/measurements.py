@@ -7,22 +7,16 @@ layer's scale as pixel spacing and every channel's intensities; the file is writ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 from napari.utils.notifications import show_info
 
+from napari_sam.classes import object_classes
+
 if TYPE_CHECKING:
     from napari_sam.session import SamSession
     from napari_sam.workers import Job
-
-
-def object_classes(layer: Any) -> Dict[int, str]:
-    """Object id -> class name from a labels layer's ``features`` (columns ``index`` and ``class``)."""
-    features = getattr(layer, "features", None)
-    if features is None or "class" not in features or "index" not in features:
-        return {}
-    return {int(i): str(c) for i, c in zip(features["index"], features["class"]) if isinstance(c, str) and c}
 
 
 def export(session: "SamSession", path: str, on_done: Optional[Callable[[dict], None]] = None) -> Optional["Job"]:

@@ -26,6 +26,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_sam import classes as class_table
 from napari_sam import finetuning, measurements, propagation
 from napari_sam.automatic import AUTO_NAME, AutomaticSegmentation
 from napari_sam.editing import ObjectEditor
@@ -53,6 +54,7 @@ KEYS = {
     "Shift-C": "commit the preview as a new object",
     "Shift-X": "clear prompts and preview",
     "Shift-Z": "undo the last commit or edit of the objects",
+    "1 … 9": "class of new objects (the class list in the panel)",
 }
 
 
@@ -101,6 +103,11 @@ class SamSession:
         self.overwrite = False
         #: "One object per prompt": every positive point and every box is its own object (batched decode).
         self.one_per_prompt = False
+        #: The class list (keys 1-9 choose one) and the class new objects get (None: no class).
+        self.classes: List[str] = list(class_table.DEFAULT_CLASSES)
+        self.current_class: Optional[str] = None
+        #: Called with the current class (or None) whenever it changes.
+        self.on_class: List[Callable[[Optional[str]], None]] = []
         #: Held by workers while they use the predictor (one model call at a time).
         self.lock = threading.RLock()
         self.layers = SessionLayers(viewer)
@@ -171,6 +178,8 @@ class SamSession:
             "Shift-X": self.clear,
             "Shift-Z": self.undo,
         }
+        for number in range(1, 10):
+            keys[str(number)] = lambda number=number: self.choose_class(number)
         self.layers.make(self.access, keys, self._on_prompts_changed)
         self.history.clear()
         self.editor.refining = None
@@ -301,8 +310,50 @@ class SamSession:
             return None
         if len(new_ids) > 1:
             show_info(f"Committed {len(new_ids)} objects (ids {new_ids[0]} to {new_ids[-1]}).")
+        self.label_new(new_ids)
         self.clear()
         return new_ids[0]
+
+    # ----------------------------------------------------------------------------------- classes
+
+    def choose_class(self, number: int) -> Optional[str]:
+        """Make class ``number`` (1-based, keys 1-9) of the class list the class of new objects."""
+        if not 1 <= number <= len(self.classes):
+            show_warning(f"There is no class {number}: the class list has {len(self.classes)} (edit it in the panel).")
+            return self.current_class
+        self.current_class = self.classes[number - 1]
+        show_info(f"New objects are {self.current_class!r}.")
+        for listener in self.on_class:
+            listener(self.current_class)
+        return self.current_class
+
+    def label_new(self, ids: Sequence[int]) -> None:
+        """Give new objects ``ids`` the current class (stored in the objects layer's features)."""
+        if self.current_class is not None and ids:
+            class_table.set_classes(self.layers.objects, ids, self.current_class)
+
+    def set_class(self, ids: Sequence[int], name: Optional[str]) -> None:
+        """Give the objects ``ids`` the class ``name`` (None: no class)."""
+        if not ids:
+            self.fail("Type the ids of the objects in the 'Object ids' box first.")
+            return
+        class_table.set_classes(self.layers.objects, ids, name)
+
+    def export_labels(self, path: str) -> Optional[str]:
+        """Write the objects as a TIFF at ``path`` and their classes as ``<name>.classes.csv`` (id, class)."""
+        from sam_core.labels import write_labels
+
+        if self.layers.objects is None:
+            self.fail("Start a session first: there are no objects to export.")
+            return None
+        try:
+            written = write_labels(np.asarray(self.layers.objects.data), path,
+                                   classes=class_table.object_classes(self.layers.objects))
+        except (SamError, OSError) as error:
+            self.fail(f"Could not write {path}: {error}")
+            return None
+        show_info(f"Objects written to {path} and their classes to {written}.")
+        return written
 
     def edit(self, action: str, ids: Sequence[int] = ()) -> Any:
         """Run one edit of the objects (see :class:`ObjectEditor`): ``accept`` (ids: all when empty),

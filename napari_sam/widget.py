@@ -67,6 +67,7 @@ class SamWidget(QWidget):
         self.session.on_candidates.append(self._show_scores)
         self.session.on_label.append(self._show_label)
         self.session.on_job.append(self._watch)
+        self.session.on_class.append(self._show_class)
         self.choices: list = []
         layout = QVBoxLayout(self)
         layout.addWidget(self._setup_panel())
@@ -74,6 +75,7 @@ class SamWidget(QWidget):
         layout.addWidget(self._volume_panel())
         layout.addWidget(self._automatic_panel())
         layout.addWidget(self._edit_panel())
+        layout.addWidget(self._class_panel())
         layout.addWidget(self._measure_panel())
         layout.addWidget(self._finetune_panel())
         keys = "\n".join(f"{key}: {what}" for key, what in KEYS.items())
@@ -276,6 +278,61 @@ class SamWidget(QWidget):
             return None
         return self.session.edit(action, ids)
 
+    def _class_panel(self) -> QGroupBox:
+        from napari_sam.classes import DEFAULT_CLASSES
+
+        box = QGroupBox("Classes")
+        form = QFormLayout(box)
+        self.classes_edit = QLineEdit(", ".join(DEFAULT_CLASSES))
+        self.classes_edit.setToolTip("Up to nine class names, separated by commas; keys 1-9 choose one "
+                                     "(while a SAM layer is selected).")
+        self.classes_edit.editingFinished.connect(self._apply_classes)
+        form.addRow("Class list", self.classes_edit)
+        self.class_label = QLabel("New objects: no class (press 1-9)")
+        form.addRow(self.class_label)
+        self.set_class_button = QPushButton("Set class of listed objects")
+        self.set_class_button.setToolTip("Give the objects typed in 'Object ids' the class of new objects.")
+        self.set_class_button.clicked.connect(lambda: self._set_class())
+        form.addRow(self.set_class_button)
+        self.export_labels_button = QPushButton("Export labels (TIFF + classes CSV)…")
+        self.export_labels_button.setToolTip("Write SAM objects as a TIFF and a CSV of id, class beside it.")
+        self.export_labels_button.clicked.connect(lambda: self.export_labels())
+        form.addRow(self.export_labels_button)
+        return box
+
+    def _apply_classes(self) -> None:
+        from napari_sam.classes import parse_classes
+
+        self.session.classes = parse_classes(self.classes_edit.text())
+
+    def _show_class(self, name: Optional[str]) -> None:
+        self.class_label.setText(f"New objects: {name} (press 1-9)" if name else "New objects: no class (press 1-9)")
+
+    def _set_class(self) -> None:
+        from napari.utils.notifications import show_error
+
+        from napari_sam.editing import parse_ids
+        from sam_core.errors import SamError
+
+        if not self._ensure_started():
+            return
+        try:
+            ids = parse_ids(self.ids_edit.text())
+        except SamError as error:
+            show_error(str(error))
+            return
+        self.session.set_class(ids, self.session.current_class)
+
+    def export_labels(self, path: Optional[str] = None) -> Optional[str]:
+        """Ask where to save (unless ``path``), then write the objects and their classes."""
+        if not self._ensure_started():
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export labels", "objects.tif", "TIFF (*.tif *.tiff)")
+            if not path:
+                return None
+        return self.session.export_labels(path)
+
     def _measure_panel(self) -> QGroupBox:
         box = QGroupBox("Measurements")
         layout = QVBoxLayout(box)
@@ -396,6 +453,7 @@ class SamWidget(QWidget):
         """Copy the set-up panel into the session; False (with a notification) for a bad entry."""
         from napari.utils.notifications import show_error
 
+        self._apply_classes()
         s = self.session.settings
         index = self.model_combo.currentIndex()
         choice = self.choices[index] if 0 <= index < len(self.choices) else None

@@ -56,3 +56,49 @@ def test_measurements_equal_regionprops_table_with_the_scale(make_widget, qtbot,
     table = widget.measure_table
     assert table.rowCount() == 3 and table.horizontalHeaderItem(1).text() == "area"
     assert table.item(0, 0).text() == "1"
+
+
+@needs_demo
+def test_classes_by_keys_in_features_exported_with_labels_and_measurements(make_widget, qtbot, notes, tmp_path,
+                                                                          monkeypatch):
+    import tifffile
+    from napari_util import canvas
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFileDialog
+
+    from sam_core.volume import prompts_from_mask
+
+    image, truth = make_cells_2d((128, 128), count=3, seed=3)
+    viewer, widget = make_widget(image, model="demo", show=True)
+    widget.classes_edit.clear()
+    qtbot.keyClicks(widget.classes_edit, "cell, debris")
+    qtbot.keyClick(widget.classes_edit, Qt.Key.Key_Return)
+    click(qtbot, widget.start_button)
+    objects = viewer.layers[OBJECTS_NAME]
+    for key, cell in ((Qt.Key.Key_2, 1), (Qt.Key.Key_1, 2)):
+        qtbot.keyClick(canvas(viewer), key)  # the class of new objects, on the plugin's layers
+        (x, y), = prompts_from_mask(truth == cell)[0]
+        click_canvas(qtbot, viewer, viewer.layers["image"], (y, x))
+        wait_for(qtbot, widget)
+        click(qtbot, widget.commit_button)
+    assert widget.class_label.text() == "New objects: cell (press 1-9)"
+    features = objects.features
+    assert dict(zip(features["index"], features["class"])) == {1: "debris", 2: "cell"}
+    qtbot.keyClick(canvas(viewer), Qt.Key.Key_3)
+    assert notes[-1][1].startswith("There is no class 3")
+
+    qtbot.keyClicks(widget.ids_edit, "1")
+    click(qtbot, widget.set_class_button)  # id 1 gets the current class, cell
+    assert dict(zip(objects.features["index"], objects.features["class"])) == {1: "cell", 2: "cell"}
+
+    path = tmp_path / "objects.tif"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    click(qtbot, widget.export_labels_button)
+    np.testing.assert_array_equal(tifffile.imread(path), objects.data)
+    rows = list(csv.reader((tmp_path / "objects.classes.csv").open()))
+    assert rows == [["id", "class"], ["1", "cell"], ["2", "cell"]]
+    measured = tmp_path / "measurements.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(measured), "")))
+    click(qtbot, widget.measure_button)
+    wait_for(qtbot, widget)
+    assert [row["class"] for row in csv.DictReader(measured.open())] == ["cell", "cell"]
