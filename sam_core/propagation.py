@@ -281,16 +281,6 @@ class VideoSession:
         size = (self.frames.height, self.frames.width)
         return F.interpolate(low_res.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
-    def result(self, frame: int) -> Optional[FrameResult]:
-        """The latest result of ``frame`` (None while no object has an output there)."""
-        states = [track.output(frame) for track in self._tracks.values()]
-        if any(s is None for s in states):
-            if all(s is None for s in states):
-                return None
-            empty = _absent_like(next(s for s in states if s is not None))
-            states = [empty if s is None else s for s in states]
-        return self._result(frame, states)
-
     def labels(self, frame: int) -> np.ndarray:
         """(H, W) labels of ``frame``: 0 background, else the id of the object with the highest logit
         above 0 (uint16, or uint32 for ids of 65536 and more)."""
@@ -311,11 +301,6 @@ def _stored(state: FrameState) -> FrameState:
     """What is kept of a frame: memory in bfloat16 (as the official predictor stores it), no
     model-size logits (they are only needed for the frame's own memory)."""
     return replace(state, memory=state.memory.to(torch.bfloat16), mask_logits_full=None)
-
-
-def _absent_like(state: FrameState) -> FrameState:
-    return replace(state, mask_logits=torch.full_like(state.mask_logits, -1024.0),
-                   object_score_logits=torch.full_like(state.object_score_logits, -1024.0))
 
 
 def propagation_models_message() -> str:

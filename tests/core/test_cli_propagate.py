@@ -97,17 +97,20 @@ def test_propagate_equals_official_video_predictor(checkpoint, jpeg_folder, tmp_
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
-def test_propagate_multipage_tiff_forward(checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_propagate_multipage_tiff_one_direction(direction, checkpoint, tmp_path, capsys):
     stack = tmp_path / "movie.tif"
     tifffile.imwrite(stack, _movie()[..., 0].astype(np.uint16) * 200)  # 16-bit: the stretch rule
     out = tmp_path / "labels.tif"
-    code, stdout, err = run_cli(["propagate", stack, "--frame", 2, "--box", "10,10,40,40", "--direction", "forward",
-                                 "--out", out, "--checkpoint", checkpoint], capsys)
+    code, stdout, err = run_cli(["propagate", stack, "--object", 7, "--frame", 2, "--box", "10,10,40,40",
+                                 "--direction", direction, "--out", out, "--checkpoint", checkpoint], capsys)
     assert code == 0, err
     labels = tifffile.imread(out)
     assert labels.shape == (FRAMES, HEIGHT, WIDTH)
-    assert not labels[:2].any()  # frames before the prompt are not tracked forward
-    assert "of the 4 frames tracked" in stdout
+    untracked = labels[:2] if direction == "forward" else labels[3:]
+    assert not untracked.any()  # frames on the other side of the prompt are not tracked
+    assert set(np.unique(labels)) <= {0, 7}
+    assert "object 7: present on" in stdout and f"of the {4 if direction == 'forward' else 3} frames tracked" in stdout
 
 
 def _bad(tmp_path, checkpoint, case, small_vit_checkpoint, jpeg_folder):
