@@ -138,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         raise SamError(f"--feature-budget takes a positive number of gigabytes, got {args.feature_budget}")
     prompts = parse_prompts(args.prompts)
     frames = open_frames(args.frames)
+    if frames.jpeg_files is not None and (args.channels or args.value_range or args.nodata is not None):
+        raise SamError("a folder of JPEG frames is read as Meta's video predictor reads it (RGB, 0..255): "
+                       "--channels, --range and --nodata apply to TIFF stacks and other image files; leave them out")
     _check_prompts(prompts, frames)
     check_output_path(out, option="--out")
     model = _load_model(args)

@@ -140,6 +140,8 @@ def _bad(tmp_path, checkpoint, case, small_vit_checkpoint, jpeg_folder):
         extra = ["--model", "sam2.1_hiera_small"]
     elif case == "no-frame":
         prompts = ["--point", "19,24"]
+    elif case == "jpeg-range":
+        extra = ["--range", "0,100"]
     argv = ["propagate", frames, *prompts, "--out", tmp_path / "labels.tif", *extra]
     return argv + (["--checkpoint", checkpoint] if checkpoint else [])
 
@@ -154,6 +156,7 @@ def _bad(tmp_path, checkpoint, case, small_vit_checkpoint, jpeg_folder):
     ("truncated", "truncated.pt"),
     ("other-size", "sam2.1_hiera_small"),
     ("no-frame", "give --frame K before"),
+    ("jpeg-range", "--range"),
 ])
 def test_propagate_bad_input(case, words, checkpoint, small_vit_checkpoint, jpeg_folder, tmp_path, capsys):
     argv = _bad(tmp_path, checkpoint, case, small_vit_checkpoint, jpeg_folder)
