@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.georasters import known_scene, read_output, write_raster  # noqa: E402
 
+from sam_core.cache import EmbeddingCache  # noqa: E402
 from sam_core.cli import main  # noqa: E402
 
 UTM = CRS.from_epsg(32633)
@@ -62,7 +63,8 @@ def test_geo_encode_fills_the_cache(raster, small_vit_checkpoint, tmp_path, caps
     cache = tmp_path / "cache"
     assert main(["geo", "encode", str(raster), "--cache-dir", str(cache), *fast(small_vit_checkpoint)]) == 0
     assert "4 tiles encoded" in capsys.readouterr().out
-    assert any(cache.rglob("*"))
+    files = sorted(cache.glob("*.samemb"))  # one readable embedding file per encoded tile
+    assert len(files) == 4 and all(EmbeddingCache(directory=cache).get(path.stem) is not None for path in files)
 
 
 @pytest.mark.parametrize(

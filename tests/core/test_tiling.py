@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers.deterministic import ColourComponents, ColourPredictor  # noqa: E402
 
 from sam_core.errors import SamError  # noqa: E402
+from sam_core.masks import mask_iou  # noqa: E402
 from sam_core.tiling import (  # noqa: E402
     MaskPiece,
     TiledPredictor,
@@ -30,9 +31,7 @@ from sam_core.tiling import (  # noqa: E402
 )
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
-
+iou = mask_iou  # sam_core's one mask IoU
 
 def disk(shape, cy, cx, r):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
