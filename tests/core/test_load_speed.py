@@ -66,3 +66,21 @@ def test_taking_a_state_dict_keeps_the_model_dtype(small_vit_checkpoint):
     state = {k: v.half() for k, v in read_state_dict(small_vit_checkpoint).items()}
     model = load_checkpoint(build_sam(SMALL_VIT), state, take=True)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_skip_parameter_init_leaves_other_threads_alone():
+    import threading
+
+    drawn = {}
+
+    def build_elsewhere():
+        torch.manual_seed(1)
+        before = torch.random.get_rng_state()
+        nn.Linear(4, 4)
+        drawn["other thread"] = not torch.equal(torch.random.get_rng_state(), before)
+
+    with skip_parameter_init():
+        thread = threading.Thread(target=build_elsewhere)
+        thread.start()
+        thread.join()
+    assert drawn == {"other thread": True}  # it initialized its parameters randomly, as usual
