@@ -69,6 +69,7 @@ def engine_environment(base: Optional[dict] = None) -> dict:
     for name in _STRIPPED_ENV:
         env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONSAFEPATH"] = "1"  # never import a 'sam_core' folder from QGIS's working folder instead of the engine
     env["PYTHONIOENCODING"] = "utf-8"
     return env
 

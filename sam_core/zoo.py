@@ -134,8 +134,9 @@ def gated_help(info: ModelInfo, dest: Path) -> str:
     """How to get a gated model: accept its terms, make a token, or place the file by hand."""
     page = info.url.split("/resolve/")[0] if info.url else ""
     return (f"{info.name} is gated: sign in at {page}, accept its licence, create a read token at "
-            f"https://huggingface.co/settings/tokens and pass it with --token or the {TOKEN_ENV} environment "
-            f"variable; or download {info.filename} yourself and put it in {dest.parent} (or pass --checkpoint FILE)")
+            f"https://huggingface.co/settings/tokens and set the {TOKEN_ENV} environment variable to it (or run "
+            f"'python -m sam_core download {info.name} --token TOKEN' once); or download {info.filename} yourself "
+            f"and put it in {dest.parent} (or pass --checkpoint FILE)")
 
 _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
 # SAM 2.1 (Meta, 2024-09-28 release); automatic masks with SAM2AutomaticMaskGenerator's defaults

@@ -57,3 +57,21 @@ def test_crash_message_quotes_only_what_the_engine_logged_during_the_request(fak
         assert "MemoryError: cannot allocate the tile" in message and "stale line" not in message
     finally:
         client.stop()
+
+
+def test_a_sam_core_folder_in_qgis_working_folder_is_not_imported_by_the_engine(tmp_path, monkeypatch):
+    """QGIS may run in a folder holding a 'sam_core' checkout or a stray copy: the engine imports its own."""
+    python = __import__("os").environ.get("SAM_ENGINE_PYTHON")
+    if not python:
+        pytest.fail("SAM_ENGINE_PYTHON must name the engine's Python (.ci/run sets it)")
+    stray = tmp_path / "sam_core"
+    stray.mkdir()
+    (stray / "__init__.py").write_text("raise SystemExit('the stray sam_core was imported')\n")
+    (stray / "__main__.py").write_text("raise SystemExit('the stray sam_core was imported')\n")
+    monkeypatch.chdir(tmp_path)
+    client = EngineClient(python=python)
+    try:
+        answer = client.request("hello")
+        assert answer["version"]
+    finally:
+        client.stop()
