@@ -46,7 +46,7 @@ def propagate(session: "SamSession", first: Optional[int] = None, last: Optional
         keys = []
         plane = np.asarray(preview.data[here])
         starts = {int(i): plane == i for i in np.unique(plane) if i > 0}
-    if (each or len(keys) < 2) and not start_mask.any():
+    if len(keys) < 2 and not start_mask.any():
         session.fail("Segment the object on this slice first (add a point or a box), then propagate.")
         return None
     key_prompts = [session.prompts(k) for k in keys] if len(keys) >= 2 else []

@@ -103,11 +103,8 @@ class SamSession:
         self.overwrite = False
         #: "One object per prompt": every positive point and every box is its own object (batched decode).
         self.one_per_prompt = False
-        #: The class list (keys 1-9 choose one) and the class new objects get (None: no class).
-        self.classes: List[str] = list(class_table.DEFAULT_CLASSES)
-        self.current_class: Optional[str] = None
-        #: Called with the current class (or None) whenever it changes.
-        self.on_class: List[Callable[[Optional[str]], None]] = []
+        #: The class list (keys 1-9 choose one) and the class new objects get.
+        self.class_list = class_table.ClassList()
         #: Held by workers while they use the predictor (one model call at a time).
         self.lock = threading.RLock()
         self.layers = SessionLayers(viewer)
@@ -179,7 +176,7 @@ class SamSession:
             "Shift-Z": self.undo,
         }
         for number in range(1, 10):
-            keys[str(number)] = lambda number=number: self.choose_class(number)
+            keys[str(number)] = lambda number=number: self.class_list.choose(number)
         self.layers.make(self.access, keys, self._on_prompts_changed)
         self.history.clear()
         self.editor.refining = None
@@ -316,21 +313,10 @@ class SamSession:
 
     # ----------------------------------------------------------------------------------- classes
 
-    def choose_class(self, number: int) -> Optional[str]:
-        """Make class ``number`` (1-based, keys 1-9) of the class list the class of new objects."""
-        if not 1 <= number <= len(self.classes):
-            show_warning(f"There is no class {number}: the class list has {len(self.classes)} (edit it in the panel).")
-            return self.current_class
-        self.current_class = self.classes[number - 1]
-        show_info(f"New objects are {self.current_class!r}.")
-        for listener in self.on_class:
-            listener(self.current_class)
-        return self.current_class
-
     def label_new(self, ids: Sequence[int]) -> None:
         """Give new objects ``ids`` the current class (stored in the objects layer's features)."""
-        if self.current_class is not None and ids:
-            class_table.set_classes(self.layers.objects, ids, self.current_class)
+        if self.class_list.current is not None and ids:
+            class_table.set_classes(self.layers.objects, ids, self.class_list.current)
 
     def set_class(self, ids: Sequence[int], name: Optional[str]) -> None:
         """Give the objects ``ids`` the class ``name`` (None: no class)."""
@@ -341,19 +327,10 @@ class SamSession:
 
     def export_labels(self, path: str) -> Optional[str]:
         """Write the objects as a TIFF at ``path`` and their classes as ``<name>.classes.csv`` (id, class)."""
-        from sam_core.labels import write_labels
-
         if self.layers.objects is None:
             self.fail("Start a session first: there are no objects to export.")
             return None
-        try:
-            written = write_labels(np.asarray(self.layers.objects.data), path,
-                                   classes=class_table.object_classes(self.layers.objects))
-        except (SamError, OSError) as error:
-            self.fail(f"Could not write {path}: {error}")
-            return None
-        show_info(f"Objects written to {path} and their classes to {written}.")
-        return written
+        return class_table.export_labels(self.layers.objects, path)
 
     def edit(self, action: str, ids: Sequence[int] = ()) -> Any:
         """Run one edit of the objects (see :class:`ObjectEditor`): ``accept`` (ids: all when empty),

@@ -67,7 +67,7 @@ class SamWidget(QWidget):
         self.session.on_candidates.append(self._show_scores)
         self.session.on_label.append(self._show_label)
         self.session.on_job.append(self._watch)
-        self.session.on_class.append(self._show_class)
+        self.session.class_list.on_change.append(self._show_class)
         self.choices: list = []
         layout = QVBoxLayout(self)
         layout.addWidget(self._setup_panel())
@@ -303,7 +303,7 @@ class SamWidget(QWidget):
     def _apply_classes(self) -> None:
         from napari_sam.classes import parse_classes
 
-        self.session.classes = parse_classes(self.classes_edit.text())
+        self.session.class_list.names = parse_classes(self.classes_edit.text())
 
     def _show_class(self, name: Optional[str]) -> None:
         self.class_label.setText(f"New objects: {name} (press 1-9)" if name else "New objects: no class (press 1-9)")
@@ -321,7 +321,7 @@ class SamWidget(QWidget):
         except SamError as error:
             show_error(str(error))
             return
-        self.session.set_class(ids, self.session.current_class)
+        self.session.set_class(ids, self.session.class_list.current)
 
     def export_labels(self, path: Optional[str] = None) -> Optional[str]:
         """Ask where to save (unless ``path``), then write the objects and their classes."""
