@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam_core.errors import SamError
-from sam_core.models.sam2.heads import Sam2MaskDecoder, Sam2PromptEncoder, select_dense
-from sam_core.models.sam2.model import Sam2Features
+from sam_core.models.sam2.heads import Sam2MaskDecoder, Sam2PromptEncoder
+from sam_core.models.sam2.prompting import Sam2Features, SquarePrompting
 from sam_core.models.sam3.config import (DETECTOR_PREFIX, INTERACTIVE_NECK, TRACKER_PREFIX, Sam3Config,
                                          infer_sam3_config)
 from sam_core.models.sam3.vision import VisionBackbone, sam3_input
@@ -89,7 +89,7 @@ def fill_small_holes(low_res: torch.Tensor, max_area: int = MAX_HOLE_AREA, thres
     return torch.where(mask, torch.as_tensor(threshold + HOLE_FILL_LOGIT, dtype=low_res.dtype), low_res)
 
 
-class Sam3Interactive(nn.Module):
+class Sam3Interactive(SquarePrompting, nn.Module):
     """SAM 3 for points, boxes and mask inputs (see the module notes). Built from a
     :class:`Sam3Config` whose ``interactive`` sizes are set."""
 
@@ -150,37 +150,6 @@ class Sam3Interactive(nn.Module):
         decoder = self.sam_mask_decoder
         image_embed = levels[-1] + self.tracker.no_mem_embed.view(1, -1, 1, 1)
         return Sam2Features(image_embed=image_embed, high_res=(decoder.conv_s0(levels[0]), decoder.conv_s1(levels[1])))
-
-    def input_coords(self, coords: np.ndarray, original_size: tuple[int, int]) -> np.ndarray:
-        """(..., 2) (x, y) pixels of an (H, W) image -> the model-input frame (x * S / W, y * S / H)."""
-        coords = np.asarray(coords, dtype=np.float64)
-        return coords * np.array([self.image_size / original_size[1], self.image_size / original_size[0]])
-
-    def decode(self, features: Sam2Features, coords: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-               boxes: Optional[torch.Tensor] = None, mask_input: Optional[torch.Tensor] = None,
-               multimask: bool = True, dense_pe: Optional[torch.Tensor] = None,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode B prompts on one image, as the official interactive predictor's ``_predict``: each
-        box's corners (labels 2, 3) come before the points. coords (B, N, 2) and boxes (B, 4) in the
-        model-input frame; labels (B, N); mask_input (B, 1, low, low) logits. Returns low-resolution
-        logits (B, K, low, low) (unclamped), IoU (B, K), mask tokens and object-score logits."""
-        points = None if coords is None else (coords, labels)
-        if boxes is not None:
-            corners = boxes.reshape(-1, 2, 2)
-            corner_labels = torch.tensor([[2, 3]], dtype=torch.int, device=boxes.device).repeat(corners.shape[0], 1)
-            points = (corners, corner_labels) if points is None else (
-                torch.cat([corners, coords], dim=1), torch.cat([corner_labels, labels.to(corner_labels.dtype)], dim=1))
-        sparse, dense = self.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
-        if dense_pe is None:
-            dense_pe = self.sam_prompt_encoder.get_dense_pe()
-        return self.sam_mask_decoder(
-            image_embeddings=features.image_embed,
-            image_pe=dense_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=select_dense(dense, mask_input is not None),
-            high_res_features=features.high_res,
-            multimask_output=multimask,
-        )
 
     def upscale(self, low_res: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Low-resolution logits (B, K, low, low) -> logits (B, K, H, W) of the original image: small
