@@ -174,6 +174,18 @@ def demo_available() -> bool:
     return out.strip().endswith("True")
 
 
+@pytest.fixture(scope="session")
+def demo_model() -> None:
+    """The bundled demo model must be installed for the engine Python: a test that needs it FAILS
+    (never skips) when it is missing."""
+    if not demo_available():
+        pytest.fail("the engine's Python has no bundled demo model (sam_core/data/demo.pt is committed: restore it "
+                    "with git checkout -- sam_core/data/demo.pt and reinstall)", pytrace=False)
+
+
+needs_demo = pytest.mark.usefixtures("demo_model")
+
+
 def iou(a, b) -> float:
     """Intersection over union of two QgsGeometry polygons."""
     union = a.combine(b).area()

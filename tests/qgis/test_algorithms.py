@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from conftest import SHARED_DATA, demo_available, iou, same_crs
+from conftest import SHARED_DATA, iou, needs_demo, same_crs
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
@@ -175,9 +175,6 @@ def test_user_errors_are_processing_errors(processing, small_checkpoint, tmp_pat
     with pytest.raises(QgsProcessingException) as error:
         run("sam:encode_raster", {"INPUT": RGB, "CHECKPOINT": str(bad)})
     assert "bad.pth" in str(error.value)
-
-
-needs_demo = pytest.mark.skipif("not demo_available()", reason="the bundled demo model is not installed yet")
 
 
 @needs_demo

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import demo_available, iou, wait_until
+from conftest import iou, needs_demo, wait_until
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -145,7 +145,7 @@ def test_clicks_keys_and_commit(canvas_on_scene, small_checkpoint, tmp_path):
     tool.cleanup()
 
 
-@pytest.mark.skipif("not demo_available()", reason="the bundled demo model is not installed yet")
+@needs_demo
 def test_click_gives_the_expected_polygon_with_demo(canvas_on_scene):
     canvas, layer, objects, to_canvas = canvas_on_scene
     use_model(tile_size=settings.DEFAULTS["tile_size"])
