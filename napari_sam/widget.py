@@ -93,6 +93,17 @@ class SamWidget(QWidget):
 
     # ----------------------------------------------------------------------------------- panels
 
+    def _show_precision(self, device: str) -> None:
+        """Say which precision ``auto`` (the default) runs on ``device`` and why."""
+        try:
+            from sam_core import describe_auto
+
+            text = describe_auto(device or "cpu")
+        except Exception as error:  # torch missing or the device unusable here: say so instead
+            text = f"precision: cannot tell for {device or 'cpu'} ({error})"
+        self.precision_label.setText(text)
+        self.precision_label.setToolTip(text)
+
     def _setup_panel(self) -> QGroupBox:
         box = QGroupBox("Set-up")
         form = QFormLayout(box)
@@ -110,6 +121,11 @@ class SamWidget(QWidget):
         except Exception:  # torch missing or broken: CPU is still the choice
             self.device_combo.addItem("cpu")
         form.addRow("Device", self.device_combo)
+        self.precision_label = QLabel()
+        self.precision_label.setWordWrap(True)
+        self.device_combo.currentTextChanged.connect(self._show_precision)
+        self._show_precision(self.device_combo.currentText())
+        form.addRow(self.precision_label)
         row = QHBoxLayout()
         self.cache_edit = QLineEdit(_default_cache_dir())
         browse = QPushButton("…")

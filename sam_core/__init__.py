@@ -30,6 +30,7 @@ _EXPORTS = {
     "list_models": "sam_core.zoo",
     "ensure_checkpoint": "sam_core.zoo",
     "resolve_device": "sam_core.zoo",
+    "describe_auto": "sam_core.models.precision",
     # image preparation, prediction, cache
     "prepare_image": "sam_core.imaging",
     "Preparation": "sam_core.imaging",
