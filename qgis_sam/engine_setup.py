@@ -21,15 +21,24 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_BUILDS = ("CPU only (smaller download; for computers without an NVIDIA GPU)",
                 "PyPI's default (with CUDA on Linux and Windows, for NVIDIA GPUs)")
 
-# Run as ``python -c CHECK_SCRIPT PLUGIN_VERSION``: fails (exit code 1, with what to do) on another version.
-CHECK_SCRIPT = (
-    "import sam_core, sys, torch, rasterio; "
-    "print('sam_core', sam_core.__version__, '| torch', torch.__version__); "
-    "sys.exit(0 if sam_core.__version__ == sys.argv[1] else "
-    "f'this Python has sam_core {sam_core.__version__} but the plugin is version {sys.argv[1]}: click Create and "
-    "install to set up an environment with the engine bundled with the plugin, or install "
-    "sam-suite=={sys.argv[1]} into it')"
-)
+# Run as ``python -c CHECK_SCRIPT PLUGIN_VERSION DEVICE``: fails (exit code 1, with what to do) on another
+# version; otherwise prints which precision ``auto`` runs on DEVICE and why (sam_core.describe_auto).
+CHECK_SCRIPT = """\
+import sys
+import sam_core, torch, rasterio
+print('sam_core', sam_core.__version__, '| torch', torch.__version__)
+if sam_core.__version__ != sys.argv[1]:
+    sys.exit(f'this Python has sam_core {sam_core.__version__} but the plugin is version {sys.argv[1]}: click '
+             'Create and install to set up an environment with the engine bundled with the plugin, or install '
+             f'sam-suite=={sys.argv[1]} into it')
+device = sys.argv[2] if len(sys.argv) > 2 else 'cpu'
+usable = (device == 'cpu' or (device.startswith('cuda') and torch.cuda.is_available())
+          or (device == 'mps' and torch.backends.mps.is_available()))
+if usable:
+    print('precision:', sam_core.describe_auto(device))
+else:
+    print(f'precision: {device} is not available in this Python (choose cpu); on cpu', sam_core.describe_auto('cpu'))
+"""
 INCOMPLETE_MARKER = ".sam_setup_incomplete"
 # pip's words when it cannot reach the package index (Linux, Windows and macOS spellings).
 NETWORK_SIGNS = ("Failed to establish a new connection", "Temporary failure in name resolution",
@@ -60,9 +69,10 @@ def default_base_python() -> str:
     return shutil.which("python3") or shutil.which("python") or ""
 
 
-def check_command(python: str) -> list[str]:
-    """The command that checks that ``python`` runs the engine of the plugin's version."""
-    return [python, "-c", CHECK_SCRIPT, plugin_version()]
+def check_command(python: str, device: str = "") -> list[str]:
+    """The command that checks that ``python`` runs the engine of the plugin's version and says which
+    precision ``auto`` runs on ``device`` ("" = the engine's default, the CPU)."""
+    return [python, "-c", CHECK_SCRIPT, plugin_version(), device or "cpu"]
 
 
 def failure_report(description: str, code: int, output: str) -> str:
@@ -83,9 +93,11 @@ def has_nvidia_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None
 
 
-def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool) -> list[tuple[str, list[str]]]:
+def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool,
+                  device: str = "") -> list[tuple[str, list[str]]]:
     """(description, command) for each step of creating the environment; ``cpu_torch`` installs
-    PyTorch's CPU build first, so that installing ``package`` keeps it."""
+    PyTorch's CPU build first, so that installing ``package`` keeps it; the check names the precision
+    ``auto`` runs on ``device``."""
     python = venv_python(folder)
     steps = [
         ("Creating the virtual environment", [base_python, "-m", "venv", folder]),
@@ -97,7 +109,7 @@ def install_steps(base_python: str, folder: str, package: str, cpu_torch: bool) 
     steps += [
         (f"Installing {package} (torch and friends: this can take several minutes)",
          [python, "-m", "pip", "install", package]),
-        ("Checking the engine", check_command(python)),
+        ("Checking the engine", check_command(python, device)),
     ]
     return steps
 

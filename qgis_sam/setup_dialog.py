@@ -152,6 +152,8 @@ class EngineSetupDialog(QDialog):
         self.device_combo.setItemText(0, "default (CPU)")
         current = settings.value("device")
         self.device_combo.setCurrentIndex(max(self.device_combo.findText(current), 0) if current else 0)
+        self.device_combo.setToolTip("'Test this Python' (or 'Create and install') says which precision 'auto' runs on "
+                                     "this device, and why")
         tool_form.addRow("Device", self.device_combo)
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(64, 8192)
@@ -281,12 +283,16 @@ class EngineSetupDialog(QDialog):
         if message:
             self._log(message)
 
+    def _device(self) -> str:
+        """The chosen device ("" = the engine's default, the CPU)."""
+        return "" if self.device_combo.currentIndex() == 0 else self.device_combo.currentText()
+
     def test_python(self) -> None:
         """Check (without blocking) that the chosen Python imports sam_core, torch and rasterio."""
         python = self.python_edit.text().strip()
         self.use_existing.setChecked(True)
         self._creating = False
-        self._run_steps([("Checking the engine", check_command(python))])
+        self._run_steps([("Checking the engine", check_command(python, self._device()))])
 
     def create_environment(self) -> None:
         """Create the environment and install sam_core into it, step by step with live output."""
@@ -305,7 +311,7 @@ class EngineSetupDialog(QDialog):
             self._log(message)
         self._creating = True
         self._run_steps(install_steps(self.base_edit.text().strip(), folder, self.package_edit.text().strip(),
-                                      cpu_torch=self.torch_combo.currentIndex() == 0))
+                                      cpu_torch=self.torch_combo.currentIndex() == 0, device=self._device()))
 
     def _environment_problem(self) -> str:
         """What is wrong with the base Python, folder or package fields ('' when nothing)."""
@@ -329,7 +335,7 @@ class EngineSetupDialog(QDialog):
         settings.set_value("engine_python", self.python_edit.text().strip())
         settings.set_value("model", self.model_combo.currentText())
         settings.set_value("checkpoint", self.checkpoint_edit.text().strip())
-        settings.set_value("device", "" if self.device_combo.currentIndex() == 0 else self.device_combo.currentText())
+        settings.set_value("device", self._device())
         settings.set_value("tile_size", self.tile_spin.value())
         settings.set_value("overlap", self.overlap_spin.value())
         settings.set_value("export_resolution", self.resolution_spin.value())
