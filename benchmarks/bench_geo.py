@@ -63,7 +63,7 @@ def main() -> None:
     import torch
     from dask.distributed import Client, LocalCluster
 
-    from sam_core.distributed import GeneratorSpec
+    from sam_core.geo.settings import GeneratorSpec, TilingSettings
     from sam_core.geo import automask_raster
 
     torch.set_num_threads(1)
@@ -74,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raster = synthetic_raster(Path(tmp) / "bench.tif", size)
         warm_raster = synthetic_raster(Path(tmp) / "warm.tif", size, seed=1)  # other pixels: no cache hits
-        common = dict(tile_size=args.tile_size, overlap=args.overlap, resume=False)
+        common = dict(tiling=TilingSettings(tile_size=args.tile_size, overlap=args.overlap), resume=False)
         print(machine())
         print(f"raster {size}x{size} px, {args.grid * args.grid} tiles of {args.tile_size} px (overlap {args.overlap}), "
               f"model {model or args.checkpoint}, {args.points_per_side}x{args.points_per_side} points per tile")
@@ -93,7 +93,8 @@ def main() -> None:
                                    dashboard_address=None, silence_logs=40)
             client = Client(cluster)
             try:
-                run = dict(model=model, checkpoint=args.checkpoint, generator_params=params, scheduler=cluster.scheduler_address, **common)
+                run = dict(generator=GeneratorSpec.create(model, args.checkpoint, None, params),
+                           scheduler=cluster.scheduler_address, **common)
                 automask_raster(warm_raster, Path(tmp) / "warm.gpkg", **run)  # every worker loads the model
                 t0 = time.perf_counter()
                 result = automask_raster(raster, Path(tmp) / f"dask{count}.gpkg", **run)

@@ -78,10 +78,10 @@ def measure(pieces, grid) -> tuple[int, int, int]:
 
 
 def run(raster: Path, out: Path, repair: bool, args) -> list:
-    from sam_core.geo import automask_raster, open_raster
+    from sam_core.geo import GeneratorSpec, TilingSettings, automask_raster, open_raster
 
-    automask_raster(raster, out, tile_size=args.tile_size, overlap=args.overlap, model=args.model,
-                    repair_seams=repair, resume=False)
+    automask_raster(raster, out, tiling=TilingSettings(tile_size=args.tile_size, overlap=args.overlap, repair_seams=repair),
+                    generator=GeneratorSpec.create(args.model), resume=False)
     with open_raster(raster) as view:
         return polygon_masks(out, view)
 

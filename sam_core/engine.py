@@ -270,7 +270,7 @@ class Engine:
 
     def _cmd_automask_raster(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
-        from sam_core.distributed import GeneratorSpec
+        from sam_core.geo.settings import GeneratorSpec, OutputSettings, TilingSettings, pop_settings
 
         if "extent" in params:
             params["extent"] = tuple(float(v) for v in params["extent"])
@@ -280,35 +280,43 @@ class Engine:
         generator = GeneratorSpec.create(spec.with_cache(None, _RUN_CACHE_BYTES),
                                          params=params.pop("generator_params", None)).build(self.pool)
         return geo.automask_raster(params.pop("raster"), params.pop("output"), generator=generator,
+                                   tiling=pop_settings(TilingSettings, params),
+                                   polygons=pop_settings(OutputSettings, params),
                                    progress=progress, cancel=cancel, **params)
 
     def _cmd_segment_prompts(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
+        from sam_core.geo.settings import OutputSettings, TilingSettings, pop_settings
 
         predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None))
         return geo.segment_prompts(params.pop("raster"), params.pop("prompts"), params.pop("output"),
+                                   tiling=pop_settings(TilingSettings, params),
+                                   polygons=pop_settings(OutputSettings, params),
                                    predictor=predictor, progress=progress, cancel=cancel, **params)
 
     def _cmd_encode_raster(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
+        from sam_core.geo.settings import TilingSettings, pop_settings
 
         predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None), params.pop("cache_dir", None))
-        tiles = geo.encode_raster(params.pop("raster"), predictor=predictor, progress=progress, cancel=cancel,
-                                  **params)
+        tiles = geo.encode_raster(params.pop("raster"), tiling=pop_settings(TilingSettings, params),
+                                  predictor=predictor, progress=progress, cancel=cancel, **params)
         return {"tiles": tiles}
 
     def _cmd_segment_at(self, params: Params, progress, cancel) -> dict:
         from sam_core import geo
+        from sam_core.geo.settings import TilingSettings, pop_settings
 
         predictor = self.predictor(params.pop("model", None), params.pop("checkpoint", None),
                                    params.pop("device", None))
+        tiling = pop_settings(TilingSettings, params)
         box = params.pop("box", None)
         progress(0, 1, "segmenting (the first click on a tile encodes it)")
         polygons = geo.segment_at(params.pop("raster"), params.pop("points"), params.pop("labels"),
                                   None if box is None else tuple(float(v) for v in box),
-                                  predictor=predictor, **params)
+                                  tiling=tiling, predictor=predictor, **params)
         progress(1, 1, "segmented")
         return {"polygons": polygons}
 

@@ -16,11 +16,14 @@ import argparse
 import contextlib
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name, parse_numbers
 from sam_core.errors import SamError
 from sam_core.progress import TqdmProgress
+
+if TYPE_CHECKING:
+    from sam_core.geo.settings import TilingSettings
 
 
 def add_tile_args(parser: argparse.ArgumentParser) -> None:
@@ -98,26 +101,27 @@ def resume_note(folder: Path, units: str) -> Iterator[None]:
                        "to resume, or delete that folder]") from error
 
 
+def _tiling(args: argparse.Namespace, **more: Any) -> TilingSettings:
+    """The :class:`~sam_core.geo.settings.TilingSettings` of the options every geo command shares."""
+    from sam_core.geo.settings import TilingSettings
+
+    return TilingSettings(bands=args.bands, tile_size=args.tile_size, overlap=args.overlap, **more)
+
+
 def run_automask(args: argparse.Namespace) -> int:
     from sam_core.geo import automask_raster
     from sam_core.geo.pipeline import TileStore
+    from sam_core.geo.settings import GeneratorSpec, OutputSettings
 
     folder = TileStore.folder_for(Path(args.output).expanduser())
+    extent = parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None
     with TqdmProgress(desc="tiles", disable=args.quiet) as progress, resume_note(folder, "tiles"):
         result = automask_raster(
             args.raster,
             args.output,
-            bands=args.bands,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            resolution=args.resolution,
-            extent=parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None,
-            model=model_name(args),
-            checkpoint=args.checkpoint,
-            device=args.device,
-            generator_params=generator_params(args),
-            min_area=args.min_area,
-            simplify=args.simplify,
+            tiling=_tiling(args, resolution=args.resolution, extent=extent),
+            generator=GeneratorSpec.create(model_name(args), args.checkpoint, args.device, generator_params(args)),
+            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
             workers=args.workers,
             scheduler=args.scheduler,
             resume=not args.no_resume,
@@ -130,6 +134,7 @@ def run_automask(args: argparse.Namespace) -> int:
 
 def run_segment(args: argparse.Namespace) -> int:
     from sam_core.geo import segment_prompts
+    from sam_core.geo.settings import OutputSettings
 
     with TqdmProgress(desc="objects", disable=args.quiet) as progress:
         result = segment_prompts(
@@ -138,14 +143,11 @@ def run_segment(args: argparse.Namespace) -> int:
             args.output,
             label_field=args.label_field,
             group_field=args.group_field,
-            bands=args.bands,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
+            tiling=_tiling(args),
             model=model_name(args),
             checkpoint=args.checkpoint,
             device=args.device,
-            min_area=args.min_area,
-            simplify=args.simplify,
+            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
             progress=progress,
         )
     print(f"{result.count} polygons -> {result.output}")
@@ -158,9 +160,7 @@ def run_encode(args: argparse.Namespace) -> int:
     with TqdmProgress(desc="tiles", disable=args.quiet) as progress:
         count = encode_raster(
             args.raster,
-            bands=args.bands,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
+            tiling=_tiling(args),
             model=model_name(args),
             checkpoint=args.checkpoint,
             device=args.device,

@@ -1,8 +1,9 @@
 """Georeferenced rasters: tiled segmentation into polygons with the raster's CRS (rasterio, shapely, pyogrio).
 
 Main entry points (see :mod:`sam_core.geo.pipeline`): :func:`automask_raster`, :func:`segment_prompts`,
-:func:`encode_raster`, :func:`segment_at` (:class:`RasterSession` for many clicks). Names are imported
-lazily (rasterio only when used).
+:func:`encode_raster`, :func:`segment_at` (:class:`RasterSession` for many clicks); their options
+(:mod:`sam_core.geo.settings`): :class:`TilingSettings`, :class:`OutputSettings`, :class:`GeneratorSpec`.
+Names are imported lazily (rasterio only when used).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ _EXPORTS = {
     "encode_raster": "sam_core.geo.pipeline",
     "segment_at": "sam_core.geo.pipeline",
     "RasterSession": "sam_core.geo.pipeline",
+    "TilingSettings": "sam_core.geo.settings",
+    "OutputSettings": "sam_core.geo.settings",
+    "GeneratorSpec": "sam_core.geo.settings",
     "open_raster": "sam_core.geo.raster",
     "RasterView": "sam_core.geo.raster",
     "PromptGroup": "sam_core.geo.prompts",

@@ -25,10 +25,10 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from sam_core.errors import SamError
 from sam_core.fileio import atomic_write
 from sam_core.geo.prompts import load_prompts, to_pixel_prompts
 from sam_core.geo.raster import RasterSpec, RasterView, open_raster, reopen
+from sam_core.geo.settings import GeneratorSpec, OutputSettings, TilingSettings
 from sam_core.geo.vectorize import pieces_to_features
 from sam_core.geo.writer import check_output, write_features
 from sam_core.progress import CancelToken, ProgressFn, check, report
@@ -187,20 +187,9 @@ def automask_raster(
     raster: PathLike,
     output: PathLike,
     *,
-    bands: Union[None, str, Sequence[int]] = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
-    resolution: Union[None, float, Sequence[float]] = None,
-    extent: Optional[Sequence[float]] = None,
-    model: Optional[str] = "demo",
-    checkpoint: Optional[PathLike] = None,
-    device: Optional[str] = None,
+    tiling: TilingSettings = TilingSettings(),
     generator: Any = None,
-    generator_params: Optional[dict] = None,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
-    seam_iou: float = 0.5,
-    repair_seams: bool = True,
+    polygons: OutputSettings = OutputSettings(),
     predictor: Any = None,
     workers: Optional[int] = None,
     scheduler: Optional[str] = None,
@@ -210,28 +199,29 @@ def automask_raster(
 ) -> GeoResult:
     """Segment everything in a raster into polygons (GeoPackage, GeoJSON, FlatGeobuf or Shapefile).
 
-    ``generator``: any object with ``generate(rgb_uint8) -> records`` (official format); default an
-    :class:`~sam_core.automask.AutomaticMaskGenerator` on ``model``/``checkpoint`` with
-    ``generator_params``. ``extent`` (xmin, ymin, xmax, ymax) and ``resolution`` are in the raster's CRS
-    units; ``min_area`` in CRS units squared, ``simplify`` in CRS units. ``workers`` N runs tiles on a
-    local Dask cluster of N processes, ``scheduler`` on an existing one. Overlapping masks are resolved
-    as :func:`sam_core.tiling.remove_overlaps` does, so polygons do not overlap.
+    ``tiling`` (:class:`~sam_core.geo.settings.TilingSettings`): bands, tiles, resolution, extent and the
+    seam join; ``polygons`` (:class:`~sam_core.geo.settings.OutputSettings`): minimum area and
+    simplification. ``generator``: a :class:`~sam_core.distributed.GeneratorSpec` (model and parameters;
+    default the ``demo`` model with its recommended parameters), or any object with
+    ``generate(rgb_uint8) -> records`` (official format). ``workers`` N runs tiles on a local Dask cluster
+    of N processes, ``scheduler`` on an existing one. Overlapping masks are resolved as
+    :func:`sam_core.tiling.remove_overlaps` does, so polygons do not overlap.
 
-    ``repair_seams``: an object cut at a tile border, with no partner in the neighbouring tile, is decoded
-    again whole in a window centred on it (:mod:`sam_core.tiling.repair`) by ``predictor`` (default: the
-    generator's, for an :class:`~sam_core.automask.AutomaticMaskGenerator` or the default generator;
-    other generators without ``predictor`` keep such objects as they are).
+    ``tiling.repair_seams``: an object cut at a tile border, with no partner in the neighbouring tile, is
+    decoded again whole in a window centred on it (:mod:`sam_core.tiling.repair`) by ``predictor``
+    (default: the generator's, for an :class:`~sam_core.automask.AutomaticMaskGenerator` or a
+    :class:`~sam_core.distributed.GeneratorSpec`; other generators without ``predictor`` keep such objects
+    as they are).
     """
-    from sam_core.distributed import GeneratorSpec
-
-    if generator is not None and generator_params:
-        raise SamError("give either a generator object or generator parameters, not both")
+    spec: Optional[GeneratorSpec] = None
+    if generator is None or isinstance(generator, GeneratorSpec):
+        spec, generator = generator or GeneratorSpec.create("demo"), None
     target = Path(output).expanduser()
-    with open_raster(raster, bands, resolution, extent) as view:
+    with open_raster(raster, tiling.bands, tiling.resolution, tiling.extent) as view:
         check_output(target, view.crs)
-        grid = TileGrid(view.height, view.width, tile_size, overlap)
-        spec = GeneratorSpec.create(model, checkpoint, device, generator_params)
-        fingerprint = _fingerprint(view, tile_size=tile_size, overlap=overlap, generator=_generator_id(generator, spec))
+        grid = TileGrid(view.height, view.width, tiling.tile_size, tiling.overlap)
+        fingerprint = _fingerprint(view, tile_size=tiling.tile_size, overlap=tiling.overlap,
+                                   generator=_generator_id(generator, spec))
         store = TileStore(target, fingerprint, fresh=not resume)
         per_tile: dict[int, list[MaskPiece]] = {}
         for tile in grid:
@@ -262,11 +252,12 @@ def automask_raster(
                 check(cancel)
                 finished(tile, tile_pieces(view, tile, local, cancel))
         check(cancel)
-        objects = merge_tile_masks(grid, per_tile, seam_iou=seam_iou)
-        if repair_seams:
+        objects = merge_tile_masks(grid, per_tile, seam_iou=tiling.seam_iou)
+        if tiling.repair_seams:
             objects = _repair(view, grid, objects, _RepairPredictor(predictor, generator, spec), progress, cancel)
         objects = remove_overlaps(objects)
-        features = pieces_to_features(objects, view.transform, view.crs, simplify=simplify, min_area=min_area)
+        features = pieces_to_features(objects, view.transform, view.crs, simplify=polygons.simplify,
+                                      min_area=polygons.min_area)
         check(cancel)
         write_features(target, features, view.crs)
         store.remove()
@@ -323,11 +314,16 @@ def _predictor(predictor: Any, model: Optional[str], checkpoint: Optional[PathLi
     return ModelSpec.of(model, checkpoint, device=device, cache_dir=cache_dir).build()
 
 
-def _tiled(view: RasterView, predictor: Any, tile_size: int, overlap: int) -> TiledPredictor:
+def _open(raster: PathLike, tiling: TilingSettings) -> RasterView:
+    return open_raster(raster, tiling.bands, tiling.resolution, tiling.extent)
+
+
+def _tiled(view: RasterView, predictor: Any, tiling: TilingSettings) -> TiledPredictor:
     def read(tile: Tile):
         return view.read(tile.y0, tile.x0, tile.y1, tile.x1)
 
-    return TiledPredictor(predictor, read, shape=(view.height, view.width), tile_size=tile_size, overlap=overlap)
+    return TiledPredictor(predictor, read, shape=(view.height, view.width), tile_size=tiling.tile_size,
+                          overlap=tiling.overlap)
 
 
 def _clear_nodata(view: RasterView, piece: MaskPiece) -> Optional[MaskPiece]:
@@ -344,15 +340,12 @@ def segment_prompts(
     *,
     label_field: str = "label",
     group_field: str = "group",
-    bands: Union[None, str, Sequence[int]] = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tiling: TilingSettings = TilingSettings(),
     model: Optional[str] = "demo",
     checkpoint: Optional[PathLike] = None,
     device: Optional[str] = None,
     predictor: Any = None,
-    min_area: float = 0.0,
-    simplify: float = 0.0,
+    polygons: OutputSettings = OutputSettings(),
     progress: Optional[ProgressFn] = None,
     cancel: Optional[CancelToken] = None,
 ) -> GeoResult:
@@ -360,14 +353,15 @@ def segment_prompts(
 
     ``prompts``: a vector file path, or a list of groups ``{"points": [(x, y), ...], "labels": [1, 0, ...],
     "box": (xmin, ymin, xmax, ymax), "crs": "EPSG:4326"}`` in map coordinates (default: the raster's CRS).
-    Attributes: those of automask plus ``group``.
+    Attributes: those of automask plus ``group``. ``tiling`` and ``polygons`` as for :func:`automask_raster`
+    (the seam settings are not used: each prompt is decoded over the tiles it covers).
     """
     target = Path(output).expanduser()
     groups = load_prompts(prompts, label_field, group_field)
-    with open_raster(raster, bands) as view:
+    with _open(raster, tiling) as view:
         check_output(target, view.crs)
         pixel = to_pixel_prompts(groups, view)
-        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device), tile_size, overlap)
+        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device), tiling)
         pieces, extra = [], []
         for done, prompt in enumerate(pixel, start=1):
             check(cancel)
@@ -377,7 +371,8 @@ def segment_prompts(
                 pieces.append(piece)
                 extra.append({"group": str(prompt.name)})
             report(progress, done, len(pixel), f"object {done}/{len(pixel)}")
-        features = pieces_to_features(pieces, view.transform, view.crs, simplify=simplify, min_area=min_area, extra=extra)
+        features = pieces_to_features(pieces, view.transform, view.crs, simplify=polygons.simplify,
+                                      min_area=polygons.min_area, extra=extra)
         check(cancel)
         write_features(target, features, view.crs)
         return GeoResult(str(target), len(features), view.crs_wkt, len(tiled.tiles_used), len(tiled.grid))
@@ -386,9 +381,7 @@ def segment_prompts(
 def encode_raster(
     raster: PathLike,
     *,
-    bands: Union[None, str, Sequence[int]] = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tiling: TilingSettings = TilingSettings(),
     model: Optional[str] = "demo",
     checkpoint: Optional[PathLike] = None,
     device: Optional[str] = None,
@@ -399,8 +392,8 @@ def encode_raster(
 ) -> int:
     """Encode every tile holding data into the embedding cache (``cache_dir`` on disk, or the given
     ``predictor``'s cache); returns the number of tiles encoded. Later clicks on these tiles are instant."""
-    with open_raster(raster, bands) as view:
-        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device, cache_dir), tile_size, overlap)
+    with _open(raster, tiling) as view:
+        tiled = _tiled(view, _predictor(predictor, model, checkpoint, device, cache_dir), tiling)
         return tiled.encode_all(progress=progress, cancel=cancel)
 
 
@@ -413,10 +406,9 @@ class RasterSession:
     Owned by its caller (the QGIS engine keeps one per raster and model); nothing is kept in module state.
     """
 
-    def __init__(self, raster: PathLike, predictor: Any, *, bands: Union[None, str, Sequence[int]] = None,
-                 tile_size: int = 1024, overlap: int = 128) -> None:
-        self.view = open_raster(raster, bands)
-        self.tiled = _tiled(self.view, predictor, tile_size, overlap)
+    def __init__(self, raster: PathLike, predictor: Any, *, tiling: TilingSettings = TilingSettings()) -> None:
+        self.view = _open(raster, tiling)
+        self.tiled = _tiled(self.view, predictor, tiling)
 
     def close(self) -> None:
         self.view.close()
@@ -462,9 +454,7 @@ def segment_at(
     box: Optional[Sequence[float]] = None,
     *,
     crs: Any = None,
-    bands: Union[None, str, Sequence[int]] = None,
-    tile_size: int = 1024,
-    overlap: int = 128,
+    tiling: TilingSettings = TilingSettings(),
     predictor: Any = None,
     model: Optional[str] = "demo",
     checkpoint: Optional[PathLike] = None,
@@ -479,5 +469,5 @@ def segment_at(
     open too. Objects larger than a tile are decoded over the tiles they cover and joined.
     """
     predictor = _predictor(predictor, model, checkpoint, device)
-    with RasterSession(raster, predictor, bands=bands, tile_size=tile_size, overlap=overlap) as session:
+    with RasterSession(raster, predictor, tiling=tiling) as session:
         return session.segment(points, labels, box, crs=crs, simplify=simplify)

@@ -18,6 +18,7 @@ from helpers.georasters import known_scene, read_output, write_raster  # noqa: E
 from sam_core.distributed import GeneratorSpec, cluster, worker_generator  # noqa: E402
 from sam_core.errors import SamError  # noqa: E402
 from sam_core.geo import automask_raster  # noqa: E402
+from sam_core.geo.settings import TilingSettings  # noqa: E402
 
 pytest.importorskip("dask.distributed")
 
@@ -35,9 +36,10 @@ def test_local_cluster_gives_the_same_polygons_as_one_process(tmp_path):
     image, _ = known_scene()
     raster = write_raster(tmp_path / "scene.tif", image, TRANSFORM, UTM)
     single = tmp_path / "single.gpkg"
-    automask_raster(raster, single, generator=ColourComponents(), tile_size=128, overlap=32)
+    automask_raster(raster, single, generator=ColourComponents(), tiling=TilingSettings(tile_size=128, overlap=32))
     parallel = tmp_path / "parallel.gpkg"
-    result = automask_raster(raster, parallel, generator=ColourComponents(), tile_size=128, overlap=32, workers=2)
+    result = automask_raster(raster, parallel, generator=ColourComponents(),
+                             tiling=TilingSettings(tile_size=128, overlap=32), workers=2)
     assert result.tiles_done == 12
     a_geoms, a_attrs, a_crs = read_output(single)
     b_geoms, b_attrs, b_crs = read_output(parallel)
@@ -59,8 +61,8 @@ def test_each_worker_loads_the_model_once_and_an_existing_cluster_can_be_joined(
         seen = [result for _, result in run_tasks(client, _pid, range(6), broadcast=spec)]
         image, _ = known_scene()
         raster = write_raster(tmp_path / "scene.tif", image, TRANSFORM, UTM)
-        joined = automask_raster(raster, tmp_path / "joined.gpkg", generator=ColourComponents(), tile_size=128,
-                                 overlap=32, scheduler=client.scheduler.address)
+        joined = automask_raster(raster, tmp_path / "joined.gpkg", generator=ColourComponents(),
+                                 tiling=TilingSettings(tile_size=128, overlap=32), scheduler=client.scheduler.address)
         assert joined.count == 6 and read_output(tmp_path / "joined.gpkg")[2] == UTM
     by_worker: dict = {}
     for pid, generator_id in seen:

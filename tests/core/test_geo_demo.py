@@ -19,6 +19,7 @@ from shapely import affinity
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.georasters import map_iou, rasterize, read_output, to_map, write_raster  # noqa: E402
+from sam_core.geo.settings import GeneratorSpec, TilingSettings  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("demo_checkpoint")  # committed: a missing demo fails, never skips
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("demo_checkpoint")  # committed: a missing 
 UTM = CRS.from_epsg(32632)
 TRANSFORM = Affine(0.5, 0.0, 600000.0, 0.0, -0.5, 5300000.0)
 SHAPE = (448, 448)
-TILES = dict(tile_size=256, overlap=64)  # tiles start at 0 and 192: seams in [192, 256)
+TILES = dict(tiling=TilingSettings(tile_size=256, overlap=64))  # tiles start at 0 and 192: seams in [192, 256)
 # the thresholds the README gives for demo (its predicted IoU is less confident than the official models')
 DEMO_PARAMS = {"points_per_side": 16, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.8, "min_mask_region_area": 100}
 
@@ -69,7 +70,7 @@ def test_automask_with_demo_finds_the_objects_and_joins_seams(demo_raster, tmp_p
 
     raster, footprints = demo_raster
     out = tmp_path / "demo.gpkg"
-    automask_raster(raster, out, model="demo", generator_params=DEMO_PARAMS, **TILES)
+    automask_raster(raster, out, generator=GeneratorSpec.create("demo", params=DEMO_PARAMS), **TILES)
     geoms, attrs, crs = read_output(out)
     assert crs == UTM
     assert geoms, "demo found no object at all"
@@ -139,7 +140,8 @@ def test_demo_repairs_an_object_cut_at_a_tile_border(demo_raster, predictor, tmp
     best = {}
     for repair in (False, True):
         out = tmp_path / f"repair_{repair}.gpkg"
-        automask_raster(raster, out, generator=generator, predictor=predictor, repair_seams=repair, **TILES)
+        automask_raster(raster, out, generator=generator, predictor=predictor,
+                        tiling=TilingSettings(tile_size=256, overlap=64, repair_seams=repair))
         geoms, _, _ = read_output(out)
         best[repair] = max(map_iou(g, truth) for g in geoms)
     assert best[False] < 0.9, best  # the stub that ends on the border x = 256 (about 20 of 104 pixels cut)

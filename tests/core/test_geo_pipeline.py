@@ -6,6 +6,7 @@ so these tests check tiling, seam merging, georeferencing, nodata, writers and r
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from helpers.georasters import known_scene, map_iou, read_output, to_map, write_
 from sam_core.errors import SamError  # noqa: E402
 from sam_core.geo import automask_raster, encode_raster, segment_at, segment_prompts  # noqa: E402
 from sam_core.geo.pipeline import RasterSession  # noqa: E402
+from sam_core.geo.settings import GeneratorSpec, OutputSettings, TilingSettings, pop_settings  # noqa: E402
 from sam_core.progress import Cancelled, CancelToken  # noqa: E402
 
 UTM = CRS.from_epsg(32633)
 TRANSFORM = Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5600000.0)
-TILES = dict(tile_size=128, overlap=32)
+TILING = TilingSettings(tile_size=128, overlap=32)
+TILES = dict(tiling=TILING)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,21 @@ def match(geoms, footprints):
         ious = [map_iou(g, fp) for g in geoms]
         out[name] = (max(ious), int(np.argmax(ious)))
     return out
+
+
+def test_run_options_are_frozen_value_objects_built_from_flat_requests():
+    """A run's options travel grouped (tiling, generator, polygons); the engine's flat JSON maps onto them."""
+    params = {"raster": "r.tif", "tile_size": 256, "overlap": 32, "extent": (0, 0, 1, 1), "min_area": 5.0,
+              "simplify": 2.0, "label_field": "kind"}
+    tiling = pop_settings(TilingSettings, params)
+    polygons = pop_settings(OutputSettings, params)
+    assert tiling == TilingSettings(tile_size=256, overlap=32, extent=(0, 0, 1, 1))
+    assert polygons == OutputSettings(min_area=5.0, simplify=2.0)
+    assert params == {"raster": "r.tif", "label_field": "kind"}  # what is left goes on as keywords
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tiling.tile_size = 64  # type: ignore[misc]
+    spec = GeneratorSpec.create("demo", params={"points_per_side": 4})
+    assert spec.params["points_per_side"] == 4 and spec == GeneratorSpec.create("demo", params={"points_per_side": 4})
 
 
 def test_polygons_land_on_the_known_footprints_with_the_raster_crs(scene_raster, tmp_path):
@@ -76,7 +94,7 @@ def test_polygons_land_on_the_known_footprints_with_the_raster_crs(scene_raster,
 def test_every_format_keeps_polygons_and_crs(scene_raster, tmp_path, ext):
     raster, footprints = scene_raster
     out = tmp_path / f"objects{ext}"
-    automask_raster(raster, out, generator=ColourComponents(), min_area=500.0, **TILES)
+    automask_raster(raster, out, generator=ColourComponents(), polygons=OutputSettings(min_area=500.0), **TILES)
     geoms, attrs, crs = read_output(out)
     assert crs == UTM
     assert len(geoms) == len(footprints)
@@ -90,7 +108,8 @@ def test_min_area_and_simplify_use_map_units(scene_raster, tmp_path):
     raster, footprints = scene_raster
     out = tmp_path / "big.gpkg"
     small_area = footprints["small"].area  # 24 x 24 px of 10 m = 57600 m2
-    automask_raster(raster, out, generator=ColourComponents(), min_area=small_area + 1, simplify=5.0, **TILES)
+    automask_raster(raster, out, generator=ColourComponents(),
+                    polygons=OutputSettings(min_area=small_area + 1, simplify=5.0), **TILES)
     geoms, _, _ = read_output(out)
     assert len(geoms) == len(footprints) - 1
     assert max(map_iou(g, footprints["small"]) for g in geoms) == 0.0
@@ -152,12 +171,14 @@ def test_extent_and_resolution(scene_raster, tmp_path):
     # the extent holds the two touching rectangles only
     touching = footprints["touch_left"].union(footprints["touch_right"]).buffer(50).bounds
     out = tmp_path / "extent.gpkg"
-    automask_raster(raster, out, generator=ColourComponents(), extent=touching, **TILES)
+    automask_raster(raster, out, generator=ColourComponents(),
+                    tiling=TilingSettings(tile_size=128, overlap=32, extent=touching))
     geoms, _, _ = read_output(out)
     assert len(geoms) == 2
     # twice coarser pixels: rectangles aligned to even pixels stay exact
     out = tmp_path / "coarse.gpkg"
-    automask_raster(raster, out, generator=ColourComponents(min_area=2), resolution=20.0, tile_size=64, overlap=16)
+    automask_raster(raster, out, generator=ColourComponents(min_area=2), 
+                    tiling=TilingSettings(resolution=20.0, tile_size=64, overlap=16))
     geoms, _, _ = read_output(out)
     for name in ("corner", "touch_left", "touch_right", "bar", "small"):
         assert max(map_iou(g, footprints[name]) for g in geoms) >= 0.9, name
@@ -197,7 +218,7 @@ def test_bad_inputs_give_clear_errors(scene_raster, tmp_path):
     with pytest.raises(SamError, match="corrupt"):
         automask_raster(SHARED_CORRUPT, tmp_path / "x.gpkg", generator=ColourComponents())
     with pytest.raises(SamError, match="band 5"):
-        automask_raster(raster, tmp_path / "x.gpkg", bands="5,2,1", generator=ColourComponents())
+        automask_raster(raster, tmp_path / "x.gpkg", tiling=TilingSettings(bands="5,2,1"), generator=ColourComponents())
     with pytest.raises(SamError, match="extension"):
         automask_raster(raster, tmp_path / "x.xyz", generator=ColourComponents())
     image, _ = known_scene()
@@ -281,7 +302,8 @@ def test_an_object_cut_at_a_tile_border_is_one_whole_polygon(tmp_path):
     image[(yy - 60) ** 2 + (xx - 120) ** 2 <= 30 ** 2] = (200, 30, 30)  # across the seam x 96..128
     raster = write_raster(tmp_path / "seam.tif", image, TRANSFORM, UTM)
     truth = Point(*(TRANSFORM * (120.5, 60.5))).buffer(300.0)
-    kept = automask_raster(raster, tmp_path / "cut.gpkg", generator=MissesLeftEdgeObjects(), repair_seams=False, **TILES)
+    kept = automask_raster(raster, tmp_path / "cut.gpkg", generator=MissesLeftEdgeObjects(),
+                           tiling=TilingSettings(tile_size=128, overlap=32, repair_seams=False))
     (stub,), _, _ = read_output(kept.output)
     assert map_iou(stub, truth) < 0.8 and stub.bounds[2] == pytest.approx(TRANSFORM.c + 128 * 10.0)
     predictor = ColourPredictor()

@@ -15,6 +15,7 @@ from helpers.deterministic import DarkRegions  # noqa: E402
 from helpers.georasters import read_output  # noqa: E402
 
 from sam_core.geo import automask_raster  # noqa: E402
+from sam_core.geo.settings import TilingSettings  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -26,7 +27,7 @@ def test_landsat_nodata_frame_never_becomes_a_polygon(tmp_path):
     raster = DATA / "RGB.byte.tif"
     out = tmp_path / "landsat.gpkg"
     # the generator takes every dark region for an object, the black nodata frame included
-    result = automask_raster(raster, out, generator=DarkRegions(threshold=40), tile_size=384, overlap=64)
+    result = automask_raster(raster, out, generator=DarkRegions(threshold=40), tiling=TilingSettings(tile_size=384, overlap=64))
     geoms, attrs, crs = read_output(out)
     with rasterio.open(raster) as src:
         assert crs == src.crs
@@ -41,7 +42,8 @@ def test_landsat_nodata_frame_never_becomes_a_polygon(tmp_path):
 def test_world_image_in_degrees_gets_areas_in_square_metres(tmp_path):
     raster = DATA / "world.rgb.tif"
     out = tmp_path / "world.fgb"
-    automask_raster(raster, out, generator=DarkRegions(threshold=60, min_area=50), tile_size=256, overlap=32)
+    automask_raster(raster, out, generator=DarkRegions(threshold=60, min_area=50), 
+                    tiling=TilingSettings(tile_size=256, overlap=32))
     geoms, attrs, crs = read_output(out)
     assert crs.to_epsg() == 4326 and len(geoms) > 0
     assert all(-180 <= g.bounds[0] and g.bounds[2] <= 180 and -90 <= g.bounds[1] and g.bounds[3] <= 90 for g in geoms)

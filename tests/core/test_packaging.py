@@ -155,6 +155,7 @@ def _in_a_spawned_process(raster: str, output: str, folder: str, report: str) ->
     from qgis_sam.engine_client import EngineClient
     from qgis_sam.engine_setup import begin_folder, check_command, finish_folder, install_steps
     from sam_core.geo import automask_raster
+    from sam_core.geo.settings import GeneratorSpec, TilingSettings
 
     created, _ = begin_folder(folder)
     description, create_venv = install_steps(sys.executable, folder, "unused", cpu_torch=False)[0]
@@ -171,7 +172,8 @@ def _in_a_spawned_process(raster: str, output: str, folder: str, report: str) ->
     finally:
         client.stop()
     with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-        result = automask_raster(raster, output, model="demo", tile_size=64, overlap=16, workers=1)
+        result = automask_raster(raster, output, generator=GeneratorSpec.create("demo"),
+                                 tiling=TilingSettings(tile_size=64, overlap=16), workers=1)
     Path(report).write_text(json.dumps({
         "start_method": multiprocessing.get_start_method(), "venv": [venv.returncode, venv_made],
         "check": [check.returncode, check.stdout], "folder_left": os.path.exists(folder),
