@@ -17,11 +17,18 @@ __all__ = ["TiledPrediction", "TiledPredictor"]
 
 @dataclass
 class TiledPrediction:
-    """One object decoded over one or more tiles: its mask (full-image coordinates) and score."""
+    """One object decoded over one or more tiles: its mask (full-image coordinates), score and tiles.
+
+    ``logits``: the chosen candidate's low-resolution logits (float32 (low, low), as in
+    :class:`~sam_core.types.Prediction`) in the frame of the one tile that decoded the object
+    (``tiles[0]``), usable as ``mask_input`` of the predictor on that tile's embedding; ``None`` when the
+    object was joined from several tiles (no single low-resolution frame holds it).
+    """
 
     piece: MaskPiece
     score: float
     tiles: tuple[int, ...]
+    logits: Optional[np.ndarray] = None
 
 
 class TiledPredictor:
@@ -150,24 +157,24 @@ class TiledPredictor:
             if not _touches_inner_edge(seed, mask):
                 piece = MaskPiece(seed.y0, seed.x0, mask, float(result.scores[best]), 1.0, (seed.index,)).trimmed()
                 piece = piece or MaskPiece(seed.y0, seed.x0, np.zeros((0, 0), bool), float(result.scores[best]))
-                return TiledPrediction(piece, float(result.scores[best]), (seed.index,))
+                return TiledPrediction(piece, float(result.scores[best]), (seed.index,), _logits(result, best))
         if bx is not None:
             return self._decode_box_tiles(pts, lbl, bx)
         return self._grow(seed or self.grid.owner(*np.clip(extent_pts[0], 0, [w - 1, h - 1])), pts, lbl, multimask)
 
     def _decode_box_tiles(self, pts: np.ndarray, lbl: np.ndarray, bx: np.ndarray) -> TiledPrediction:
-        decoded: dict[int, tuple[np.ndarray, float]] = {}
+        decoded: dict[int, tuple[np.ndarray, float, Optional[np.ndarray]]] = {}
         for tile in self.grid.tiles_touching(*bx):
             clipped = np.array([max(bx[0], tile.x0), max(bx[1], tile.y0), min(bx[2], tile.x1), min(bx[3], tile.y1)])
             result = self._decode(tile, _inside_points(tile, pts), _inside_labels(tile, pts, lbl), clipped, False)
-            decoded[tile.index] = (np.asarray(result.masks[0], dtype=bool), float(result.scores[0]))
+            decoded[tile.index] = (np.asarray(result.masks[0], dtype=bool), float(result.scores[0]), _logits(result, 0))
         return self._assemble(decoded)
 
     def _grow(self, seed: Tile, pts: np.ndarray, lbl: np.ndarray, multimask: bool) -> TiledPrediction:
-        decoded: dict[int, tuple[np.ndarray, float]] = {}
+        decoded: dict[int, tuple[np.ndarray, float, Optional[np.ndarray]]] = {}
         result = self._decode(seed, _inside_points(seed, pts), _inside_labels(seed, pts, lbl), None, multimask)
         best = int(np.argmax(np.asarray(result.scores)))
-        decoded[seed.index] = (np.asarray(result.masks[best], dtype=bool), float(result.scores[best]))
+        decoded[seed.index] = (np.asarray(result.masks[best], dtype=bool), float(result.scores[best]), _logits(result, best))
         queue = [seed]
         while queue and len(decoded) < self._max_tiles:
             tile = queue.pop(0)
@@ -193,11 +200,11 @@ class TiledPredictor:
                 pick = int(np.argmax(agreement))
                 if agreement[pick] < 0.5:
                     continue
-                decoded[nb.index] = (candidates[pick], float(np.asarray(res.scores)[pick]))
+                decoded[nb.index] = (candidates[pick], float(np.asarray(res.scores)[pick]), None)
                 queue.append(nb)
         return self._assemble(decoded)
 
-    def _assemble(self, decoded: Mapping[int, tuple[np.ndarray, float]]) -> TiledPrediction:
+    def _assemble(self, decoded: Mapping[int, tuple[np.ndarray, float, Optional[np.ndarray]]]) -> TiledPrediction:
         tiles = [self.grid[i] for i in sorted(decoded)]
         y0, x0 = min(t.y0 for t in tiles), min(t.x0 for t in tiles)
         y1, x1 = max(t.y1 for t in tiles), max(t.x1 for t in tiles)
@@ -217,7 +224,14 @@ class TiledPredictor:
         order = tuple(t.index for t in tiles)
         piece = MaskPiece(y0, x0, mask, score, 1.0, order).trimmed()
         piece = piece or MaskPiece(y0, x0, np.zeros((0, 0), bool), score, 1.0, order)
-        return TiledPrediction(piece, score, order)
+        logits = decoded[order[0]][2] if len(order) == 1 else None
+        return TiledPrediction(piece, score, order, logits)
+
+
+def _logits(result: Any, index: int) -> Optional[np.ndarray]:
+    """Candidate ``index``'s low-resolution logits of a predictor's result (float32), if it has them."""
+    logits = getattr(result, "logits", None)
+    return None if logits is None else np.asarray(logits[index], dtype=np.float32)
 
 
 def _inside(tile: Tile, pts: np.ndarray) -> np.ndarray:

@@ -197,10 +197,11 @@ def test_tiled_predictor_routes_prompts_and_joins_objects_larger_than_a_tile():
     # a small object inside one tile: one tile is encoded (lazily)
     result = tiled.predict(points=[(40, 250)], labels=[1])
     assert len(result.tiles) == 1 and predictor.encoded == 1
+    assert result.logits is not None and result.logits.shape == (256, 256)  # of the one tile that decoded it
     assert iou(result.piece.window(0, 0, 300, 340), objects["small"]) == 1.0
     # the bar spans three tiles: decoding grows across the seams and joins
     result = tiled.predict(points=[(100, 207)], labels=[1])
-    assert len(result.tiles) >= 3
+    assert len(result.tiles) >= 3 and result.logits is None  # joined: no one low-resolution frame holds it
     assert iou(result.piece.window(0, 0, 300, 340), objects["bar"]) >= 0.99
     # a box larger than a tile
     result = tiled.predict(box=(55, 195, 335, 220))
@@ -232,8 +233,11 @@ def test_tiled_predictor_drives_the_real_predictor(small_vit_checkpoint):
     full = result.piece.window(0, 0, 300, 340)
     assert full.shape == (300, 340)
     assert predictor.encoder_runs == len(tiled.tiles_used) >= 1
+    for one in (result, tiled.predict(points=[(150, 150)])):  # logits of the decoding tile, or None when joined
+        assert (one.logits is None) == (len(one.tiles) > 1)
+        assert one.logits is None or (one.logits.dtype == np.float32 and one.logits.shape == (256, 256))
     result = tiled.predict(box=(10, 10, 330, 290))  # larger than a tile: every tile it covers
-    assert len(result.tiles) == len(tiled.grid)
+    assert len(result.tiles) == len(tiled.grid) and result.logits is None
     # 16-bit data with one fixed value range for all tiles
     grey = (image[..., 0].astype(np.uint16) * 200)
     tiled16 = TiledPredictor(predictor, grey, tile_size=128, overlap=32, preparation=Preparation(value_range=(0, 51000)))
