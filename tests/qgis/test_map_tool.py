@@ -7,6 +7,7 @@ import os
 import pytest
 from conftest import iou, needs_demo, wait_until
 from qgis.core import (
+    QgsApplication,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
     QgsGeometry,
@@ -41,7 +42,12 @@ def canvas_on_scene(qgis_canvas, scene):
     qgis_canvas.refresh()
     yield qgis_canvas, layer, objects, to_canvas
     qgis_canvas.unsetMapTool(qgis_canvas.mapTool())
+    # no layer is removed while the canvas renders it or a task reads it (QGIS would crash, not fail)
+    qgis_canvas.stopRendering()
+    assert wait_until(lambda: not qgis_canvas.isDrawing()
+                      and QgsApplication.taskManager().countActiveTasks() == 0, 60)
     qgis_canvas.setLayers([])
+    qgis_canvas.stopRendering()
     for item in list(QgsProject.instance().mapLayers().values()):
         QgsProject.instance().removeMapLayer(item)
 
