@@ -9,8 +9,6 @@ and root writes into folders whatever their mode bits say), else a folder withou
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,54 +18,32 @@ from PIL import Image
 from rasterio.crs import CRS
 
 from helpers.cli import run_cli, write_cells_png
+from helpers.folders import mount_tmpfs, read_only_folder, unmount
 from helpers.georasters import known_scene, write_raster
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST_AUTO = ["--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-thresh", "0"]
 
 
-def _mount_tmpfs(folder: Path, options: str) -> bool:
-    folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    return done.returncode == 0
-
-
-def _unmount(folder: Path) -> None:
-    subprocess.run(["umount", str(folder)], capture_output=True)
-
-
 @pytest.fixture()
 def read_only(tmp_path):
     """A folder nobody (root included) can write into."""
-    folder = tmp_path / "read_only"
-    if _mount_tmpfs(folder, "ro,size=1m"):
+    with read_only_folder(tmp_path / "read_only") as folder:
         yield folder
-        _unmount(folder)
-        return
-    folder.chmod(0o555)
-    try:
-        (folder / "probe").write_bytes(b"")
-    except OSError:
-        yield folder
-        folder.chmod(0o755)
-        return
-    pytest.skip("cannot make a read-only folder here: no read-only tmpfs mount (not root or not permitted) and mode bits do not stop this user")
 
 
 @pytest.fixture()
 def full_disk(tmp_path):
     """A folder on a 64 KB tmpfs that is almost full."""
     folder = tmp_path / "full"
-    if not _mount_tmpfs(folder, "size=64k"):
+    if not mount_tmpfs(folder, "size=64k"):
         pytest.skip("a full disk needs a small tmpfs mount: not root, or mounting is not permitted here")
     try:
         with open(folder / "filler", "wb") as handle:
             handle.write(b"\0" * (60 << 10))
         yield folder
     finally:
-        _unmount(folder)
+        unmount(folder)
 
 
 @pytest.fixture(scope="module")
