@@ -42,8 +42,9 @@ class AutomaticSegmentation:
                 return layer
         return None
 
-    def _layer(self, access: ImageAccess) -> Any:
-        """The ``SAM automatic`` layer of ``access``'s image: reused while it is in the viewer, else new."""
+    def result_layer(self, access: ImageAccess) -> Any:
+        """The ``SAM automatic`` layer of ``access``'s image: reused while it is in the viewer, else new
+        (also where ``Find all`` puts what it finds: see :mod:`napari_sam.concepts`)."""
         from napari.layers import Labels
 
         layer = self.layer_of(access)
@@ -99,7 +100,7 @@ class AutomaticSegmentation:
 
         def finished(result: Tuple[Tuple[int, ...], np.ndarray]) -> None:
             index, labels = result
-            layer = self._layer(access)  # the image segmented, even if another is chosen now
+            layer = self.result_layer(access)  # the image segmented, even if another is chosen now
             layer.data[index] = labels
             layer.refresh()
             show_info(f"Automatic segmentation: {int(len(np.unique(labels)) - 1)} object(s).")

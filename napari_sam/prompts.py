@@ -38,16 +38,24 @@ def read_prompts(points_layer: Any, boxes_layer: Any, index: Tuple[int, ...], nd
         points = data[on][:, [-1, -2]].astype(np.float32)
         kinds = np.asarray(points_layer.features["label"])[on]
         labels = (kinds != NEGATIVE).astype(np.int64)
+    boxes = [box for _, box in slice_boxes(boxes_layer, index)]
+    if points is None and not boxes:
+        return None
+    return Prompts(index, points, labels, boxes[-1] if boxes else None, np.stack(boxes) if boxes else None)
+
+
+def slice_boxes(shapes_layer: Any, index: Tuple[int, ...]) -> List[Tuple[int, np.ndarray]]:
+    """The rectangles of ``shapes_layer`` on slice ``index`` (stack indices), oldest first, as
+    (shape number in the layer, box (x0, y0, x1, y1) float32 pixels)."""
+    nstack = len(index)
     boxes = []
-    for vertices in boxes_layer.data:
+    for number, vertices in enumerate(shapes_layer.data):
         vertices = np.asarray(vertices, dtype=float)
         if nstack and not np.all(np.round(vertices[:, :nstack]) == np.asarray(index)):
             continue
         rows, cols = vertices[:, -2], vertices[:, -1]
-        boxes.append(np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32))
-    if points is None and not boxes:
-        return None
-    return Prompts(index, points, labels, boxes[-1] if boxes else None, np.stack(boxes) if boxes else None)
+        boxes.append((number, np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32)))
+    return boxes
 
 
 def prompted_slices(points_layer: Any, boxes_layer: Any, nstack: int) -> List[Tuple[int, ...]]:
