@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_sam.concepts import ConceptSearch
 from napari_sam.image_access import unwrap
 from napari_sam.readers import prefer_for_medical_files
 from napari_sam.session import KEYS, ModelChoice, SamSession
@@ -68,12 +69,15 @@ class SamWidget(QWidget):
         self.session.on_label.append(self._show_label)
         self.session.on_job.append(self._watch)
         self.session.class_list.on_change.append(self._show_class)
+        self.concepts = ConceptSearch(self.session)
+        self.concepts.on_example.append(self._on_example)
         self.choices: list = []
         layout = QVBoxLayout(self)
         layout.addWidget(self._setup_panel())
         layout.addWidget(self._prompt_panel())
         layout.addWidget(self._volume_panel())
         layout.addWidget(self._automatic_panel())
+        layout.addWidget(self._find_panel())
         layout.addWidget(self._edit_panel())
         layout.addWidget(self._class_panel())
         layout.addWidget(self._measure_panel())
@@ -249,6 +253,55 @@ class SamWidget(QWidget):
         layout.addWidget(self.auto_button)
         layout.addWidget(self.auto_volume_button)
         return box
+
+    def _find_panel(self) -> QGroupBox:
+        box = QGroupBox("Find objects (SAM 3)")
+        form = QFormLayout(box)
+        self.find_edit = QLineEdit()
+        self.find_edit.setPlaceholderText("what to find, e.g. cell (Enter finds)")
+        self.find_edit.returnPressed.connect(lambda: self.find())
+        self.find_button = QPushButton("Find all")
+        self.find_button.setToolTip("Every instance of the phrase on the shown image or slice (or the whole stack) "
+                                    "goes to the image's SAM automatic layer, one id each; accept them in 'Edit objects'.")
+        self.find_button.clicked.connect(lambda: self.find())
+        row = QHBoxLayout()
+        row.addWidget(self.find_edit)
+        row.addWidget(self.find_button)
+        form.addRow("Find all", row)
+        self.find_stack_check = QCheckBox("whole stack (each slice, ids unique in the stack)")
+        form.addRow(self.find_stack_check)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setDecimals(3)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.5)
+        self.threshold_spin.setToolTip("Keep instances whose score (0 to 1) is above this.")
+        form.addRow("Score threshold", self.threshold_spin)
+        self.like_check = QCheckBox("like this one: a box drawn on 'SAM examples' finds all like it")
+        self.like_check.toggled.connect(self._set_like_mode)
+        self.negative_check = QCheckBox("new example boxes are negative (or hold Shift)")
+        self.negative_check.toggled.connect(lambda on: setattr(self.concepts, "negative", bool(on)))
+        self.like_button = QPushButton("Find like the examples")
+        self.like_button.setToolTip("Every instance like the boxed examples on the shown slice (red boxes: not this).")
+        self.like_button.clicked.connect(lambda: self.find(like=True))
+        for widget in (self.like_check, self.negative_check, self.like_button):
+            form.addRow(widget)
+        return box
+
+    def find(self, like: bool = False) -> Any:
+        """Find all instances of the typed phrase (or, with ``like``, of the example boxes)."""
+        if not self._ensure_started():
+            return None
+        return self.concepts.find(None if like else self.find_edit.text(), like=like,
+                                  whole_stack=self.find_stack_check.isChecked(), threshold=self.threshold_spin.value())
+
+    def _set_like_mode(self, on: bool) -> None:
+        if on and self._ensure_started():
+            self.concepts.start_drawing()
+
+    def _on_example(self) -> None:
+        if self.like_check.isChecked():
+            self.find(like=True)
 
     def _edit_panel(self) -> QGroupBox:
         box = QGroupBox("Edit objects")

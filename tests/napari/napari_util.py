@@ -55,18 +55,18 @@ def click_canvas(qtbot, viewer, layer, data_yx):
                      screen_position(viewer, layer, data_yx))
 
 
-def drag_box(qtbot, viewer, layer, corner, opposite):
-    """Draw a rectangle on the ``SAM boxes`` layer with the mouse, from ``corner`` to ``opposite``
-    ((row, col) data coordinates of ``layer``): select the layer, press R (napari's rectangle tool),
-    drag on the canvas."""
+def drag_box(qtbot, viewer, layer, corner, opposite, shapes="SAM boxes", shift=False):
+    """Draw a rectangle on the Shapes layer named ``shapes`` with the mouse, from ``corner`` to
+    ``opposite`` ((row, col) data coordinates of ``layer``): select the layer, press R (napari's
+    rectangle tool), drag on the canvas (the press with Shift held when ``shift``)."""
     from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
-    viewer.layers.selection.active = viewer.layers["SAM boxes"]
+    viewer.layers.selection.active = viewer.layers[shapes]
     qtbot.keyClick(canvas(viewer), Qt.Key.Key_R)
     widget = canvas(viewer)
-    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                     screen_position(viewer, layer, corner))
+    modifier = Qt.KeyboardModifier.ShiftModifier if shift else Qt.KeyboardModifier.NoModifier
+    qtbot.mousePress(widget, Qt.MouseButton.LeftButton, modifier, screen_position(viewer, layer, corner))
     for t in np.linspace(0.2, 1.0, 5):
         qtbot.mouseMove(widget, screen_position(viewer, layer, np.add(corner, t * np.subtract(opposite, corner))))
         QApplication.processEvents()  # napari follows a drag event by event
