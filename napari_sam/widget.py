@@ -32,6 +32,7 @@ from napari_sam.concepts import ConceptSearch
 from napari_sam.image_access import unwrap
 from napari_sam.readers import prefer_for_medical_files
 from napari_sam.session import KEYS, ModelChoice, SamSession
+from napari_sam.tracking import TrackingPanel
 from napari_sam.windows import CT_WINDOWS, window_range
 from sam_core.volume import STOP_IOU
 
@@ -76,6 +77,8 @@ class SamWidget(QWidget):
         layout.addWidget(self._setup_panel())
         layout.addWidget(self._prompt_panel())
         layout.addWidget(self._volume_panel())
+        self.tracking_panel = TrackingPanel(self)  # time-lapse: track, divisions, CTC files
+        layout.addWidget(self.tracking_panel)
         layout.addWidget(self._automatic_panel())
         layout.addWidget(self._find_panel())
         layout.addWidget(self._edit_panel())
