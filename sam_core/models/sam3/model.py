@@ -55,12 +55,15 @@ class TextFeatures:
 
 @dataclass
 class ConceptOutput:
-    """Every query's answer for one image: ``scores`` (Q,) = sigmoid(logit) * sigmoid(presence),
-    ``boxes`` (Q, 4) normalized (cx, cy, w, h), ``mask_logits`` (Q, h, w) on the 4x feature grid."""
+    """Every query's answer for one image: ``scores`` (Q,) = sigmoid(logits) * sigmoid(presence_logit),
+    ``boxes`` (Q, 4) normalized (cx, cy, w, h), ``mask_logits`` (Q, h, w) on the 4x feature grid;
+    ``logits`` (Q,) and ``presence_logit`` (a 0-d tensor) before the sigmoid, for training losses."""
 
     scores: torch.Tensor
     boxes: torch.Tensor
     mask_logits: torch.Tensor
+    logits: torch.Tensor
+    presence_logit: torch.Tensor
 
 
 class Sam3(nn.Module):
@@ -113,4 +116,5 @@ class Sam3(nn.Module):
         logits = self.dot_prod_scoring(queries, prompt, padding)
         scores = logits.sigmoid() * decoded.presence_logit.sigmoid()[:, None]
         masks = self.segmentation_head(image.levels, fused, prompt, padding, queries)
-        return ConceptOutput(scores=scores[0], boxes=decoded.boxes[:, 0], mask_logits=masks[0])
+        return ConceptOutput(scores=scores[0], boxes=decoded.boxes[:, 0], mask_logits=masks[0], logits=logits[0],
+                             presence_logit=decoded.presence_logit[0])
