@@ -307,13 +307,19 @@ def track_objects(predictor: Any, frames: Any, start: int, masks: Mapping[int, n
         return out
     from sam_core.volume import STOP_IOU, propagate
 
+    span = max(last - start, 1)  # frames after the start, per object
+    total = span * len(masks)
     for done, (object_id, mask) in enumerate(masks.items()):
         check(cancel)
+
+        def step(frame_done: int, _total: int, message: str, done: int = done, object_id: int = object_id) -> None:
+            report(progress, done * span + min(frame_done, span), total, f"object {object_id}: {message}")
+
         found = propagate(predictor, frames, start, mask, direction="forward", index_range=(start, last),
                           stop_iou=STOP_IOU if stop_iou is None else stop_iou, preparation=preparation,
-                          cancel=cancel)
+                          progress=step, cancel=cancel)
         out[found & (out == 0)] = object_id
-        report(progress, done + 1, len(masks), f"object {object_id} ({done + 1}/{len(masks)})")
+        report(progress, (done + 1) * span, total, f"object {object_id} done ({done + 1}/{len(masks)})")
     return out
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from helpers.timelapse import dividing_disks
 from sam_core.errors import SamError
+from sam_core.progress import CancelToken, Cancelled
 from sam_core.tracking import (Lineage, Track, check_ctc, continuous_tracks, ctc_digits, mark_division, read_ctc,
                                replace_tracks, track_objects, track_table, tracks_layer_data, validate, write_ctc)
 
@@ -174,6 +175,13 @@ def test_track_objects_with_slice_propagation_is_propagate_per_object(small_vit_
         found = propagate(predictor, image, 1, mask, direction="forward", index_range=(1, 2), stop_iou=0.0)
         expected[found & (expected == 0)] = object_id
     np.testing.assert_array_equal(out, expected)
+    seen = []
+    track_objects(predictor, image, 0, starts, stop_iou=0.0, progress=lambda d, t, m: seen.append((d, t)))
+    assert seen[-1] == (6, 6) and all(b == 6 for _, b in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    cancel = CancelToken()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        track_objects(predictor, image, 1, starts, cancel=cancel)
     with pytest.raises(SamError, match="no object on frame 1 to track"):
         track_objects(predictor, image, 1, {1: np.zeros((64, 72), bool)})
 
