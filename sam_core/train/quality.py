@@ -91,3 +91,78 @@ def automask_quality(
         masks += len(predicted)
         report(progress, n + 1, len(scenes), "automatic masks")
     return AutomaskQuality(found / max(objects, 1), spurious / max(masks, 1), objects, masks)
+
+
+@dataclass
+class MatchCount:
+    """Instances meant, instances found (matched one to one at the IoU threshold), masks returned."""
+
+    instances: int = 0
+    found: int = 0
+    returned: int = 0
+
+    @property
+    def recall(self) -> float:
+        return self.found / max(self.instances, 1)
+
+    @property
+    def precision(self) -> float:
+        """Matched masks / masks returned (1.0 when none was returned)."""
+        return self.found / self.returned if self.returned else 1.0
+
+    def add(self, predicted: Sequence[np.ndarray], targets: Sequence[np.ndarray], match_iou: float) -> None:
+        """Count one query: ``predicted`` masks best first, greedily matched to unmatched ``targets``."""
+        free = list(range(len(targets)))
+        for mask in predicted:
+            ious = [mask_iou(mask, targets[t]) for t in free]
+            if ious and max(ious) >= match_iou:
+                free.pop(int(np.argmax(ious)))
+                self.found += 1
+        self.instances += len(targets)
+        self.returned += len(predicted)
+
+
+@dataclass
+class ConceptQuality:
+    """Text queries (one per word of the vocabulary per scene, words absent from a scene included, so
+    that false finds count) and exemplar queries (one box of the first instance of each word shown),
+    overall and per word."""
+
+    text: MatchCount
+    exemplar: MatchCount
+    text_by_word: dict[str, MatchCount]
+    exemplar_by_word: dict[str, MatchCount]
+
+
+def concept_quality(
+    predictor: Any,
+    scenes: Sequence[Any],
+    vocabulary: Sequence[str],
+    threshold: float = 0.5,
+    match_iou: float = 0.5,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> ConceptQuality:
+    """Recall and precision at mask IoU ``match_iou`` of ``predictor`` (a
+    :class:`sam_core.concepts.ConceptPredictor`) at score ``threshold`` on scenes with named instances
+    (:class:`sam_core.train.concept_scenes.ConceptScene`). An exemplar box is the instance's tight box
+    in pixel edges (x0, y0, x1 + 1, y1 + 1); its targets are every instance of its word, itself too."""
+    text = {w: MatchCount() for w in vocabulary}
+    exemplar = {w: MatchCount() for w in vocabulary}
+    for n, scene in enumerate(scenes):
+        check(cancel)
+        embedding = predictor.encode(scene.image)
+        for word in vocabulary:
+            targets = [scene.labels == i for i in scene.instances(word)]
+            found = predictor.find(embedding, text=word, threshold=threshold)
+            text[word].add(list(found.masks), targets, match_iou)
+            if targets:
+                x0, y0, x1, y1 = mask_box(targets[0])
+                found = predictor.find(embedding, exemplars=[(x0, y0, x1 + 1, y1 + 1)], threshold=threshold)
+                exemplar[word].add(list(found.masks), targets, match_iou)
+        report(progress, n + 1, len(scenes), "concept quality")
+
+    def total(counts: dict[str, MatchCount]) -> MatchCount:
+        return MatchCount(*(sum(getattr(c, f) for c in counts.values()) for f in ("instances", "found", "returned")))
+
+    return ConceptQuality(total(text), total(exemplar), text, exemplar)

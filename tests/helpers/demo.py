@@ -1,5 +1,5 @@
-"""The project's trained ``demo`` model is committed (sam_core/data/demo.pt): tests that need it fail
-when it is missing, they never skip."""
+"""The project's trained models are committed (``demo``: sam_core/data/demo.pt, ``demo-concepts``:
+sam_core/data/demo_concepts.pt): tests that need them fail when they are missing, they never skip."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 
-def require_demo() -> Path:
-    """The bundled demo checkpoint; ``pytest.fail`` (not skip) with how to restore it when it is missing."""
+def require_demo(name: str = "demo") -> Path:
+    """The bundled checkpoint of zoo model ``name`` (``demo`` or ``demo-concepts``); ``pytest.fail``
+    (not skip) with how to restore it when it is missing."""
     from sam_core import zoo
 
-    path = zoo.model_info("demo").bundled
+    path = zoo.model_info(name).bundled
     if path is None or not path.is_file():
         pytest.fail(
-            f"the bundled demo model {path} is missing: it is committed to the repository and never retrained "
-            "in CI; restore it from git (git checkout -- sam_core/data/demo.pt)",
+            f"the bundled {name} model {path} is missing: it is committed to the repository and never retrained "
+            f"in CI; restore it from git (git checkout -- sam_core/data/{path.name if path else name})",
             pytrace=False,
         )
     return path

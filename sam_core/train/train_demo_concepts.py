@@ -1,0 +1,246 @@
+"""Train the bundled ``demo-concepts`` model (SAM 3 at a small size) from scratch on generated scenes.
+
+    python -m sam_core.train.train_demo_concepts --out sam_core/data/demo_concepts.pt   # 2 CPU cores
+
+The network is the SAM 3 image model (:class:`sam_core.models.sam3.model.Sam3`, the code that runs
+the official weights) at :data:`DEMO_CONCEPTS`' size: a 4-block ViT on 128-pixel input with 8-pixel
+patches (a 16 x 16 grid; windows of 8, two global blocks), a 2-layer text encoder of width 48 reading
+at most 6 tokens, a 2-layer fusion encoder, a 3-layer decoder with 24 queries, one geometry layer.
+Every step draws ``--batch`` scenes from :mod:`sam_core.train.concept_scenes` with seeds (``--seed``,
+step, i) in a worker process, so step ``n`` sees the same data whether or not the run was resumed.
+Each scene gets a text query (a word it shows, or, one time in five, a word it does not show) and,
+with probability ``--exemplar``, an exemplar query (one instance's box, with the placeholder phrase
+or, one time in four, with its word too) whose targets are every instance of that word. The loss is
+DETR's, as SAM 3 trains (:mod:`sam_core.train.detection`): Hungarian matching, classification and
+presence cross-entropy, box L1 + GIoU and mask cross-entropy + Dice for the matched queries. AdamW,
+linear warm-up and cosine decay over ``--steps``; ``--stop-after`` ends the run earlier on that
+schedule. The weights are written atomically every ``--save-every`` steps as a plain state dict (the
+keys of the official detector without ``detector.``); ``OUT.state`` holds the optimizer state and the
+step for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from sam_core.concepts import VISUAL_PHRASE
+from sam_core.models.sam3.config import Sam3Config
+from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
+from sam_core.models.sam3.tokenizer import ClipTokenizer
+from sam_core.models.sam3.vision import sam3_input
+from sam_core.train.concept_scenes import VOCABULARY, ConceptScene, generate_concept_scene
+from sam_core.train.detection import set_loss
+from sam_core.train.prompts import mask_box
+from sam_core.train.train_demo import _as_is, _learning_rate, _save
+
+TRAIN_SEED = 0
+DEFAULT_STEPS = 1200
+
+DEMO_CONCEPTS = Sam3Config(
+    name="demo-concepts",
+    image_size=128,
+    patch_size=8,
+    pretrain_size=128,
+    vit_dim=96,
+    vit_depth=4,
+    vit_heads=3,
+    vit_mlp_dim=384,
+    window_size=8,
+    global_blocks=(1, 3),
+    d_model=64,
+    heads=4,
+    ffn_dim=256,
+    text_width=48,
+    text_layers=2,
+    text_heads=1,
+    text_projection_dim=48,
+    context_length=8,
+    encoder_layers=2,
+    decoder_layers=3,
+    num_queries=24,
+    geometry_layers=1,
+    scoring_hidden=128,
+    pixel_decoder_stages=2,
+)
+
+
+def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEPTS) -> Sam3:
+    """A fresh ``demo-concepts`` network (train mode) with seeded initial weights; the position
+    tables the official builder leaves at zero get small random values."""
+    torch.manual_seed(seed)
+    model = Sam3(config)
+    text = model.backbone.language_backbone.encoder
+    torch.nn.init.normal_(text.positional_embedding, std=0.01)
+    torch.nn.init.normal_(text.text_projection, std=text.text_projection.shape[0] ** -0.5)
+    torch.nn.init.normal_(text.token_embedding.weight, std=0.02)
+    torch.nn.init.normal_(model.backbone.vision_backbone.trunk.pos_embed, std=0.02)
+    return model.train()
+
+
+def scene_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """The tight box (x0, y0, x1, y1) of ``mask`` in pixel edges (x1, y1 one past the last pixel)."""
+    x0, y0, x1, y1 = mask_box(mask)
+    return x0, y0, x1 + 1, y1 + 1
+
+
+def _queries(scene: ConceptScene, rng: np.random.Generator, exemplar: float) -> list[tuple[str, list, list[int]]]:
+    """(phrase, exemplar boxes in pixels, label ids meant) of one scene's training queries."""
+    shown = sorted(set(scene.words))
+    absent = [w for w in VOCABULARY if w not in shown]
+    if absent and rng.random() < 0.2:
+        word = str(rng.choice(absent))
+    else:
+        word = str(rng.choice(shown)) if shown else str(rng.choice(VOCABULARY))
+    queries = [(word, [], scene.instances(word))]
+    if shown and rng.random() < exemplar:
+        example = int(rng.integers(1, scene.num_objects + 1))
+        word = scene.words[example - 1]
+        phrase = word if rng.random() < 0.25 else VISUAL_PHRASE
+        queries.append((phrase, [scene_box(scene.labels == example)], scene.instances(word)))
+    return queries
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Step ``n``'s scenes and queries, drawn in a worker process: images (B, S, S, 3) uint8 and for
+    each query (image index, phrase, exemplar boxes (E, 4) normalized cxcywh, target boxes (N, 4)
+    normalized cxcywh, target masks (N, m, m) float on the model's mask grid)."""
+
+    def __init__(self, seed: int, batch: int, size: int, mask_size: int, exemplar: float) -> None:
+        self.seed, self.batch, self.size, self.mask_size, self.exemplar = seed, batch, size, mask_size, exemplar
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng((self.seed, step, 1_000_000))
+        images, queries = [], []
+        factor = self.size // self.mask_size
+        for b in range(self.batch):
+            scene = generate_concept_scene((self.seed, step, b), size=self.size)
+            images.append(scene.image)
+            for phrase, exemplars, ids in _queries(scene, rng, self.exemplar):
+                masks = np.stack([scene.labels == i for i in ids]) if ids else np.zeros((0, self.size, self.size), bool)
+                boxes = [scene_box(m) for m in masks]
+                queries.append((b, phrase, _cxcywh(exemplars, self.size), _cxcywh(boxes, self.size),
+                                masks.reshape(len(ids), self.mask_size, factor, self.mask_size, factor)
+                                .mean(axis=(2, 4)).astype(np.float32)))
+        return np.stack(images), queries
+
+
+def _cxcywh(boxes: list, size: int) -> np.ndarray:
+    """Pixel boxes (x0, y0, x1, y1) -> (N, 4) float32 normalized (cx, cy, w, h)."""
+    xyxy = np.asarray(boxes, np.float32).reshape(-1, 4) / size
+    return np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+
+
+def train(
+    out: Path,
+    steps: int = DEFAULT_STEPS,
+    batch: int = 8,
+    lr: float = 1e-3,
+    warmup: int = 60,
+    seed: int = TRAIN_SEED,
+    exemplar: float = 0.6,
+    save_every: int = 50,
+    resume: bool = False,
+    device: str = "cpu",
+    log_every: int = 10,
+    state_path: Optional[Path] = None,
+    workers: int = 1,
+    stop_after: Optional[int] = None,
+    config: Sam3Config = DEMO_CONCEPTS,
+) -> Sam3:
+    """Train ``demo-concepts`` and write it to ``out``; returns the trained model (train mode).
+
+    ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``; ``exemplar``
+    is the probability of an exemplar query per scene; ``workers`` processes draw the scenes ahead of
+    the training; ``stop_after`` ends the run at that step of the ``steps``-long schedule; ``config``
+    other sizes (tests train a tinier network).
+    """
+    last = steps if stop_after is None else stop_after
+    if not 0 < last <= steps:
+        raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
+    model = build_demo_concepts(seed, config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    first = 0
+    state_path = state_path or out.with_name(out.name + ".state")
+    if resume and out.is_file() and state_path.is_file():
+        model.load_state_dict(torch.load(out, map_location=device, weights_only=True))
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        first = int(state["step"])
+        print(f"resumed at step {first}", flush=True)
+    tokenizer = ClipTokenizer()
+    size, mask_size = config.image_size, 4 * config.grid
+    batches = torch.utils.data.DataLoader(
+        _Batches(seed, batch, size, mask_size, exemplar), batch_size=None, num_workers=workers,
+        sampler=range(first, last), collate_fn=_as_is, prefetch_factor=4 if workers else None,
+    )
+    started, cpu_started = time.time(), time.process_time()
+    window: dict[str, list[float]] = {}
+    for step, (images, queries) in zip(range(first, last), batches):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, steps, lr, warmup)
+        x = sam3_input(torch.from_numpy(images).permute(0, 3, 1, 2), size).to(device)
+        image = model.encode_image(x)
+        ids = tokenizer([q[1] for q in queries], context_length=config.context_length).to(device)
+        text = model.encode_text(ids)
+        loss = torch.zeros((), device=device)
+        for j, (b, _, exemplars, boxes, masks) in enumerate(queries):
+            features = ImageFeatures([f[b:b + 1] for f in image.levels], [p[b:b + 1] for p in image.positions])
+            found = model.find(features, TextFeatures(text.features[:, j:j + 1], text.padding[j:j + 1]),
+                               torch.from_numpy(exemplars).to(device), torch.ones(len(exemplars), dtype=torch.long, device=device))
+            part = set_loss(found, torch.from_numpy(boxes).to(device), torch.from_numpy(masks).to(device))
+            loss = loss + part.total / len(queries)
+            for name, value in part.parts.items():
+                window.setdefault(name, []).append(value)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        optimizer.step()
+        window.setdefault("loss", []).append(loss.item())
+        if (step + 1) % log_every == 0:
+            summary = " ".join(f"{k}={np.mean(v):.3f}" for k, v in window.items())
+            print(f"step {step + 1}/{last} {summary} lr={optimizer.param_groups[0]['lr']:.2e} "
+                  f"wall={(time.time() - started) / 60:.1f}min cpu={(time.process_time() - cpu_started) / 60:.1f}min",
+                  flush=True)
+            window = {}
+        if (step + 1) % save_every == 0 and step + 1 < last:
+            _save(model, optimizer, step + 1, out, state_path)
+    _save(model, optimizer, last, out, state_path)
+    return model
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo_concepts.pt"))
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
+    parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
+    parser.add_argument("--batch", type=int, default=8, help="scenes per step")
+    parser.add_argument("--exemplar", type=float, default=0.6, help="probability of an exemplar query per scene")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
+    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the network is small; on a loaded\n"
+                        "machine more threads spin on each other and one step takes many times longer)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing the scenes ahead of the training")
+    parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
+    args = parser.parse_args(argv)
+    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
+        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
+    torch.set_num_threads(args.threads)
+    train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+          exemplar=args.exemplar, save_every=args.save_every, resume=args.resume, device=args.device,
+          log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
