@@ -31,6 +31,7 @@ from superqt import QCollapsible
 from napari_sam.concepts import ConceptSearch
 from napari_sam.image_access import unwrap
 from napari_sam.readers import prefer_for_medical_files
+from napari_sam.series import SeriesPanel
 from napari_sam.session import KEYS, ModelChoice, SamSession
 from napari_sam.tracking import TrackingPanel
 from napari_sam.windows import CT_WINDOWS, window_range
@@ -75,6 +76,8 @@ class SamWidget(QWidget):
         self.choices: list = []
         layout = QVBoxLayout(self)
         layout.addWidget(self._setup_panel())
+        self.series_panel = SeriesPanel(self)  # a folder of images (or the open layers), one at a time
+        layout.addWidget(self.series_panel)
         layout.addWidget(self._prompt_panel())
         layout.addWidget(self._volume_panel())
         self.tracking_panel = TrackingPanel(self)  # time-lapse: track, divisions, CTC files
