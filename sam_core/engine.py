@@ -68,7 +68,10 @@ _COMMAND_PARAMS = {
     "segment_prompts": ("raster", "prompts", "output", "label_field") + _RASTER_OPTIONS,
     "encode_raster": ("raster", "cache_dir") + _RASTER_OPTIONS,
     "segment_at": ("raster", "points", "labels", "box", "crs") + _RASTER_OPTIONS,
+    "find_raster": ("raster", "output", "text", "exemplars", "exemplar_crs", "threshold", "resolution", "extent",
+                    "min_area", "simplify") + _RASTER_OPTIONS,
     "models": (),
+    "concept_models": (),
     "hello": (),
     "info": (),
 }
@@ -77,6 +80,7 @@ _REQUIRED = {
     "segment_prompts": ("raster", "prompts", "output"),
     "encode_raster": ("raster",),
     "segment_at": ("raster", "points", "labels"),
+    "find_raster": ("raster", "output"),
 }
 
 
@@ -144,6 +148,10 @@ def _prompt_groups(value: Any) -> bool:
     )
 
 
+def _exemplars(value: Any) -> bool:
+    return _text(value) or (isinstance(value, list) and all(_numbers(4)(box) for box in value))
+
+
 def _crs(value: Any) -> bool:
     return _text(value) or (_whole(value) and value > 0)
 
@@ -184,6 +192,11 @@ _PARAM_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tile_size": (_whole, "a whole number of pixels"),
     "overlap": (_whole, "a whole number of pixels"),
     "resolution": (lambda v: _number(v) or _numbers(2)(v), "a pixel size (a number, or [x, y] numbers)"),
+    "text": (lambda v: isinstance(v, str) and "\0" not in v, "a word or short phrase (text)"),
+    "exemplars": (_exemplars, "a vector file path (points or polygons, any CRS), or a list of boxes "
+                              "[xmin, ymin, xmax, ymax] in map coordinates"),
+    "exemplar_crs": (_crs, "a CRS as text (e.g. 'EPSG:4326') or an EPSG code"),
+    "threshold": (_number, "a score between 0 and 1"),
     "min_area": (_number, "a number"),
     "simplify": (_number, "a number"),
     "generator_params": (_generator_params, "an object of automatic mask generator parameters (numbers or true/false)"),
@@ -237,6 +250,8 @@ class Engine:
 
         self.cache_dir = cache_dir
         self.pool = PredictorPool(size=2)
+        self._concept: Optional[tuple[tuple, Any]] = None  # the last concept predictor, with its key
+        self._concept_lock = threading.Lock()
 
     # -- commands -------------------------------------------------------------------------------
     def run(self, cmd: str, params: Params, progress: Callable[[int, int, str], None],
@@ -267,6 +282,23 @@ class Engine:
         from sam_core.zoo import list_models
 
         return list_models()
+
+    def _cmd_concept_models(self, params: Params, progress, cancel) -> list[str]:
+        from sam_core.concepts import concept_models
+
+        return concept_models()
+
+    def _cmd_find_raster(self, params: Params, progress, cancel) -> Any:
+        from sam_core.geo.find import find_raster
+        from sam_core.geo.settings import OutputSettings, TilingSettings, pop_settings
+
+        if "extent" in params:
+            params["extent"] = tuple(float(v) for v in params["extent"])
+        predictor = self.concept_predictor(params.pop("model", None), params.pop("checkpoint", None),
+                                           params.pop("device", None))
+        return find_raster(params.pop("raster"), params.pop("output"), tiling=pop_settings(TilingSettings, params),
+                           polygons=pop_settings(OutputSettings, params), predictor=predictor,
+                           progress=progress, cancel=cancel, **params)
 
     def _cmd_automask_raster(self, params: Params, progress, cancel) -> Any:
         from sam_core import geo
@@ -335,6 +367,18 @@ class Engine:
         """The predictor for (model, checkpoint, device) from this engine's pool: built once, kept with
         its embedding cache."""
         return self.pool.get(self.spec(model, checkpoint, device, cache_dir))
+
+    def concept_predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str]) -> Any:
+        """The :class:`~sam_core.concepts.ConceptPredictor` for (model, checkpoint, device): the last one is
+        kept (one SAM 3 model in memory at most), so that repeated queries do not load it again."""
+        from sam_core.concepts import ConceptPredictor, load_concept_model
+
+        key = (model, checkpoint, device)
+        with self._concept_lock:
+            if self._concept is None or self._concept[0] != key:
+                self._concept = None  # free the previous model before loading the next
+                self._concept = (key, ConceptPredictor(load_concept_model(model, checkpoint, device=device)))
+            return self._concept[1]
 
 
 class _Server:

@@ -5,9 +5,11 @@
                  [--min-area M2] [--simplify M] [--workers N | --scheduler ADDRESS] [--no-resume]
     geo segment RASTER PROMPTS OUT [--label-field label] [--group-field group] ...
     geo encode RASTER --cache-dir DIR ...
+    geo find RASTER OUT --text "building" [--exemplar XMIN,YMIN,XMAX,YMAX]... [--exemplars FILE]
+             [--threshold 0.5] [tiling options] [--model sam3] [--checkpoint FILE]
 
-OUT's extension picks the format (.gpkg, .geojson, .fgb, .shp). An interrupted ``geo automask`` resumes
-where it stopped when run again with the same arguments.
+OUT's extension picks the format (.gpkg, .geojson, .fgb, .shp). An interrupted ``geo automask`` or
+``geo find`` resumes where it stopped when run again with the same arguments.
 """
 
 from __future__ import annotations
@@ -83,7 +85,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(func=run_encode)
 
+    register_find(sub)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+FIND_HELP = """Find every instance of a concept in a raster with SAM 3, tile by tile (each tile is encoded once);
+instances cut by tile seams are joined, polygons carry class (the text), score and area, in the
+raster's CRS.
+
+Exemplars are in MAP coordinates of the raster's CRS (--exemplar XMIN,YMIN,XMAX,YMAX), or a vector file
+of polygons (their bounds) and points in any CRS (--exemplars FILE; a point becomes a box of %d x %d
+pixels). SAM 3 reads an exemplar from the pixels under it, so an exemplar is used in every tile that
+holds it whole; other tiles are searched with the text alone, and without --text only the tiles holding
+an exemplar are searched."""
+
+
+def register_find(sub: argparse._SubParsersAction) -> None:
+    from sam_core.geo.prompts import POINT_BOX_PIXELS
+
+    find = sub.add_parser("find", help="find every instance of a phrase or exemplar (SAM 3) as polygons",
+                          description=FIND_HELP % (POINT_BOX_PIXELS, POINT_BOX_PIXELS),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    find.add_argument("raster", metavar="RASTER", help="GeoTIFF or any raster GDAL reads")
+    find.add_argument("output", metavar="OUT", help="output vector file: .gpkg, .geojson, .fgb or .shp")
+    find.add_argument("--text", default=None, help="what to find: a word or short phrase, e.g. \"building\"")
+    exemplars = find.add_mutually_exclusive_group()
+    exemplars.add_argument("--exemplar", action="append", default=[], metavar="XMIN,YMIN,XMAX,YMAX",
+                           help="a box around one example, in map coordinates of the raster's CRS (repeatable)")
+    exemplars.add_argument("--exemplars", default=None, metavar="FILE",
+                           help="vector file of example polygons and/or points, any CRS")
+    find.add_argument("--threshold", type=float, default=0.5, help="minimum score in 0..1 (default 0.5)")
+    add_tile_args(find)
+    find.add_argument("--resolution", type=float, default=None, help="resample to this pixel size in CRS units")
+    find.add_argument("--extent", default=None, metavar="XMIN,YMIN,XMAX,YMAX", help="area to search, in the raster's CRS")
+    find.add_argument("--model", default=None, help="a model that finds concepts: sam3 (default)")
+    find.add_argument("--checkpoint", default=None, metavar="FILE",
+                      help="SAM 3 checkpoint file (official sam3.pt) instead of the zoo's")
+    find.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
+    find.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
+    find.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units (default 0: off)")
+    find.add_argument("--no-resume", action="store_true", help="start afresh instead of reusing finished tiles")
+    find.add_argument("--quiet", action="store_true", help="no progress bar")
+    find.set_defaults(func=run_find)
 
 
 @contextlib.contextmanager
@@ -129,6 +172,38 @@ def run_automask(args: argparse.Namespace) -> int:
         )
     resumed = f" ({result.tiles_resumed} resumed)" if result.tiles_resumed else ""
     print(f"{result.count} polygons from {result.tiles_total} tiles{resumed} -> {result.output}")
+    return 0
+
+
+def run_find(args: argparse.Namespace) -> int:
+    from sam_core.geo.find import find_raster
+    from sam_core.geo.pipeline import TileStore
+    from sam_core.geo.settings import OutputSettings
+
+    if args.text is None and not args.exemplar and args.exemplars is None:
+        raise SamError("nothing to find: give --text \"a phrase\" and/or --exemplar XMIN,YMIN,XMAX,YMAX")
+    boxes = [parse_numbers(box, 4, "--exemplar", "XMIN,YMIN,XMAX,YMAX") for box in args.exemplar]
+    extent = parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None
+    folder = TileStore.folder_for(Path(args.output).expanduser())
+    with TqdmProgress(desc="tiles", disable=args.quiet) as progress, resume_note(folder, "tiles"):
+        result = find_raster(
+            args.raster,
+            args.output,
+            text=args.text,
+            exemplars=args.exemplars if args.exemplars is not None else boxes,
+            threshold=args.threshold,
+            tiling=_tiling(args, resolution=args.resolution, extent=extent),
+            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
+            model=args.model,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            resume=not args.no_resume,
+            progress=progress,
+        )
+    resumed = f" ({result.tiles_resumed} resumed)" if result.tiles_resumed else ""
+    searched = "" if result.tiles_searched == result.tiles_total else \
+        f"; {result.tiles_searched} of them hold an exemplar and were searched (add --text to search every tile)"
+    print(f"{result.count} polygons from {result.tiles_total} tiles{resumed}{searched} -> {result.output}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Georeferenced rasters: tiled segmentation into polygons with the raster's CRS (rasterio, shapely, pyogrio).
 
 Main entry points (see :mod:`sam_core.geo.pipeline`): :func:`automask_raster`, :func:`segment_prompts`,
-:func:`encode_raster`, :func:`segment_at` (:class:`RasterSession` for many clicks); their options
+:func:`encode_raster`, :func:`segment_at` (:class:`RasterSession` for many clicks); :func:`find_raster`
+(:mod:`sam_core.geo.find`: every instance of a concept, SAM 3); their options
 (:mod:`sam_core.geo.settings`): :class:`TilingSettings`, :class:`OutputSettings`, :class:`GeneratorSpec`.
 Names are imported lazily (rasterio only when used).
 """
@@ -18,6 +19,7 @@ _EXPORTS = {
     "encode_raster": "sam_core.geo.pipeline",
     "segment_at": "sam_core.geo.pipeline",
     "RasterSession": "sam_core.geo.pipeline",
+    "find_raster": "sam_core.geo.find",
     "TilingSettings": "sam_core.geo.settings",
     "OutputSettings": "sam_core.geo.settings",
     "GeneratorSpec": "sam_core.geo.settings",

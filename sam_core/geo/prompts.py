@@ -29,6 +29,10 @@ from sam_core.errors import SamError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
+# Side, in working-grid pixels, of the box an exemplar point of a concept query becomes (centred on the
+# point; sam_core.geo.find).
+POINT_BOX_PIXELS = 32
+
 _POSITIVE = {"1", "true", "t", "yes", "y", "positive", "pos", "foreground", "fg", "include", "+", "+1"}
 _NEGATIVE = {"0", "false", "f", "no", "n", "negative", "neg", "background", "bg", "exclude", "-", "-1"}
 
@@ -193,10 +197,11 @@ def load_prompts(prompts: Any, label_field: str = "label", group_field: str = "g
     return groups
 
 
-def to_pixel_prompts(groups: Iterable[PromptGroup], view: Any) -> list[PixelPrompt]:
+def to_pixel_prompts(groups: Iterable[PromptGroup], view: Any, what: str = "prompt group",
+                     items: str = "prompts") -> list[PixelPrompt]:
     """Reproject each group to the raster's CRS and convert to working-grid pixels (x, y).
 
-    Raises SamError naming the groups that fall outside the raster.
+    Raises SamError naming the groups that fall outside the raster (``what``: their name in the message, ``items``: the inputs' name).
     """
     import shapely
     from rasterio.warp import transform as warp_points
@@ -245,8 +250,8 @@ def to_pixel_prompts(groups: Iterable[PromptGroup], view: Any) -> list[PixelProm
         out.append(PixelPrompt(pixel_points, np.asarray(group.labels, dtype=np.int64), box, name))
     if outside:
         raise SamError(
-            f"prompt group(s) {', '.join(outside[:10])}{' ...' if len(outside) > 10 else ''} lie outside the raster "
-            "(check the prompts' CRS and extent)"
+            f"{what}(s) {', '.join(outside[:10])}{' ...' if len(outside) > 10 else ''} lie outside the raster "
+            f"(check the {items}' CRS and extent)"
         )
     return out
 
