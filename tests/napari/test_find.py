@@ -105,6 +105,12 @@ def test_find_all_by_text_then_accept_and_undo(make_napari_viewer, qtbot, choose
     np.testing.assert_array_equal(after[~new], before[~new])
     for value in np.unique(expected[new]):  # each instance is one new object with the same pixels
         assert len(np.unique(after[new & (expected == value)])) == 1
+    accepted = np.array(after, copy=True)
+    qtbot.keyClicks(widget.ids_edit, "8, 9")  # found objects are edited as any object: merge two
+    click(qtbot, widget.merge_button)
+    assert not (np.asarray(objects.data) == 9).any() and (np.asarray(objects.data) == 8).sum() == np.isin(accepted, [8, 9]).sum()
+    click(qtbot, widget.undo_button)
+    np.testing.assert_array_equal(np.asarray(objects.data), accepted)
     click(qtbot, widget.undo_button)
     np.testing.assert_array_equal(np.asarray(objects.data), before)
 
@@ -190,7 +196,7 @@ def test_cancel_stops_a_stack_run(make_napari_viewer, qtbot, choose_file, sam3_f
 
 
 def test_clear_messages_for_wrong_model_empty_and_too_long_text(make_napari_viewer, qtbot, choose_file, sam3_file,
-                                                                tmp_path, notes):
+                                                                small_vit_checkpoint, tmp_path, notes):
     from qtpy.QtWidgets import QApplication
 
     viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, scene(), tmp_path)
@@ -216,3 +222,13 @@ def test_clear_messages_for_wrong_model_empty_and_too_long_text(make_napari_view
     assert severity == "error" and message.startswith("The model 'demo' cannot find objects by name or example")
     assert f"Choose a model that can: {', '.join(concept_models())}" in message
     assert not widget.session.jobs
+
+    names = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    choose_file(small_vit_checkpoint)  # a SAM 1 checkpoint file: told when it loads, in the worker
+    widget.model_combo.setCurrentIndex(names.index("local checkpoint file…"))
+    QApplication.processEvents()
+    click(qtbot, widget.find_button)
+    wait_for(qtbot, widget)
+    severity, message = notes[-1]
+    assert severity == "error" and f"cannot find objects by text or exemplar; models that can: {', '.join(concept_models())}" in message
+    assert AUTO not in viewer.layers
