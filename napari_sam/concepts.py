@@ -106,18 +106,27 @@ class ConceptSearch:
 
         access = self.session.access
         viewer = self.session.viewer
-        layer = self._examples
-        if layer is not None and layer in viewer.layers and layer.ndim == len(access.spatial_shape) \
-                and np.allclose(layer.scale, access.scale) and np.allclose(layer.translate, access.translate):
+        layer = self._fitting_examples()
+        if layer is not None:
             return layer
-        if layer is not None and layer in viewer.layers:
-            viewer.layers.remove(layer)
+        if self._examples is not None and self._examples in viewer.layers:
+            viewer.layers.remove(self._examples)
         layer = Shapes(ndim=len(access.spatial_shape), name=EXAMPLES_NAME, face_color="transparent",
                        edge_color=POSITIVE_EDGE, edge_width=2, scale=access.scale, translate=access.translate)
         layer.mouse_drag_callbacks.insert(0, self._on_press)  # before the drawing mode's own callback
         viewer.add_layer(layer)
         self._examples = layer
         return layer
+
+    def _fitting_examples(self) -> Any:
+        """The ``SAM examples`` layer when it is in the viewer and fits the session's image, else None."""
+        access = self.session.access
+        layer = self._examples
+        if layer is None or access is None or layer not in self.session.viewer.layers:
+            return None
+        fits = layer.ndim == len(access.spatial_shape) and np.allclose(layer.scale, access.scale) \
+            and np.allclose(layer.translate, access.translate)
+        return layer if fits else None
 
     def start_drawing(self) -> Any:
         """Select the ``SAM examples`` layer in rectangle mode; returns it."""
@@ -150,8 +159,8 @@ class ConceptSearch:
         pixels clipped to the image plane."""
         from napari.utils.colormaps.standardize_color import transform_color
 
-        layer = self._examples
-        if layer is None or layer not in self.session.viewer.layers:
+        layer = self._fitting_examples()
+        if layer is None:
             return [], []
         height, width = self.session.access.plane_shape
         red = transform_color(NEGATIVE_EDGE)[0]

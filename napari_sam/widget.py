@@ -302,8 +302,13 @@ class SamWidget(QWidget):
                                   whole_stack=self.find_stack_check.isChecked(), threshold=self.threshold_spin.value())
 
     def _set_like_mode(self, on: bool) -> None:
-        if on and self._ensure_started():
+        if not on:
+            return
+        if self._ensure_started():
             self.concepts.start_drawing()
+        else:
+            with _signals_blocked(self.like_check):
+                self.like_check.setChecked(False)
 
     def _on_example(self) -> None:
         if self.like_check.isChecked():
