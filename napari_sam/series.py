@@ -6,7 +6,8 @@ saved empty and counts as done), then shows the other image with its saved label
 computes the embeddings of the next images in the background (into the predictor's embedding cache,
 so the next image's first click decodes at once; the panel's Cancel stops it). A folder reopened
 with the same labels folder resumes at the image that was shown, with every saved label back.
-Closing napari (or the panel) saves the shown image first.
+Closing napari (or the dock of the panel) saves the shown image first. Only committed objects are
+saved (prompts and an uncommitted preview belong to no image).
 
 An image that cannot be read is skipped with a warning that names it and says why (the manifest
 records the reason); an empty folder or a labels folder that cannot be written is refused with a
@@ -42,8 +43,8 @@ BEFORE_SERIES_NAME = f"{OBJECTS_NAME} (before the series)"
 
 
 class SeriesController:
-    """The open series of one widget: saving, moving, resuming, computing ahead (no Qt widgets here,
-    so that saving still works while the panel is being destroyed)."""
+    """The open series of one widget: saving, moving, resuming, computing ahead (the panel holds the
+    buttons)."""
 
     def __init__(self, widget: "SamWidget") -> None:
         self.widget = widget
@@ -381,8 +382,7 @@ class SeriesPanel(QGroupBox):
         self.ahead_spin.setToolTip("How many of the next images get their embeddings computed in the background.")
         self.ahead_spin.valueChanged.connect(lambda value: setattr(self.controller, "ahead", int(value)))
         form.addRow("Compute ahead (images)", self.ahead_spin)
-        controller = self.controller  # plain Python: it still saves while the Qt widgets are destroyed
-        widget.destroyed.connect(controller.close)
+        widget.installEventFilter(self)  # the panel taken out of napari's window (its dock closed): save
 
     def open_folder(self, folder: Optional[str] = None) -> bool:
         """Ask for the image folder (unless ``folder``), then open it as a series."""
@@ -421,6 +421,9 @@ class SeriesPanel(QGroupBox):
             self._watched = weakref.ref(window)  # a weak reference: the panel never keeps napari's window alive
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
-        if self._watched is not None and watched is self._watched() and event.type() == QEvent.Type.Close:
+        kind = event.type()
+        if self._watched is not None and watched is self._watched() and kind == QEvent.Type.Close:
+            self.controller.close()
+        elif watched is self.widget and kind == QEvent.Type.ParentChange and self.widget.parent() is None:
             self.controller.close()
         return False

@@ -166,3 +166,7 @@ def test_open_image_layers_as_a_series(make_widget, qtbot, tmp_path):
     click(qtbot, panel.previous_button)
     assert (np.asarray(viewer.layers[OBJECTS_NAME].data) == 3).sum() == 200
     wait_for(qtbot, widget)
+
+    viewer.layers[OBJECTS_NAME].data[30:32, 0:5] = 4  # then the panel is closed: saved
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: set(np.unique(tifffile.imread(tmp_path / "out" / "plate_A_labels.tif"))) == {0, 3, 4})
