@@ -82,6 +82,7 @@ class ConceptSearch:
         ``preparation``: kept while the same model is chosen (call from a worker: it may load or download)."""
         from sam_core.cache import EmbeddingCache
         from sam_core.concepts import ConceptPredictor, load_concept_model
+        from sam_core.runtime import keep_freed_memory
 
         with self.session.lock:
             if self._predictor is not None and self._predictor[0] == (spec, preparation):
@@ -90,6 +91,7 @@ class ConceptSearch:
             if old is None:
                 self._predictor = None  # free the previous model before loading another
                 model = load_concept_model(spec.name, spec.checkpoint, device=spec.device, progress=progress)
+                keep_freed_memory()  # the workers encode in napari's process (see sam_core.runtime)
                 predictor = ConceptPredictor(model, preparation=preparation, cache=EmbeddingCache(
                     memory_bytes=spec.cache_memory_bytes, directory=spec.cache_dir))
             else:  # same model, other channels: keep the model, its cache and the phrases' features
