@@ -7,7 +7,7 @@ undo writes the old values back, newest edit first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,6 +20,8 @@ class Edit:
     old: np.ndarray
     description: str
     ids: Tuple[int, ...] = ()
+    #: Called after the pixels are restored (e.g. to restore a lineage kept beside the labels).
+    on_undo: Optional[Callable[[], None]] = None
 
 
 class EditHistory:
@@ -34,8 +36,10 @@ class EditHistory:
     def clear(self) -> None:
         self._edits.clear()
 
-    def apply(self, layer: Any, new: np.ndarray, description: str, ids: Tuple[int, ...] = ()) -> Optional[Edit]:
-        """Make ``layer.data`` equal to ``new`` (same shape), remembering the pixels that change.
+    def apply(self, layer: Any, new: np.ndarray, description: str, ids: Tuple[int, ...] = (),
+              on_undo: Optional[Callable[[], None]] = None) -> Optional[Edit]:
+        """Make ``layer.data`` equal to ``new`` (same shape), remembering the pixels that change;
+        ``on_undo`` runs when the edit is undone.
 
         Returns the edit, or None when nothing changes.
         """
@@ -43,7 +47,7 @@ class EditHistory:
         where = np.nonzero(np.asarray(data) != new)
         if not len(where[0]):
             return None
-        edit = Edit(where, np.asarray(data[where]).copy(), description, ids)
+        edit = Edit(where, np.asarray(data[where]).copy(), description, ids, on_undo)
         data[where] = new[where]
         self._edits.append(edit)
         layer.refresh()
@@ -74,4 +78,6 @@ class EditHistory:
         edit = self._edits.pop()
         layer.data[edit.where] = edit.old
         layer.refresh()
+        if edit.on_undo is not None:
+            edit.on_undo()
         return edit

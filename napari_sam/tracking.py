@@ -77,7 +77,13 @@ class Tracking:
         if session.layers.objects is not objects or not np.array_equal(np.asarray(objects.data), before):
             show_warning(_CHANGED.format(what=what, again=again))
             return False
-        session.history.apply(objects, new.astype(objects.data.dtype), what)
+        old_parents = parents_of(objects)
+
+        def undo() -> None:  # the lineage goes back with the pixels
+            objects.metadata[PARENTS_KEY] = old_parents
+            self.show_tracks()
+
+        session.history.apply(objects, new.astype(objects.data.dtype), what, on_undo=undo)
         if parents is not None:
             objects.metadata[PARENTS_KEY] = dict(parents)
         self.show_tracks()

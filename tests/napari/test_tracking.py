@@ -177,3 +177,39 @@ def test_sam2_tracking_uses_the_memory(make_widget, qtbot, notes, choose_file, t
                              preparation=widget.session.access.preparation())
     np.testing.assert_array_equal(objects.data, replace_tracks(np.stack([start] + [np.zeros_like(start)] * 2),
                                                                expected, 0))
+
+
+def test_import_ctc_and_undo_take_the_lineage_along(make_widget, qtbot, notes, tmp_path, monkeypatch):
+    from sam_core.tracking import Lineage, write_ctc
+
+    image, truth, parents = dividing_disks(frames=5, divide_at=2)
+    broken = truth.copy()
+    broken[3][broken[3] == 1] = 0  # object 1 is lost on frame 3: a gap the CTC rules forbid
+    write_ctc(tmp_path / "gt", truth, Lineage.from_labels(truth, parents))
+    write_ctc(tmp_path / "broken", truth, Lineage.from_labels(truth, parents))
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "broken" / "man_track003.tif", broken[3].astype(np.uint16))
+    viewer, widget = make_widget(image)
+    click(qtbot, widget.start_button)
+    objects = viewer.layers[OBJECTS_NAME]
+    _dialogs(monkeypatch, tmp_path / "gt")
+    click(qtbot, widget.tracking_panel.import_ctc_button)
+    wait_for(qtbot, widget)
+    np.testing.assert_array_equal(objects.data, truth)
+    assert parents_of(objects) == parents and viewer.layers[TRACKS_NAME].graph == {4: [3], 5: [3]}
+    click(qtbot, widget.undo_button)  # the import is one edit: pixels, lineage and tracks go back
+    assert not np.asarray(objects.data).any() and parents_of(objects) == {} and TRACKS_NAME not in viewer.layers
+
+    _dialogs(monkeypatch, tmp_path / "broken")
+    click(qtbot, widget.tracking_panel.import_ctc_button)
+    wait_for(qtbot, widget)
+    np.testing.assert_array_equal(objects.data, broken)  # imported for correction ...
+    assert notes[-1] == ("warning", "The ground truth breaks 1 CTC rule(s), e.g. track 1 should be on frames 0..4 "
+                                    "and only there, but is on frames 0..2, 4; correct the objects and export again.")
+    _dialogs(monkeypatch, tmp_path / "fixed")
+    click(qtbot, widget.tracking_panel.export_ctc_button)  # ... and exported valid: 1 continues as a new id
+    wait_for(qtbot, widget)
+    masks, table = ctc_rules(tmp_path / "fixed")
+    assert table[6] == (4, 4, 1) and table[1] == (0, 2, 0) and table[4] == (2, 4, 3)
+    assert "Objects that leave and come back continue under new ids (CTC): 1 -> 1, 6." in notes[-1][1]
