@@ -44,7 +44,7 @@ def _worker(side: str, name: str, path: str, precision: str, repeats: int, threa
     size = model.image_encoder.img_size
     generator = torch.Generator().manual_seed(0)
     image = (torch.rand((1, 3, size, size), generator=generator) * 255).round()
-    rss_loaded = _rss_mb()
+    rss_loaded = common.rss_mb()
 
     with torch.no_grad():
         encoder = common.timed(lambda: model.image_encoder(model.preprocess(image)), repeats)
@@ -64,14 +64,6 @@ def _worker(side: str, name: str, path: str, precision: str, repeats: int, threa
         "peak_rss_mb": common.peak_rss_mb(),
         "machine": common.machine(),
     }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:

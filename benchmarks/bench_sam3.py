@@ -39,6 +39,7 @@ def _worker(side: str, size: str, path: str, device: str, repeats: int) -> dict:
     from helpers.official_sam3 import cpu_only, official_sam3, sam3_processor_class
 
     config = _config(size)
+    encodes = {"n": 0}  # image encodes while querying (sam_core side: must stay 0)
     image = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if side == "official":
@@ -72,6 +73,13 @@ def _worker(side: str, size: str, path: str, device: str, repeats: int) -> dict:
             return predictor.encode(image)
 
         cached = encode()
+        encode_image = predictor.model.encode_image
+
+        def counted(*args, **kwargs):
+            encodes["n"] += 1
+            return encode_image(*args, **kwargs)
+
+        predictor.model.encode_image = counted
 
         def query(phrase):
             return predictor.find(cached, text=phrase)
@@ -81,11 +89,14 @@ def _worker(side: str, size: str, path: str, device: str, repeats: int) -> dict:
         torch.cuda.reset_peak_memory_stats()
     encoder = common.timed(encode, repeats)
     peak = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else common.peak_rss_mb()
+    encodes["n"] = 0
     words = iter(f"object number {i}" for i in range(10_000))
     new_phrase = common.timed(lambda: query(next(words)), repeats)
     same_phrase = common.timed(lambda: query("building"), repeats)
+    query_peak = None if device.startswith("cuda") else common.peak_above(lambda: query(next(words)))
     return {"side": side, "encode": encoder, "new phrase": new_phrase, "same phrase": same_phrase,
-            "peak_above_loaded_mb": peak - loaded, "machine": common.machine()}
+            "peak_above_loaded_mb": peak - loaded, "query_peak_mb": query_peak,
+            "encodes_during_queries": encodes["n"] if side == "ours" else None, "machine": common.machine()}
 
 
 def _memory_mb(device: str) -> float:
@@ -93,11 +104,7 @@ def _memory_mb(device: str) -> float:
 
     if device.startswith("cuda"):
         return torch.cuda.memory_allocated() / 2**20
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[1])
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return common.rss_mb()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         rows = [common.run_worker(Path(__file__), [side, args.size, str(path), args.device, str(args.repeats)])
                 for side in ("official", "ours")]
     print(rows[0]["machine"], f"SAM 3 {args.size}, device {args.device}")
-    print(f"{'':14}{'official':>12}{'sam_core':>12}")
+    print(f"{'':18}{'official':>12}{'sam_core':>12}{'official CPU':>14}{'sam_core CPU':>14}")
     for key in ("encode", "new phrase", "same phrase"):
-        print(f"{key + ' (s)':14}{rows[0][key]['median_s']:12.3f}{rows[1][key]['median_s']:12.3f}")
-    print(f"{'peak MB':14}{rows[0]['peak_above_loaded_mb']:12.0f}{rows[1]['peak_above_loaded_mb']:12.0f}"
+        print(f"{key + ' (s)':18}{rows[0][key]['median_s']:12.3f}{rows[1][key]['median_s']:12.3f}"
+              f"{common.cpu_s(rows[0][key]):14.3f}{common.cpu_s(rows[1][key]):14.3f}")
+    print(f"{'peak MB':18}{rows[0]['peak_above_loaded_mb']:12.0f}{rows[1]['peak_above_loaded_mb']:12.0f}"
           "   (above the loaded model, during encoding)")
+    if rows[0]["query_peak_mb"] is not None:
+        print(f"{'query peak MB':18}{rows[0]['query_peak_mb']:12.0f}{rows[1]['query_peak_mb']:12.0f}"
+              "   (above the process before one new-phrase query on cached features)")
+    print(f"image encodes during the {2 * args.repeats + 3} sam_core queries: {rows[1]['encodes_during_queries']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -122,6 +122,58 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    import os
+
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: writing 5 to /proc/self/clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def window_peak_rss_mb() -> float:
+    """Peak resident memory (VmHWM) since the last ``reset_peak_rss``, in MB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def peak_above(fn: Callable[[], object]) -> float:
+    """MB of resident memory that one call of ``fn`` needs above what the process held before it."""
+    before = rss_mb()
+    reset_peak_rss()
+    fn()
+    return window_peak_rss_mb() - before
+
+
+def measured(run: Callable[[], dict]) -> dict:
+    """One call of ``run`` (which returns a dict of its own figures): its wall and process CPU seconds
+    (user + system, all threads) and its peak resident memory above what the process held before it."""
+    import os
+
+    before = rss_mb()
+    reset_peak_rss()
+    cpu0, t0 = os.times(), time.perf_counter()
+    info = run()
+    wall, cpu1 = time.perf_counter() - t0, os.times()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_above_loaded_mb": window_peak_rss_mb() - before,
+            "loaded_mb": before, **info}
+
+
+def cpu_s(row: dict[str, float]) -> float:
+    """Process CPU seconds (user + system, all threads) per repeat of a ``timed`` row."""
+    return row["user_s"] + row["sys_s"]
+
+
 def run_worker(script: Path, args: list[str]) -> dict:
     """Run ``script --worker ARGS`` in a fresh Python process (so process-wide settings such as the
     allocator's stay apart) and return the JSON object it prints on its last line."""
