@@ -1,5 +1,7 @@
 """Carrying the current object through a stack (along the last stack axis) into the preview.
 
+With a SAM 2.1 model, "Propagate" uses memory propagation instead (:mod:`napari_sam.memory_propagation`);
+the rest of this docstring is the SAM (1) slice propagation, which every other model keeps.
 With prompts on two or more slices of that axis, the slices between them are filled
 (``sam_core.volume.fill_between``); else the preview on the shown slice is propagated both ways
 (``sam_core.volume.propagate``). Other stack axes stay at the shown slice. In "one object per prompt"
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
 
+from napari_sam.memory_propagation import DEFAULT_STOP_ABSENT, IMAGE_CHANGED, model_family
 from sam_core.volume import STOP_IOU
 
 if TYPE_CHECKING:
@@ -23,12 +26,28 @@ if TYPE_CHECKING:
 
 def propagate(session: "SamSession", first: Optional[int] = None, last: Optional[int] = None,
               stop_iou: float = STOP_IOU, stop_stability: float = 0.5, min_overlap: float = 0.3,
-              on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional["Job"]:
-    """Propagate ``session``'s object within slices ``first``..``last`` (inclusive; None: the stack's end)."""
+              on_done: Optional[Callable[[np.ndarray], None]] = None,
+              stop_absent: Optional[int] = DEFAULT_STOP_ABSENT) -> Optional["Job"]:
+    """Propagate ``session``'s object within slices ``first``..``last`` (inclusive; None: the stack's end).
+    A SAM 2.1 model propagates every object of the shown frame with memory (``stop_absent``: see
+    :meth:`MemoryPropagation.run`; ``stop_iou``, ``stop_stability`` and ``min_overlap`` are SAM's)."""
     from sam_core import volume as V
 
     if not session.ready():
         return None
+    family = model_family(session)
+    if family is None:  # a checkpoint file not loaded yet: load it (off the GUI thread), then decide
+        shown = session.layers.preview
+
+        def loaded(_: Any) -> None:
+            if session.layers.preview is not shown:
+                show_warning(IMAGE_CHANGED)
+            else:
+                propagate(session, first, last, stop_iou, stop_stability, min_overlap, on_done, stop_absent)
+
+        return session.run(lambda progress, cancel: session.predictor(progress, cancel), "SAM model", loaded)
+    if family == "sam2":
+        return session.memory_propagation.run(first, last, stop_absent, on_done)
     access = session.access
     if not access.stack_shape:
         session.fail("Propagation needs a stack (z or t): this image is 2D.")
@@ -83,7 +102,7 @@ def propagate(session: "SamSession", first: Optional[int] = None, last: Optional
 
     def finished(result: np.ndarray) -> None:
         if session.layers.preview is not preview:
-            show_warning("The image changed while propagating: the result was dropped. Propagate again.")
+            show_warning(IMAGE_CHANGED)
             return
         for i in range(len(stack)):
             preview.data[stack.index(i)] = result[i].astype(np.int32)

@@ -8,7 +8,8 @@ running jobs) and hands each action to its part:
 * :mod:`napari_sam.prompts`  prompts read from the layers;
 * :class:`~napari_sam.history.EditHistory`  commits and other edits of the objects, with undo;
 * :class:`~napari_sam.embeddings.Embeddings`  encoding slices or tiles;
-* :mod:`napari_sam.propagation`, :class:`~napari_sam.automatic.AutomaticSegmentation`,
+* :mod:`napari_sam.propagation` (SAM 2.1: :class:`~napari_sam.memory_propagation.MemoryPropagation`),
+  :class:`~napari_sam.automatic.AutomaticSegmentation`,
   :mod:`napari_sam.finetuning`  the longer jobs.
 
 Coordinates: napari data are (..., row, col); prompts go to sam_core as (x, y) = (col, row) pixels
@@ -33,6 +34,7 @@ from napari_sam.editing import ObjectEditor
 from napari_sam.embeddings import Embeddings, slice_text
 from napari_sam.history import EditHistory
 from napari_sam.image_access import ImageAccess, unwrap
+from napari_sam.memory_propagation import DEFAULT_STOP_ABSENT, MemoryPropagation
 from napari_sam.layers import BOXES_NAME, NEGATIVE, OBJECTS_NAME, POINTS_NAME, POSITIVE, PREVIEW_NAME, SessionLayers
 from napari_sam.preview import PreviewScheduler
 from napari_sam.prompts import Prompts, prompted_slices, read_prompts, toggle_label
@@ -112,6 +114,7 @@ class SamSession:
         self.history = EditHistory()
         self.embeddings = Embeddings(self)
         self.automatic_segmentation = AutomaticSegmentation(self)
+        self.memory_propagation = MemoryPropagation(self)
         self.editor = ObjectEditor(self)
         self.jobs: List[Job] = []
         self.on_candidates = self.previews.on_candidates
@@ -384,9 +387,11 @@ class SamSession:
 
     def propagate(self, first: Optional[int] = None, last: Optional[int] = None, stop_iou: float = STOP_IOU,
                   stop_stability: float = 0.5, min_overlap: float = 0.3,
-                  on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional[Job]:
-        """Carry the object through the stack into the preview (see :func:`napari_sam.propagation.propagate`)."""
-        return propagation.propagate(self, first, last, stop_iou, stop_stability, min_overlap, on_done)
+                  on_done: Optional[Callable[[np.ndarray], None]] = None,
+                  stop_absent: Optional[int] = DEFAULT_STOP_ABSENT) -> Optional[Job]:
+        """Carry the object through the stack into the preview, or with SAM 2.1 every object of the shown
+        frame into the objects (see :func:`napari_sam.propagation.propagate`)."""
+        return propagation.propagate(self, first, last, stop_iou, stop_stability, min_overlap, on_done, stop_absent)
 
     def automatic(self, whole_stack: bool = False, params: Optional[dict] = None, link_iou: float = 0.3,
                   on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional[Job]:

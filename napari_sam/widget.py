@@ -30,6 +30,7 @@ from superqt import QCollapsible
 
 from napari_sam.concepts import ConceptSearch
 from napari_sam.image_access import unwrap
+from napari_sam.memory_propagation import DEFAULT_STOP_ABSENT
 from napari_sam.readers import prefer_for_medical_files
 from napari_sam.series import SeriesPanel
 from napari_sam.session import KEYS, ModelChoice, SamSession
@@ -220,6 +221,19 @@ class SamWidget(QWidget):
         self.stop_iou_spin.setSingleStep(0.05)
         self.stop_iou_spin.setValue(STOP_IOU)
         form.addRow("Stop below predicted IoU", self.stop_iou_spin)
+        self.stop_absent_check = QCheckBox("stop when the object disappears (SAM 2.1)")
+        self.stop_absent_check.setChecked(True)
+        self.absent_frames_spin = QSpinBox()
+        self.absent_frames_spin.setRange(1, 1000)
+        self.absent_frames_spin.setValue(DEFAULT_STOP_ABSENT)
+        tip = ("SAM 2.1 propagates every object of the shown frame into SAM objects, each under its id. A frame "
+               "where the object score says the object is absent gives it no label; with this option, an object "
+               "absent on this many frames in a row gets no label further on in that direction.")
+        self.stop_absent_check.setToolTip(tip)
+        self.absent_frames_spin.setToolTip(tip)
+        self.stop_absent_check.toggled.connect(self.absent_frames_spin.setEnabled)
+        form.addRow(self.stop_absent_check)
+        form.addRow("after absent frames", self.absent_frames_spin)
         self.propagate_button = QPushButton("Propagate through stack")
         self.propagate_button.clicked.connect(lambda: self.propagate())
         form.addRow(self.propagate_button)
@@ -615,8 +629,10 @@ class SamWidget(QWidget):
             return None
         first = self.first_spin.value()
         last = self.last_spin.value()
+        stop_absent = self.absent_frames_spin.value() if self.stop_absent_check.isChecked() else None
         return self.session.propagate(
-            None if first < 0 else first, None if last < 0 else last, stop_iou=self.stop_iou_spin.value()
+            None if first < 0 else first, None if last < 0 else last, stop_iou=self.stop_iou_spin.value(),
+            stop_absent=stop_absent,
         )
 
     def automatic(self, whole_stack: bool) -> Any:

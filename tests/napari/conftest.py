@@ -6,6 +6,8 @@ manifest's names, which hands the plugin a ``PublicOnlyProxy`` of the viewer.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -59,9 +61,10 @@ def make_widget(make_napari_viewer, tmp_path, small_vit_checkpoint, choose_file)
     """Factory: ``make_widget(image=None, model="small", show=False, **add_image_kwargs) -> (viewer, widget)``.
 
     The widget comes from the plugin manager. ``model`` is ``"small"`` (a random-weight small
-    checkpoint, for mechanics, chosen as a user does: "local checkpoint file…" and the file dialog)
-    or a zoo name such as ``"demo"``. ``show`` shows the window (needed to click on the canvas). The
-    embedding cache lives in the test's tmp_path.
+    checkpoint, for mechanics, chosen as a user does: "local checkpoint file…" and the file dialog),
+    another checkpoint file (a ``Path``, chosen the same way) or a zoo name such as ``"demo"``.
+    ``show`` shows the window (needed to click on the canvas). The embedding cache lives in the
+    test's tmp_path.
     """
     from qtpy.QtWidgets import QApplication
 
@@ -72,8 +75,8 @@ def make_widget(make_napari_viewer, tmp_path, small_vit_checkpoint, choose_file)
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
         widget.cache_edit.setText(str(tmp_path / "cache"))
         names = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
-        if model == "small":
-            choose_file(small_vit_checkpoint)
+        if model == "small" or isinstance(model, os.PathLike):
+            choose_file(small_vit_checkpoint if model == "small" else model)
             widget.model_combo.setCurrentIndex(names.index("local checkpoint file…"))
         else:
             widget.model_combo.setCurrentIndex(names.index(model))
