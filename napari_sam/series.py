@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QL
 from napari_sam import classes as class_table
 from napari_sam.image_access import ImageAccess, unwrap
 from napari_sam.layers import OBJECTS_NAME
+from napari_sam.workers import as_sentence
 from sam_core.errors import SamError
 from sam_core.progress import Cancelled
 
@@ -92,7 +93,7 @@ class SeriesController:
         try:
             series = make()
         except SamError as error:
-            self.session.fail(_sentence(error))
+            self.session.fail(as_sentence(error))
             return False
         self._stop_ahead()
         if self.series is None and OBJECTS_NAME in self.viewer.layers:
@@ -136,7 +137,7 @@ class SeriesController:
                 break
             except SamError as error:
                 series.mark_unreadable(index, str(error))
-                show_warning(f"Skipped {series.images[index].name}: {_sentence(error)}")
+                show_warning(f"Skipped {series.images[index].name}: {as_sentence(error)}")
                 index += direction
         else:
             show_info("No readable image is left in that direction.")
@@ -183,7 +184,7 @@ class SeriesController:
         try:
             series.write_manifest()
         except SamError as error:
-            show_error(f"The series position could not be saved: {_sentence(error)}")
+            show_error(f"The series position could not be saved: {as_sentence(error)}")
         self._emit()
         self._compute_ahead()
         return True
@@ -194,7 +195,7 @@ class SeriesController:
         try:
             labels = series.load_labels(index)
         except SamError as error:
-            show_error(_sentence(error))
+            show_error(as_sentence(error))
             labels = None
         if labels is not None and labels.shape != tuple(objects.data.shape):
             show_error(f"The saved labels of {series.images[index].name} have shape {labels.shape}, the image "
@@ -224,7 +225,7 @@ class SeriesController:
         try:
             series.save_labels(self.shown, np.asarray(objects.data), class_table.object_classes(objects))
         except SamError as error:
-            show_error(f"The labels of {series.images[self.shown].name} were NOT saved: {_sentence(error)} "
+            show_error(f"The labels of {series.images[self.shown].name} were NOT saved: {as_sentence(error)} "
                        "Choose another labels folder and open the series again.")
             return False
         self._emit()
@@ -297,11 +298,6 @@ class SeriesController:
         if self.series is None or self.shown is None:
             return "No series open."
         return f"{self.series.describe()} ({self.series.done} saved)"
-
-
-def _sentence(error: BaseException) -> str:
-    text = str(error)
-    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _layer_position(viewer: Any, layer: Any) -> int:

@@ -38,7 +38,7 @@ from napari_sam.memory_propagation import DEFAULT_STOP_ABSENT, MemoryPropagation
 from napari_sam.layers import BOXES_NAME, NEGATIVE, OBJECTS_NAME, POINTS_NAME, POSITIVE, PREVIEW_NAME, SessionLayers
 from napari_sam.preview import PreviewScheduler
 from napari_sam.prompts import Prompts, prompted_slices, read_prompts, toggle_label
-from napari_sam.workers import Job
+from napari_sam.workers import Job, as_sentence
 from sam_core.errors import SamError
 from sam_core.pool import ModelSpec, PredictorPool
 from sam_core.volume import STOP_IOU
@@ -350,8 +350,7 @@ class SamSession:
             if action == "refine":
                 return self.editor.start_refine(self._need_ids(ids, 1)[0])
         except SamError as error:
-            text = str(error)
-            self.fail(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."))
+            self.fail(as_sentence(error))
             return None
         raise ValueError(f"unknown edit {action!r}")
 

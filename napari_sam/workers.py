@@ -26,6 +26,12 @@ class _Bridge(QObject):
     progressed = Signal(int, int, str)
 
 
+def as_sentence(error: BaseException) -> str:
+    """``error``'s message as a sentence for a notification: capital first letter, full stop at the end."""
+    text = str(error)
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
 def notify_error(error: BaseException) -> None:
     """Show ``error`` as a napari notification (never raises)."""
     if isinstance(error, Cancelled):
