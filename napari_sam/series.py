@@ -106,8 +106,12 @@ class SeriesController:
         if series.class_names:
             self.widget.classes_edit.setText(", ".join(series.class_names))
         resumed = series.done
-        if not self._go_from(series.position, 1, save=False) and not self._go_from(series.position, -1, save=False):
-            self.session.fail(f"No image of {series.folder or 'the series'} can be read (see the warnings).")
+        shown = self._go_from(series.position, 1, save=False)
+        if shown is None:  # nothing readable from the resumed image on: look before it
+            shown = self._go_from(series.position - 1, -1, save=False)
+        if not shown:
+            if shown is None:
+                self.session.fail(f"No image of {series.folder or 'the series'} can be read (see the warnings).")
             self.series = None
             self._emit()
             return False
@@ -127,9 +131,11 @@ class SeriesController:
         if not 0 <= start < len(self.series):
             show_info("This is the last image of the series." if step > 0 else "This is the first image of the series.")
             return False
-        return self._go_from(start, 1 if step > 0 else -1, save=True)
+        return bool(self._go_from(start, 1 if step > 0 else -1, save=True))
 
-    def _go_from(self, index: int, direction: int, save: bool) -> bool:
+    def _go_from(self, index: int, direction: int, save: bool) -> Optional[bool]:
+        """Show the first readable image from ``index`` on in ``direction`` (saving the shown one first
+        when ``save``); None when no image there can be read, False when it could not be shown."""
         series = self.series
         while 0 <= index < len(series):
             try:
@@ -141,7 +147,7 @@ class SeriesController:
                 index += direction
         else:
             show_info("No readable image is left in that direction.")
-            return False
+            return None
         if save and not self.save():
             return False
         return self._show(index, image)
