@@ -170,3 +170,17 @@ def test_open_image_layers_as_a_series(make_widget, qtbot, tmp_path):
     viewer.layers[OBJECTS_NAME].data[30:32, 0:5] = 4  # then the panel is closed: saved
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(lambda: set(np.unique(tifffile.imread(tmp_path / "out" / "plate_A_labels.tif"))) == {0, 3, 4})
+
+
+def test_the_next_images_are_encoded_in_the_background_and_cancel_stops_it(make_widget, qtbot, notes, tmp_path,
+                                                                            monkeypatch):
+    folder, _ = _series_folder(tmp_path, count=3)
+    viewer, widget = make_widget(None)
+    _answer_folder(monkeypatch, folder)
+    click(qtbot, widget.series_panel.open_folder_button)
+    assert widget.series_panel.position_label.text() == "image 1 of 3: field_0.png (0 saved)"
+    assert widget.session.busy  # the panel answers at once; the next two images are encoded meanwhile
+    click(qtbot, widget.cancel_button)
+    wait_for(qtbot, widget)
+    assert widget.progress_bar.format() == "cancelled"
+    assert ("info", "Cancelled.") in notes
