@@ -5,7 +5,7 @@
 The network is the SAM 3 image model (:class:`sam_core.models.sam3.model.Sam3`, the code that runs
 the official weights) at :data:`DEMO_CONCEPTS`' size: a 4-block ViT on 128-pixel input with 8-pixel
 patches (a 16 x 16 grid; windows of 8, two global blocks), a 2-layer text encoder of width 48 reading
-at most 6 tokens, a 2-layer fusion encoder, a 3-layer decoder with 24 queries, one geometry layer.
+at most 6 tokens, a 2-layer fusion encoder, a 3-layer decoder with 25 queries, one geometry layer.
 Every step draws ``--batch`` scenes from :mod:`sam_core.train.concept_scenes` with seeds (``--seed``,
 step, i) in a worker process, so step ``n`` sees the same data whether or not the run was resumed.
 Each scene gets a text query (a word it shows, or, one time in five, a word it does not show) and,
@@ -22,6 +22,7 @@ step for ``--resume``.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -31,6 +32,7 @@ import torch
 
 from sam_core.concepts import VISUAL_PHRASE
 from sam_core.models.sam3.config import Sam3Config
+from sam_core.models.sam3.decoder import inverse_sigmoid
 from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
 from sam_core.models.sam3.tokenizer import ClipTokenizer
 from sam_core.models.sam3.vision import sam3_input
@@ -40,7 +42,7 @@ from sam_core.train.prompts import mask_box
 from sam_core.train.train_demo import _as_is, _learning_rate, _save
 
 TRAIN_SEED = 0
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 900
 
 DEMO_CONCEPTS = Sam3Config(
     name="demo-concepts",
@@ -63,7 +65,7 @@ DEMO_CONCEPTS = Sam3Config(
     context_length=8,
     encoder_layers=2,
     decoder_layers=3,
-    num_queries=24,
+    num_queries=25,
     geometry_layers=1,
     scoring_hidden=128,
     pixel_decoder_stages=2,
@@ -72,7 +74,9 @@ DEMO_CONCEPTS = Sam3Config(
 
 def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEPTS) -> Sam3:
     """A fresh ``demo-concepts`` network (train mode) with seeded initial weights; the position
-    tables the official builder leaves at zero get small random values."""
+    tables the official builder leaves at zero get small random values, and the queries' reference
+    boxes start as the cells of a grid over the image (queries localized from the first step, which
+    the matching needs to settle quickly)."""
     torch.manual_seed(seed)
     model = Sam3(config)
     text = model.backbone.language_backbone.encoder
@@ -80,6 +84,12 @@ def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEP
     torch.nn.init.normal_(text.text_projection, std=text.text_projection.shape[0] ** -0.5)
     torch.nn.init.normal_(text.token_embedding.weight, std=0.02)
     torch.nn.init.normal_(model.backbone.vision_backbone.trunk.pos_embed, std=0.02)
+    with torch.no_grad():  # each query starts on its own cell of a grid over the image (not a random box)
+        side = math.ceil(config.num_queries ** 0.5)
+        index = torch.arange(config.num_queries, dtype=torch.float32)
+        cells = torch.stack([(index % side + 0.5) / side, (torch.div(index, side, rounding_mode="floor") + 0.5) / side,
+                             torch.full_like(index, 1 / side), torch.full_like(index, 1 / side)], dim=1)
+        model.transformer.decoder.reference_points.weight.copy_(inverse_sigmoid(cells))
     return model.train()
 
 
