@@ -12,9 +12,10 @@ from .bundle import plugin_version
 from .engine_client import ENV_VAR, EngineClient
 
 LOG_TAG = "Segment Anything"
-# SAM, then SAM 2.1 (image mode: points, boxes, automatic masks); new names go at the end, as scripts pass indexes
+# SAM, then SAM 2.1 (image mode: points, boxes, automatic masks), then the project's small SAM 2.1 (demo2);
+# new names go at the end, as scripts pass indexes
 MODEL_NAMES = ("demo", "vit_t", "vit_b", "vit_l", "vit_h",
-               "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large")
+               "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large", "demo2")
 
 _PREFIX = "qgis_sam/"
 DEFAULTS: dict[str, Any] = {

@@ -152,6 +152,19 @@ for _name, _size, _sha, _what in (
 ):
     MODELS[_name] = ModelInfo(name=_name, config_name=_name, url=_SAM2_BASE + _name + ".pt", size=_size, sha256=_sha,
                               description=_what, filename=_name + ".pt", automask=(32, 0.8, 0.95), family="sam2")
+MODELS["demo2"] = ModelInfo(
+    name="demo2",
+    config_name="demo2",
+    url=None,
+    size=None,
+    sha256=None,
+    description="small SAM 2.1 trained by this project on generated movies and volumes, for trying propagation "
+                "and for tests (not for real data)",
+    filename="demo2.pt",
+    bundled=_DATA / "demo2.pt",
+    automask=(16, 0.5, 0.8),
+    family="sam2",
+)
 
 
 def model_info(name: str) -> ModelInfo:

@@ -6,6 +6,11 @@
 * ``box``: the object's tight box (x0, y0, x1, y1), one mask.
 * automatic masks: the fraction of objects found (a mask with IoU >= ``match_iou``) and the fraction
   of masks that match no object (spurious).
+* propagation (SAM 2.1, through :class:`sam_core.propagation.VideoSession`): one positive click at
+  each object's interior point on the first frame, tracked forward; the mean over objects of the
+  IoU averaged over every frame (an empty prediction where the object is absent counts 1), and the
+  fraction of the frames where an object is absent on which it is reported absent (object score
+  <= 0).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 from sam_core.masks import mask_iou
 from sam_core.progress import CancelToken, ProgressFn, check, report
 from sam_core.train.prompts import interior_point, mask_box
-from sam_core.train.synthetic import Scene
+from sam_core.train.synthetic import Scene, _min_area
 
 
 @dataclass
@@ -166,3 +171,58 @@ def concept_quality(
         return MatchCount(*(sum(getattr(c, f) for c in counts.values()) for f in ("instances", "found", "returned")))
 
     return ConceptQuality(total(text), total(exemplar), text, exemplar)
+
+
+@dataclass
+class PropagationQuality:
+    """Mean over objects of the per-object IoU averaged over frames (``iou``), the fraction of
+    absent frames reported absent (``absent_found`` of ``absent_frames``; NaN when none), objects."""
+
+    iou: float
+    absent_found: float
+    absent_frames: int
+    objects: int
+
+
+def propagation_quality(
+    model: Any,
+    sequences: Sequence[Any],
+    object_ids: Optional[Sequence[Sequence[int]]] = None,
+    progress: Optional[ProgressFn] = None,
+    cancel: Optional[CancelToken] = None,
+) -> PropagationQuality:
+    """Track objects of ``sequences`` (:class:`sam_core.train.sequences.Sequence`) from one click on
+    frame 0 with a SAM 2.1 ``model``, through :class:`~sam_core.propagation.VideoSession`.
+
+    ``object_ids`` gives the objects to track per sequence (default: every object whose visible part
+    on frame 0 is at least twice the generator's smallest object); all of a sequence's objects are
+    prompted in one session and propagated forward together.
+    """
+    from sam_core.frames import open_frames
+    from sam_core.propagation import VideoSession
+
+    ious: list[float] = []
+    found = absent = 0
+    for n, sequence in enumerate(sequences):
+        check(cancel)
+        size = sequence.labels.shape[-1]
+        ids = list(object_ids[n]) if object_ids is not None else [
+            i for i in sequence.object_ids if (sequence.labels[0] == i).sum() >= 2 * _min_area(size)]
+        if not ids:
+            continue
+        session = VideoSession(model, open_frames(sequence.frames))
+        for obj in ids:
+            x, y = interior_point(sequence.labels[0] == obj)
+            session.add_prompt(0, obj, points=[[x, y]], labels=[1])
+        per_object: dict[int, list[float]] = {obj: [] for obj in ids}
+        for result in session.propagate("forward", cancel=cancel):
+            for k, obj in enumerate(result.object_ids):
+                target = sequence.labels[result.frame] == obj
+                per_object[obj].append(mask_iou(result.masks[k], target))
+                if not target.any():
+                    absent += 1
+                    found += int(not result.present[k])
+        ious += [float(np.mean(v)) for v in per_object.values()]
+        report(progress, n + 1, len(sequences), "propagation quality")
+    return PropagationQuality(float(np.mean(ious)) if ious else float("nan"),
+                              found / absent if absent else float("nan"), absent, len(ious))

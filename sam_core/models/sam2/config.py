@@ -111,6 +111,22 @@ SAM2_CONFIGS: dict[str, Sam2Config] = {
         window_spec=(8, 4, 16, 8),
         pos_embed_size=(7, 7),
     ),
+    # the project's own small model (sam_core.train.train_demo2): 256-pixel input, 16 x 16 embedding
+    "demo2": Sam2Config(
+        name="demo2",
+        image_size=256,
+        embed_dim=32,
+        stages=(1, 2, 3, 1),
+        global_att_blocks=(5, 6),
+        window_spec=(8, 4, 8, 8),
+        d_model=64,
+        decoder_mlp_dim=256,
+        decoder_num_heads=4,
+        iou_head_hidden_dim=64,
+        mem_dim=32,
+        memory_attention_layers=2,
+        memory_attention_ff_dim=256,
+    ),
 }
 
 
@@ -133,7 +149,7 @@ def infer_sam2_config(state_dict: Mapping[str, torch.Tensor], image_size: Option
     A known configuration (``SAM2_CONFIGS``) is returned when the shapes match it; otherwise the result
     is named ``"custom"``. Not recoverable from shapes: the trunk's head count, which blocks attend
     globally and the window sizes after the first stage (a custom trunk gets 1 head, windowed attention
-    everywhere and windows of 4, 14, 7 tokens), and the input size (``image_size``, default 1024).
+    everywhere and windows of 4, 14, 7 tokens), and the input size of a custom network (``image_size``, default 1024; a known one keeps its own).
     Raises :class:`SamError` naming the tensor that is missing.
     """
     sd = state_dict
@@ -149,7 +165,6 @@ def infer_sam2_config(state_dict: Mapping[str, torch.Tensor], image_size: Option
         out_proj = sd.get("memory_encoder.out_proj.weight")
         d_model = sd["image_encoder.neck.convs.0.conv.weight"].shape[0]
         shapes = dict(
-            image_size=image_size or 1024,
             embed_dim=embed_dim,
             stages=stages,
             pos_embed_size=(pos[-2], pos[-1]),
@@ -171,8 +186,9 @@ def infer_sam2_config(state_dict: Mapping[str, torch.Tensor], image_size: Option
         )
     except (KeyError, IndexError, AttributeError) as exc:
         raise SamError(f"not a SAM 2.1 state dict: cannot find the tensor {exc}") from None
-    for known in SAM2_CONFIGS.values():
-        if known.window_spec[0] == first_window and known.replace(**shapes) == known.replace(image_size=shapes["image_size"]):
-            return known.replace(**shapes)
+    for known in SAM2_CONFIGS.values():  # a known size keeps its own input size unless one is given
+        if known.window_spec[0] == first_window and known.replace(**shapes, image_size=known.image_size) == known:
+            return known.replace(**shapes, image_size=image_size or known.image_size)
     later_windows = (4, 14, 7, 7, 7, 7)[: len(stages) - 1]
-    return Sam2Config(name="custom", window_spec=(first_window, *later_windows), global_att_blocks=(), **shapes)
+    return Sam2Config(name="custom", window_spec=(first_window, *later_windows), global_att_blocks=(),
+                      image_size=image_size or 1024, **shapes)

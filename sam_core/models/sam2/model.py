@@ -35,13 +35,16 @@ MEMORY_SIGMOID_SCALE, MEMORY_SIGMOID_BIAS = 20.0, -10.0
 class HeadsOutput:
     """The SAM heads on one frame, as the official ``_forward_sam_heads``: ``multimasks`` (B, K, 4h,
     4w) logits (-1024 where the object is judged absent), ``ious`` (B, K), ``best`` (B, 1, 4h, 4w)
-    logits of the best candidate, ``object_pointer`` (B, C), ``object_score_logits`` (B, 1)."""
+    logits of the best candidate, ``object_pointer`` (B, C), ``object_score_logits`` (B, 1),
+    ``decoded`` (B, K, 4h, 4w) the decoder's logits before the absent objects' are replaced (the
+    ones training takes its mask loss on)."""
 
     multimasks: torch.Tensor
     ious: torch.Tensor
     best: torch.Tensor
     object_pointer: torch.Tensor
     object_score_logits: torch.Tensor
+    decoded: torch.Tensor
 
 
 class Sam2(SquarePrompting, nn.Module):
@@ -170,6 +173,7 @@ class Sam2(SquarePrompting, nn.Module):
             high_res_features=high_res,
             multimask_output=multimask,
         )
+        decoded = masks
         present = object_scores > 0
         masks = torch.where(present[:, None, None], masks, NO_OBJECT_SCORE).float()
         token = tokens[:, 0]
@@ -179,7 +183,7 @@ class Sam2(SquarePrompting, nn.Module):
             rows = torch.arange(batch, device=device)
             best = masks[rows, index].unsqueeze(1)
             token = tokens[rows, index]
-        return HeadsOutput(masks, ious, best, self.object_pointer(token, object_scores), object_scores)
+        return HeadsOutput(masks, ious, best, self.object_pointer(token, object_scores), object_scores, decoded)
 
     def object_pointer(self, token: torch.Tensor, object_score_logits: torch.Tensor) -> torch.Tensor:
         """A mask token (B, C) -> the object pointer (B, C): projected where the object is present,
