@@ -63,6 +63,11 @@ _EXPORTS = {
     # propagation with memory (SAM 2.1)
     "VideoSession": "sam_core.propagation",
     "open_frames": "sam_core.frames",
+    # time-lapse tracking, lineage and the Cell Tracking Challenge format
+    "Lineage": "sam_core.tracking",
+    "track_objects": "sam_core.tracking",
+    "write_ctc": "sam_core.tracking",
+    "read_ctc": "sam_core.tracking",
     # training: fine-tuning on your own masks, generated scenes
     "finetune": "sam_core.train.finetune",
     "load_pairs": "sam_core.train.finetune",
