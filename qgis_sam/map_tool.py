@@ -10,11 +10,19 @@ raster's CRS; the engine answers polygons in the raster's CRS, shown on the canv
 The first request for a raster runs in a ``QgsTask`` (with progress) because it encodes the tile under
 the click (and exports non-file rasters); the following ones go to the engine asynchronously and only
 run the mask decoder. Answers to outdated prompts are dropped.
+
+"Find all" (the tool's :class:`FindAllPanel`, shown in a dock while the tool is active): type what to find
+(e.g. building) and press the button or Enter; SAM 3 (the ``concept_model`` setting, or the
+``concept_checkpoint`` file) searches the raster's visible extent tile by tile in a ``QgsTask``
+(engine request ``find_raster``), and every instance found is added to the output layer like a commit,
+with its ``class`` (the text) and its score as ``predicted_iou``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Optional
 
 from qgis.core import (
@@ -37,6 +45,7 @@ from qgis.core import (
 from qgis.gui import QgsMapCanvas, QgsMapTool, QgsRubberBand, QgsVertexMarker
 from qgis.PyQt.QtCore import QMetaType, QPoint, Qt, QVariant, pyqtSignal
 from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLineEdit, QPushButton, QWidget
 
 from . import settings
 from .engine_client import EngineClient, EngineError
@@ -64,6 +73,7 @@ def output_fields() -> list[QgsField]:
         QgsField("box", _INT),
         QgsField("model", _STRING),
         QgsField("raster", _STRING),
+        QgsField("class", _STRING),
     ]
 
 
@@ -110,14 +120,15 @@ def output_layer(crs: QgsCoordinateReferenceSystem, gpkg: str) -> QgsVectorLayer
 
 
 class SegmentTask(QgsTask):
-    """Runs one engine request (and the export of a non-file raster) in QGIS's task manager."""
+    """Runs one engine request ``cmd`` (and the export of a non-file raster) in QGIS's task manager."""
 
     def __init__(self, description: str, client: EngineClient, params: dict,
-                 prepare: Optional[Callable[[], None]] = None) -> None:
+                 prepare: Optional[Callable[[], None]] = None, cmd: str = "segment_at") -> None:
         super().__init__(description, QgsTask.Flag.CanCancel)
         self.client = client
         self.params = params
         self.prepare = prepare
+        self.cmd = cmd
         self.result_value: Any = None
         self.error: Optional[str] = None
         self.on_finished: Optional[Callable[["SegmentTask"], None]] = None
@@ -127,7 +138,7 @@ class SegmentTask(QgsTask):
             if self.prepare is not None:
                 self.prepare()
             self.result_value = self.client.request(
-                "segment_at", self.params, lane=LANE, is_cancelled=self.isCanceled,
+                self.cmd, self.params, lane=LANE, is_cancelled=self.isCanceled,
                 progress=lambda done, total, message: self.setProgress(100.0 * done / total) if total else None)
             return True
         except (EngineError, ExportError) as error:
@@ -141,13 +152,49 @@ class SegmentTask(QgsTask):
             self.on_finished(self)
 
 
+class FindAllPanel(QWidget):
+    """The map tool's panel: a text field, the least score and a "Find all" button (Enter in the field
+    presses it)."""
+
+    def __init__(self, tool: "SamMapTool") -> None:
+        super().__init__()
+        self.setObjectName("SamFindAllPanel")
+        self.tool = tool
+        self.text = QLineEdit()
+        self.text.setObjectName("find_text")
+        self.text.setPlaceholderText("what to find, e.g. building")
+        self.text.setToolTip("Find every instance of a word or short phrase in the visible extent of the raster "
+                             "(SAM 3); the polygons are added to the output layer")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setObjectName("find_threshold")
+        self.threshold.setRange(0.0, 1.0)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setPrefix("score ≥ ")
+        self.threshold.setToolTip("The least score (0 to 1) an object needs to be kept")
+        self.button = QPushButton("Find all")
+        self.button.setObjectName("find_all")
+        self.button.clicked.connect(self.find)
+        self.text.returnPressed.connect(self.find)
+        layout = QHBoxLayout(self)
+        layout.addWidget(self.text)
+        layout.addWidget(self.threshold)
+        layout.addWidget(self.button)
+        tool.findFinished.connect(lambda count: self.button.setEnabled(True))
+
+    def find(self) -> None:
+        if self.tool.find_all(self.text.text(), self.threshold.value()):
+            self.button.setEnabled(False)
+
+
 class SamMapTool(QgsMapTool):
-    """Click/box prompts on one raster layer; preview and commit of the segmented polygon."""
+    """Click/box prompts on one raster layer; preview and commit of the segmented polygon; "Find all"."""
 
     resultReady = pyqtSignal(int, object)
     requestFailed = pyqtSignal(int, str)
     previewChanged = pyqtSignal()
     committed = pyqtSignal(object)
+    findFinished = pyqtSignal(int)  # polygons added by "Find all" (-1: failed or cancelled)
 
     def __init__(self, canvas: QgsMapCanvas, layer: QgsRasterLayer, client: Optional[EngineClient] = None,
                  message: Optional[Callable[[str, int], None]] = None) -> None:
@@ -182,6 +229,8 @@ class SamMapTool(QgsMapTool):
         self.resultReady.connect(self._on_result)
         self.requestFailed.connect(self._on_failure)
         self.setCursor(Qt.CursorShape.CrossCursor)
+        self.find_task: Optional[SegmentTask] = None
+        self.panel = FindAllPanel(self)
 
     # -- coordinates --------------------------------------------------------------------------------
     def _to_raster(self) -> QgsCoordinateTransform:
@@ -387,6 +436,123 @@ class SamMapTool(QgsMapTool):
             self._preview.setToGeometry(shown, None)
         self.previewChanged.emit()
 
+    # -- find all -----------------------------------------------------------------------------------
+    def _visible_extent(self) -> QgsRectangle:
+        """The canvas's visible extent in the raster's CRS, cut to the raster."""
+        return self._to_raster().transformBoundingBox(self.canvas().extent()).intersect(self.layer.extent())
+
+    def find_all(self, text: str, threshold: float = 0.5) -> bool:
+        """Find every instance of ``text`` scoring at least ``threshold`` in the visible extent with SAM 3 (in a
+        QgsTask) and add them to the output layer when done (:attr:`findFinished` then gives their number).
+        False when nothing started."""
+        phrase = (text or "").strip()
+        if not phrase:
+            self.message("Type what to find (a word or a short phrase, e.g. building), then press Find all.",
+                         Qgis.MessageLevel.Warning)
+            return False
+        if self.find_task is not None:
+            self.message("Segment Anything is still finding objects; wait for it to end.", Qgis.MessageLevel.Info)
+            return False
+        extent = self._visible_extent()
+        if extent.isEmpty():
+            self.message(f"The raster '{self.layer.name()}' is not in view: pan or zoom to it, then press Find all.",
+                         Qgis.MessageLevel.Warning)
+            return False
+        folder = tempfile.mkdtemp(prefix="sam_find_")
+        params = {
+            "raster": self._raster_path,
+            "output": os.path.join(folder, "found.gpkg"),
+            "text": phrase,
+            "threshold": float(threshold),
+            "extent": [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+            "model": settings.value("concept_model") or None,
+            "checkpoint": settings.value("concept_checkpoint") or None,
+            "device": settings.device(),
+            "tile_size": settings.value("tile_size"),
+            "overlap": settings.value("overlap"),
+        }
+        prepare = None
+        if self._raster_path is None:
+            try:
+                export = self._visible_export()
+            except ExportError as error:
+                self.message(str(error), Qgis.MessageLevel.Warning)
+                shutil.rmtree(folder, ignore_errors=True)
+                return False
+
+            def prepare() -> None:
+                params["raster"] = export.write()
+                params.pop("extent")
+
+        self.find_task = SegmentTask(f"Segment Anything: finding '{phrase}' in '{self.layer.name()}'", self.client,
+                                     params, prepare, cmd="find_raster")
+        self.find_task.on_finished = lambda task: self._on_found(task, phrase, folder)
+        QgsApplication.taskManager().addTask(self.find_task)
+        return True
+
+    def _on_found(self, task: SegmentTask, phrase: str, folder: str) -> None:
+        self.find_task = None
+        exported = task.params["raster"] if self._raster_path is None else None
+        try:
+            if task.error is not None:
+                if task.error != "cancelled":
+                    self.message(task.error, Qgis.MessageLevel.Critical)
+                self.findFinished.emit(-1)
+                return
+            found = QgsVectorLayer(task.params["output"], "found", "ogr")
+            features = list(found.getFeatures()) if found.isValid() else []
+            del found
+            count = self._add_found(features, phrase)
+            self.findFinished.emit(count)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            if exported and os.path.exists(exported):
+                os.unlink(exported)
+
+    def _add_found(self, found: list, phrase: str) -> int:
+        """Add the engine's polygons (raster CRS) to the output layer; returns how many."""
+        if not found:
+            self.message(f"Found no '{phrase}' in the visible extent of '{self.layer.name()}'.", Qgis.MessageLevel.Info)
+            return 0
+        gpkg = settings.value("output_gpkg") or default_output_gpkg()
+        try:
+            layer = output_layer(self.layer.crs(), gpkg)
+        except EngineError as error:
+            self.message(str(error), Qgis.MessageLevel.Critical)
+            return 0
+        if layer.fields().indexOf("class") < 0:  # an output layer made before "Find all" existed
+            layer.dataProvider().addAttributes([QgsField("class", _STRING)])
+            layer.updateFields()
+        first = self._next_id(layer)
+        features = []
+        for offset, item in enumerate(found):
+            geometry = QgsGeometry(item.geometry())
+            geometry.convertToMultiType()
+            values = {"id": first + offset, "predicted_iou": item["score"], "area": geometry.area(), "points": 0,
+                      "box": 0, "model": settings.value("concept_model") or "demo-concepts", "raster": self.layer.name(),
+                      "class": phrase}
+            features.append(self._output_feature(layer, geometry, values))
+        layer.dataProvider().addFeatures(features)
+        layer.updateExtents()
+        layer.triggerRepaint()
+        self.message(f"Found {len(features)} '{phrase}' in the visible extent; kept as polygons {first} to "
+                     f"{first + len(features) - 1} in layer '{OUTPUT_LAYER}' of {gpkg}.", Qgis.MessageLevel.Info)
+        return len(features)
+
+    @staticmethod
+    def _next_id(layer: QgsVectorLayer) -> int:
+        current = layer.maximumValue(layer.fields().indexOf("id")) if layer.featureCount() else None
+        return int(current) + 1 if isinstance(current, (int, float)) else 1
+
+    @staticmethod
+    def _output_feature(layer: QgsVectorLayer, geometry: QgsGeometry, values: dict) -> QgsFeature:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        for name, value in values.items():
+            if layer.fields().indexOf(name) >= 0:
+                feature[name] = value
+        return feature
+
     # -- commit -------------------------------------------------------------------------------------
     def commit(self) -> Optional[QgsFeature]:
         """Write the previewed polygon into the output layer and clear the prompts (Enter)."""
@@ -401,13 +567,9 @@ class SamMapTool(QgsMapTool):
         except EngineError as error:
             self.message(str(error), Qgis.MessageLevel.Critical)
             return None
-        feature = QgsFeature(layer.fields())
         geometry = QgsGeometry(self.geometry)
         geometry.convertToMultiType()
-        feature.setGeometry(geometry)
-        index = layer.fields().indexOf("id")
-        current = layer.maximumValue(index) if layer.featureCount() else None
-        next_id = int(current) + 1 if isinstance(current, (int, float)) else 1
+        next_id = self._next_id(layer)
         scores = [float(item.get("predicted_iou", 0.0)) for item in self.polygons]
         values = {
             "id": next_id,
@@ -418,8 +580,7 @@ class SamMapTool(QgsMapTool):
             "model": settings.value("model") or "demo",
             "raster": self.layer.name(),
         }
-        for name, value in values.items():
-            feature[name] = value
+        feature = self._output_feature(layer, geometry, values)
         layer.dataProvider().addFeatures([feature])
         layer.updateExtents()
         layer.triggerRepaint()
@@ -442,8 +603,9 @@ class SamMapTool(QgsMapTool):
         self.clear()
         for band in (self._preview, self._box_band):
             self.canvas().scene().removeItem(band)
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.find_task):
+            if task is not None:
+                task.cancel()
         if self._exported and os.path.exists(self._exported):
             os.unlink(self._exported)
             self._exported = None

@@ -6,8 +6,9 @@ import os
 from typing import Optional
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerType, QgsRasterLayer
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QPushButton
+from qgis.PyQt.QtWidgets import QAction, QDockWidget, QPushButton
 
 from . import settings
 from .map_tool import SamMapTool
@@ -27,6 +28,7 @@ class SamPlugin:
         self.toolbar = None
         self.map_tool: Optional[SamMapTool] = None
         self.segment_action: Optional[QAction] = None
+        self.dock: Optional[QDockWidget] = None  # the map tool's panel ("Find all")
 
     # -- Processing (also without a GUI) -------------------------------------------------------------
     def initProcessing(self) -> None:  # noqa: N802 (QGIS's name)
@@ -106,12 +108,20 @@ class SamPlugin:
         self.map_tool.setAction(self.segment_action)
         layer.willBeDeleted.connect(self._drop_map_tool)
         self.iface.mapCanvas().setMapTool(self.map_tool)
+        self.dock = QDockWidget("Segment Anything", self.iface.mainWindow())
+        self.dock.setObjectName("SegmentAnythingPanel")
+        self.dock.setWidget(self.map_tool.panel)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.iface.mapCanvas().setFocus()
         self.message(f"Segmenting '{layer.name()}': left click +, right click −, drag a box, Enter to keep, "
                      "Esc to clear, Backspace to undo a prompt.")
         return self.map_tool
 
     def _drop_map_tool(self) -> None:
+        if self.dock is not None:
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
         if self.map_tool is None:
             return
         canvas = self.iface.mapCanvas()

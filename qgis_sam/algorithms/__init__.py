@@ -2,8 +2,10 @@
 
 from .automask_raster import AutomaskRasterAlgorithm
 from .encode_raster import EncodeRasterAlgorithm
+from .find_objects import FindObjectsAlgorithm
 from .segment_prompts import SegmentPromptsAlgorithm
 
-ALGORITHMS = (AutomaskRasterAlgorithm, SegmentPromptsAlgorithm, EncodeRasterAlgorithm)
+ALGORITHMS = (AutomaskRasterAlgorithm, SegmentPromptsAlgorithm, EncodeRasterAlgorithm, FindObjectsAlgorithm)
 
-__all__ = ["ALGORITHMS", "AutomaskRasterAlgorithm", "EncodeRasterAlgorithm", "SegmentPromptsAlgorithm"]
+__all__ = ["ALGORITHMS", "AutomaskRasterAlgorithm", "EncodeRasterAlgorithm", "FindObjectsAlgorithm",
+           "SegmentPromptsAlgorithm"]

@@ -24,6 +24,30 @@ def add_tiling_parameters(algorithm: SamAlgorithm) -> None:
         "OVERLAP", "Tile overlap (pixels)", QgsProcessingParameterNumber.Type.Integer, 128, False, 0, 4096))
 
 
+def add_area_parameters(algorithm: SamAlgorithm) -> None:
+    algorithm.addParameter(QgsProcessingParameterNumber(
+        "RESOLUTION", "Resolution (map units per pixel; empty: native)", QgsProcessingParameterNumber.Type.Double,
+        None, True, 0.0))
+    algorithm.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole raster)", None, True))
+
+
+def area_params(algorithm: SamAlgorithm, layer, parameters: dict, context, feedback) -> tuple[str, bool, dict]:
+    """(raster path, exported, {"resolution", "extent"}): the raster's file, or a temporary GeoTIFF of EXTENT at
+    RESOLUTION for a layer that is not a local file (then the engine reads all of it at its own pixel size)."""
+    extent = None
+    if parameters.get("EXTENT") not in (None, ""):
+        extent = algorithm.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+    resolution = None
+    if parameters.get("RESOLUTION") not in (None, ""):
+        resolution = algorithm.parameterAsDouble(parameters, "RESOLUTION", context) or None
+    path, exported = algorithm.raster_file(layer, context, feedback, extent, resolution)
+    return path, exported, {
+        "resolution": None if exported else resolution,
+        "extent": None if exported or extent is None or extent.isEmpty() else
+        [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+    }
+
+
 def tiling_params(algorithm: SamAlgorithm, parameters: dict, context) -> dict:
     bands = algorithm.parameterAsInts(parameters, "BANDS", context)
     return {
@@ -60,10 +84,7 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
     def initAlgorithm(self, config=None) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))
         add_tiling_parameters(self)
-        self.addParameter(QgsProcessingParameterNumber(
-            "RESOLUTION", "Resolution (map units per pixel; empty: native)", QgsProcessingParameterNumber.Type.Double,
-            None, True, 0.0))
-        self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent (empty: the whole raster)", None, True))
+        add_area_parameters(self)
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterNumber(
             "POINTS_PER_SIDE", "Points per side (grid of prompts per tile; empty: the model's, 32; demo 16)",
@@ -84,20 +105,12 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.raster(parameters, context)
-        extent = None
-        if parameters.get("EXTENT") not in (None, ""):
-            extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
-        resolution = None
-        if parameters.get("RESOLUTION") not in (None, ""):
-            resolution = self.parameterAsDouble(parameters, "RESOLUTION", context) or None
-        path, exported = self.raster_file(layer, context, feedback, extent, resolution)
+        path, exported, area = area_params(self, layer, parameters, context, feedback)
         output = QgsProcessingUtils.generateTempFilename("sam_automask.fgb")
         params = {
             "raster": path,
             "output": output,
-            "resolution": None if exported else resolution,
-            "extent": None if exported or extent is None or extent.isEmpty() else
-            [extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()],
+            **area,
             # parameters left empty are the model's recommended ones (sam_core.zoo.automask_defaults)
             "generator_params": {
                 key: number(parameters, name, context)

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsRectangle,
+    QgsVectorFileWriter,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -48,12 +49,14 @@ def attributes_help(extra: tuple = ()) -> str:
     return f"Attributes of the polygons:<ul>{items}</ul>"
 
 
-def model_name(value: Any) -> str:
-    """The MODEL parameter as a model name: a name, or its index in ``settings.MODEL_NAMES`` (as scripts
-    pass enum values). Raises QgsProcessingException with the valid choices otherwise."""
-    names = settings.MODEL_NAMES
+def model_name(value: Any, names: tuple = (), default: str = "demo", refusal: str = "") -> str:
+    """The MODEL parameter as a model name: a name, or its index in ``names`` (default
+    ``settings.MODEL_NAMES``; scripts pass enum values); empty is ``default``. Raises
+    QgsProcessingException with the valid choices otherwise (``refusal``: why, default "not a model of
+    this plugin")."""
+    names = names or settings.MODEL_NAMES
     if value is None or (isinstance(value, str) and not value.strip()):
-        return "demo"
+        return default
     if isinstance(value, (list, tuple)) and len(value) == 1:
         value = value[0]
     text = str(value).strip()
@@ -65,12 +68,19 @@ def model_name(value: Any) -> str:
         return text
     choices = ", ".join(f"{i} = {name}" for i, name in enumerate(names))
     raise QgsProcessingException(
-        f"Model (MODEL): {value!r} is not a model of this plugin. Give one of the names or numbers {choices} "
-        "(or leave it empty for demo); for your own weights set Checkpoint file (CHECKPOINT) instead.")
+        f"Model (MODEL): {value!r} {refusal or 'is not a model of this plugin'}. Give one of the names or numbers "
+        f"{choices} (or leave it empty for {default}); for your own weights set Checkpoint file (CHECKPOINT) instead.")
 
 
 class SamAlgorithm(QgsProcessingAlgorithm):
     """Base class: subclasses define ``name``, ``displayName``, ``initAlgorithm`` and ``processAlgorithm``."""
+
+    # The models the MODEL parameter offers (scripts may pass their index), the first is the default.
+    MODELS: tuple = settings.MODEL_NAMES
+
+    def model_choice(self, value: Any) -> str:
+        """The MODEL parameter's value as a model name (QgsProcessingException with the choices otherwise)."""
+        return model_name(value, self.MODELS, self.MODELS[0])
 
     def createInstance(self) -> "SamAlgorithm":
         return type(self)()
@@ -87,7 +97,7 @@ class SamAlgorithm(QgsProcessingAlgorithm):
     # -- parameters ---------------------------------------------------------------------------------
     def add_model_parameters(self) -> None:
         self.addParameter(QgsProcessingParameterEnum(
-            "MODEL", "Model", list(settings.MODEL_NAMES), False, "demo", False, True))
+            "MODEL", "Model", list(self.MODELS), False, self.MODELS[0], False, True))
         self.addParameter(QgsProcessingParameterFile(
             "CHECKPOINT", "Checkpoint file (optional; its configuration is read from its weights, or is Model's "
             "when Model is an official model other than demo)",
@@ -98,7 +108,7 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         generic "Incorrect parameter value")."""
         if self.parameterDefinition("MODEL") is not None and "MODEL" in parameters:
             try:
-                name = model_name(parameters["MODEL"])
+                name = self.model_choice(parameters["MODEL"])
             except QgsProcessingException as error:
                 return False, str(error)
             parameters = dict(parameters)
@@ -109,7 +119,8 @@ class SamAlgorithm(QgsProcessingAlgorithm):
         """What the user chose; the engine decides what a checkpoint with a model name means
         (``sam_core.pool.ModelSpec.of``)."""
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or None
-        return {"model": model_name(parameters.get("MODEL")), "checkpoint": checkpoint, "device": settings.device()}
+        return {"model": self.model_choice(parameters.get("MODEL")), "checkpoint": checkpoint,
+                "device": settings.device()}
 
     # -- raster -------------------------------------------------------------------------------------
     def raster(self, parameters: dict, context: QgsProcessingContext) -> QgsRasterLayer:
@@ -155,6 +166,27 @@ class SamAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("Cancelled: no output was written.") from error
         except EngineError as error:
             raise QgsProcessingException(str(error)) from error
+
+    def write_source(self, parameters: dict, name: str, context: QgsProcessingContext, hint: str) -> str:
+        """Write the features of the vector parameter ``name`` (selection and filters applied) to a temporary
+        GeoPackage in their own CRS, for the engine; an empty source is refused (``hint``: what to add)."""
+        source = self.parameterAsSource(parameters, name, context)
+        if source is None:
+            raise QgsProcessingException(self.invalidSourceError(parameters, name))
+        if source.featureCount() == 0:
+            raise QgsProcessingException(f"{name} has no features: {hint}")
+        path = QgsProcessingUtils.generateTempFilename(f"sam_{name.lower()}.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = name.lower()
+        writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
+                                            context.transformContext(), options)
+        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
+            raise QgsProcessingException(f"could not write {name} to a temporary file: {writer.errorMessage()}")
+        for feature in source.getFeatures():
+            writer.addFeature(QgsFeature(feature), QgsFeatureSink.Flag.FastInsert)
+        del writer
+        return path
 
     def copy_to_sink(self, path: str, raster: QgsRasterLayer, parameters: dict, context: QgsProcessingContext,
                      feedback: QgsProcessingFeedback) -> str:

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsFeature,
-    QgsFeatureSink,
     QgsProcessing,
-    QgsProcessingException,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
-    QgsVectorFileWriter,
 )
 
 from .base import SamAlgorithm, attributes_help, remove_files
@@ -54,30 +50,9 @@ class SegmentPromptsAlgorithm(SamAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSink(
             "OUTPUT", "Segments", QgsProcessing.SourceType.TypeVectorPolygon))
 
-    def _write_prompts(self, parameters, context, feedback) -> str:
-        """Write the prompt features (selection and filters applied) to a temporary GeoPackage in their CRS."""
-        source = self.parameterAsSource(parameters, "PROMPTS", context)
-        if source is None:
-            raise QgsProcessingException(self.invalidSourceError(parameters, "PROMPTS"))
-        if source.featureCount() == 0:
-            raise QgsProcessingException("PROMPTS has no features: add points or boxes to segment")
-        path = QgsProcessingUtils.generateTempFilename("sam_prompts.gpkg")
-        options = QgsVectorFileWriter.SaveVectorOptions()
-        options.driverName = "GPKG"
-        options.layerName = "prompts"
-        writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
-                                            context.transformContext(), options)
-        if writer.hasError() != QgsVectorFileWriter.WriterError.NoError:
-            raise QgsProcessingException(f"could not write the prompts to a temporary file: {writer.errorMessage()}")
-        for feature in source.getFeatures():
-            copy = QgsFeature(feature)
-            writer.addFeature(copy, QgsFeatureSink.Flag.FastInsert)
-        del writer
-        return path
-
     def processAlgorithm(self, parameters, context, feedback):
         layer = self.raster(parameters, context)
-        prompts = self._write_prompts(parameters, context, feedback)
+        prompts = self.write_source(parameters, "PROMPTS", context, "add points or boxes to segment")
         path, exported = None, False
         output = QgsProcessingUtils.generateTempFilename("sam_segments.fgb")
         try:

@@ -64,7 +64,7 @@ def exemplar_boxes(exemplars: Any, view: RasterView, exemplar_crs: Any = None) -
     :data:`POINT_BOX_PIXELS` pixels; any CRS, a file without one is in the raster's), or boxes
     (xmin, ymin, xmax, ymax) in map coordinates of ``exemplar_crs`` (default: the raster's CRS).
     """
-    if exemplars is None or (not isinstance(exemplars, (str, os.PathLike)) and len(exemplars) == 0):
+    if _no_exemplars(exemplars):
         return []
     if isinstance(exemplars, (str, os.PathLike)):
         groups = read_prompt_file(exemplars, label_field="", group_field="")
@@ -84,6 +84,10 @@ def exemplar_boxes(exemplars: Any, view: RasterView, exemplar_crs: Any = None) -
             raise SamError(f"exemplar {prompt.name} has no area on the raster: draw a box with a width and a height")
         boxes.append((x0, y0, x1, y1))
     return boxes
+
+
+def _no_exemplars(exemplars: Any) -> bool:
+    return exemplars is None or (not isinstance(exemplars, (str, os.PathLike)) and len(exemplars) == 0)
 
 
 def _tile_exemplars(tile: Tile, boxes: Sequence[Box]) -> list[Box]:
@@ -159,7 +163,7 @@ def find_raster(
 
     if not 0.0 <= float(threshold) <= 1.0:
         raise SamError(f"the threshold is a score between 0 and 1, got {threshold:g}")
-    if text is None and (exemplars is None or (not isinstance(exemplars, (str, os.PathLike)) and len(exemplars) == 0)):
+    if text is None and _no_exemplars(exemplars):
         raise SamError("nothing to find: give a text (e.g. \"building\") and/or exemplars")
     target = Path(output).expanduser()
     with open_raster(raster, tiling.bands, tiling.resolution, tiling.extent) as view:

@@ -209,7 +209,8 @@ def test_demo_segments_known_objects_in_place(processing, which, request, tmp_pa
     assert min(best) >= 0.8, best
 
 
-@pytest.mark.parametrize("algorithm_id", ["sam:automask_raster", "sam:segment_prompts", "sam:encode_raster"])
+@pytest.mark.parametrize("algorithm_id", ["sam:automask_raster", "sam:segment_prompts", "sam:encode_raster",
+                                          "sam:find_objects"])
 def test_help_in_the_dialog_names_parameters_by_their_labels(processing, qgis_iface, monkeypatch, algorithm_id):
     import re
 
