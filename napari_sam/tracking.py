@@ -59,7 +59,7 @@ class Tracking:
 
     # ----------------------------------------------------------------------------------- helpers
 
-    def _time_lapse(self) -> bool:
+    def check_time_lapse(self) -> bool:
         """True when the session runs on a (t, y, x) image (else notifies)."""
         session = self.session
         if not session.ready():
@@ -95,7 +95,7 @@ class Tracking:
         """Follow every committed object of the shown frame to the last frame, each under its id."""
         from sam_core.tracking import replace_tracks, track_objects
 
-        if not self._time_lapse():
+        if not self.check_time_lapse():
             return None
         session = self.session
         objects = session.layers.objects
@@ -131,7 +131,7 @@ class Tracking:
         two children (new ids, parent recorded), tracked on to the last frame."""
         from sam_core.tracking import mark_division, replace_tracks, track_objects
 
-        if not self._time_lapse():
+        if not self.check_time_lapse():
             return None
         session = self.session
         objects = session.layers.objects
@@ -202,7 +202,7 @@ class Tracking:
         """Write the objects and their lineage as CTC ground truth into ``folder``."""
         from sam_core.tracking import Lineage, continuous_tracks, write_ctc
 
-        if not self._time_lapse():
+        if not self.check_time_lapse():
             return None
         objects = self.session.layers.objects
         labels = np.array(objects.data)
@@ -234,7 +234,7 @@ class Tracking:
         from sam_core.labels import write_csv
         from sam_core.tracking import Lineage, track_table
 
-        if not self._time_lapse():
+        if not self.check_time_lapse():
             return None
         objects = self.session.layers.objects
         labels = np.array(objects.data)
@@ -259,7 +259,7 @@ class Tracking:
         """Read CTC ground truth from ``folder`` into ``SAM objects`` (one undoable edit) with its lineage."""
         from sam_core.tracking import read_ctc, validate
 
-        if not self._time_lapse():
+        if not self.check_time_lapse():
             return None
         session = self.session
         objects = session.layers.objects
@@ -324,9 +324,12 @@ class TrackingPanel(QGroupBox):
         return self.tracking.track()
 
     def show_tracks(self) -> Any:
-        if not self.widget._ensure_started():
+        if not self.widget._ensure_started() or not self.tracking.check_time_lapse():
             return None
-        return self.tracking.show_tracks()
+        layer = self.tracking.show_tracks()
+        if layer is None:
+            show_info("No objects to draw: commit and track some objects first.")
+        return layer
 
     def divide(self) -> Any:
         from napari.utils.notifications import show_error

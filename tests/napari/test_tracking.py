@@ -132,6 +132,8 @@ def test_tracking_says_what_is_missing(make_widget, qtbot, notes, tmp_path, monk
     click(qtbot, panel.track_button)
     assert notes[-1] == ("error", "No committed object on frame 0: segment the objects on this frame, commit them, "
                                   "then track.")
+    click(qtbot, panel.tracks_button)
+    assert notes[-1] == ("info", "No objects to draw: commit and track some objects first.")
     viewer.layers[OBJECTS_NAME].data[0] = truth[0]  # as if committed
     viewer.dims.set_point(0, 1)
     widget.ids_edit.setText("1")
@@ -144,9 +146,10 @@ def test_tracking_says_what_is_missing(make_widget, qtbot, notes, tmp_path, monk
     wait_for(qtbot, widget)
     assert notes[-1][0] == "error" and "holds no CTC masks" in notes[-1][1]
     viewer2, widget2 = make_widget(truth[0].astype(np.uint8) * 100)
-    click(qtbot, widget2.tracking_panel.track_button)
-    assert notes[-1] == ("error", "Tracking needs a time-lapse with axes (t, y, x): this image has 2 non-channel "
-                                  "axes (48, 48).")
+    for button in (widget2.tracking_panel.track_button, widget2.tracking_panel.tracks_button):
+        click(qtbot, button)
+        assert notes[-1] == ("error", "Tracking needs a time-lapse with axes (t, y, x): this image has 2 "
+                                      "non-channel axes (48, 48).")
 
 
 @pytest.mark.slow  # builds Meta's model to write the checkpoint, then runs SAM 2.1 twice
