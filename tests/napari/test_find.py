@@ -31,21 +31,6 @@ def scene(height=80, width=120, seed=0):
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def open_widget(make_napari_viewer, choose_file, checkpoint, image, tmp_path, show=False, **kwargs):
-    """The plugin's widget (from the plugin manager) on ``image`` with ``checkpoint`` chosen as a file."""
-    from qtpy.QtWidgets import QApplication
-
-    viewer = make_napari_viewer(show=show)
-    viewer.add_image(image, name="image", **kwargs)
-    _, widget = viewer.window.add_plugin_dock_widget("sam-suite", "Segment Anything")
-    widget.cache_edit.setText(str(tmp_path / "cache"))
-    names = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
-    choose_file(checkpoint)
-    widget.model_combo.setCurrentIndex(names.index("local checkpoint file…"))
-    QApplication.processEvents()
-    return viewer, widget
-
-
 def expected_labels(checkpoint, image, threshold, **query):
     """The label image of ``ConceptPredictor.find`` (the CLI's rule: sam_core.automask.masks_to_labels)."""
     from sam_core.automask import masks_to_labels
@@ -78,11 +63,11 @@ def splitting_threshold(checkpoint, image, **query):
     raise AssertionError(f"no threshold splits the scores {scores}")
 
 
-def test_find_all_by_text_then_accept_and_undo(make_napari_viewer, qtbot, choose_file, sam3_file, tmp_path, notes):
+def test_find_all_by_text_then_accept_and_undo(make_widget, qtbot, sam3_file, notes):
     from qtpy.QtCore import Qt
 
     image = scene()
-    viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, image, tmp_path)
+    viewer, widget = make_widget(image, model=sam3_file)
     threshold = splitting_threshold(sam3_file, image, text="red square")
     widget.threshold_spin.setValue(threshold)
     qtbot.keyClicks(widget.find_edit, "red square")
@@ -119,13 +104,12 @@ def test_find_all_by_text_then_accept_and_undo(make_napari_viewer, qtbot, choose
     np.testing.assert_array_equal(np.asarray(viewer.layers[AUTO].data), expected)
 
 
-def test_like_this_one_with_a_positive_and_a_negative_box(make_napari_viewer, qtbot, choose_file, sam3_file,
-                                                           tmp_path, notes):
+def test_like_this_one_with_a_positive_and_a_negative_box(make_widget, qtbot, sam3_file, notes):
     from napari_sam.concepts import EXAMPLES_NAME
     from napari_sam.prompts import slice_boxes
 
     image = scene()
-    viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, image, tmp_path, show=True)
+    viewer, widget = make_widget(image, model=sam3_file, show=True)
     widget.threshold_spin.setValue(0.0)
     click(qtbot, widget.like_check)
     examples = viewer.layers[EXAMPLES_NAME]
@@ -152,9 +136,9 @@ def test_like_this_one_with_a_positive_and_a_negative_box(make_napari_viewer, qt
     assert not [message for severity, message in notes if severity == "error"]
 
 
-def test_find_all_through_a_stack_gives_unique_ids(make_napari_viewer, qtbot, choose_file, sam3_file, tmp_path):
+def test_find_all_through_a_stack_gives_unique_ids(make_widget, qtbot, sam3_file):
     stack = np.stack([scene(64, 72, seed=z)[..., z % 3] for z in range(3)])  # (z, y, x) grayscale
-    viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, stack, tmp_path)
+    viewer, widget = make_widget(stack, model=sam3_file)
     threshold = min(splitting_threshold(sam3_file, plane, text="square") for plane in stack)  # none is empty
     widget.threshold_spin.setValue(threshold)
     qtbot.keyClicks(widget.find_edit, "square")
@@ -182,9 +166,9 @@ def test_find_all_through_a_stack_gives_unique_ids(make_napari_viewer, qtbot, ch
     np.testing.assert_array_equal(again[:2], found[:2])
 
 
-def test_cancel_stops_a_stack_run(make_napari_viewer, qtbot, choose_file, sam3_file, tmp_path, notes):
+def test_cancel_stops_a_stack_run(make_widget, qtbot, sam3_file, notes):
     stack = np.stack([scene(64, 72, seed=z)[..., 0] for z in range(4)])
-    viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, stack, tmp_path)
+    viewer, widget = make_widget(stack, model=sam3_file)
     qtbot.keyClicks(widget.find_edit, "square")
     click(qtbot, widget.find_stack_check)
     click(qtbot, widget.find_button)
@@ -195,11 +179,11 @@ def test_cancel_stops_a_stack_run(make_napari_viewer, qtbot, choose_file, sam3_f
     assert AUTO not in viewer.layers or not np.asarray(viewer.layers[AUTO].data).any()
 
 
-def test_clear_messages_for_wrong_model_empty_and_too_long_text(make_napari_viewer, qtbot, choose_file, sam3_file,
-                                                                small_vit_checkpoint, tmp_path, notes):
+def test_clear_messages_for_wrong_model_empty_and_too_long_text(make_widget, qtbot, choose_file, sam3_file,
+                                                                small_vit_checkpoint, notes):
     from qtpy.QtWidgets import QApplication
 
-    viewer, widget = open_widget(make_napari_viewer, choose_file, sam3_file, scene(), tmp_path)
+    viewer, widget = make_widget(scene(), model=sam3_file)
     click(qtbot, widget.find_button)  # nothing typed
     assert notes[-1] == ("error", "Type what to find in the 'Find all' field first: a word or a short phrase, e.g. 'cell'.")
     click(qtbot, widget.like_button)  # no example box drawn
