@@ -135,6 +135,11 @@ def test_tracking_says_what_is_missing(make_widget, qtbot, notes, tmp_path, monk
     click(qtbot, panel.tracks_button)
     assert notes[-1] == ("info", "No objects to draw: commit and track some objects first.")
     viewer.layers[OBJECTS_NAME].data[0] = truth[0]  # as if committed
+    click(qtbot, panel.track_button)
+    click(qtbot, widget.cancel_button)  # the model is still loading: no frame is tracked
+    wait_for(qtbot, widget)
+    assert ("info", "Cancelled.") in notes and widget.progress_bar.format() == "cancelled"
+    assert not np.asarray(viewer.layers[OBJECTS_NAME].data[1:]).any()
     viewer.dims.set_point(0, 1)
     widget.ids_edit.setText("1")
     click(qtbot, panel.divide_button)
