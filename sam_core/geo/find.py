@@ -45,6 +45,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # The class of the polygons of a query without a text.
 EXEMPLAR_CLASS = "exemplar"
+# The polygons' fields (also of an output without any polygon).
+FIELDS = {"id": np.int64, "class": object, "score": np.float64, "area": np.float64, "area_m2": np.float64,
+          "tile": np.int64, "n_tiles": np.int64}
 
 Box = tuple[float, float, float, float]
 
@@ -126,8 +129,8 @@ def _features(pieces: Sequence[MaskPiece], view: RasterView, label: str, polygon
                                   min_area=polygons.min_area)
     for feature in features:
         old = feature.attributes
-        feature.attributes = {"id": old["id"], "class": label, "score": old["predicted_iou"], "area": old["area"],
-                              "area_m2": old["area_m2"], "tile": old["tile"], "n_tiles": old["n_tiles"]}
+        merged = {**old, "class": label, "score": old["predicted_iou"]}
+        feature.attributes = {name: merged[name] for name in FIELDS}
     return features
 
 
@@ -200,6 +203,6 @@ def find_raster(
         objects = remove_overlaps(merge_tile_masks(grid, per_tile, seam_iou=tiling.seam_iou))
         features = _features(objects, view, phrase if phrase is not None else EXEMPLAR_CLASS, polygons)
         check(cancel)
-        write_features(target, features, view.crs)
+        write_features(target, features, view.crs, empty_schema=FIELDS)
         store.remove()
         return FindResult(str(target), len(features), view.crs_wkt, len(per_tile), len(grid), resumed, searched)

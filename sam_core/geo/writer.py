@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -76,10 +76,12 @@ def _columns(features: Sequence[Any], driver: str) -> tuple[list[str], list[np.n
     return names, columns
 
 
-def write_features(path: PathLike, features: Sequence[Any], crs: Any, layer: str = "segments") -> Path:
+def write_features(path: PathLike, features: Sequence[Any], crs: Any, layer: str = "segments",
+                   empty_schema: Optional[dict] = None) -> Path:
     """Write ``features`` (``.geometry`` shapely (Multi)Polygon, ``.attributes`` dict) to ``path``.
 
     ``crs`` is a rasterio CRS (or None). An existing file at ``path`` is replaced only on success.
+    ``empty_schema``: the fields (name -> NumPy dtype) of a file without features (default: ``id`` only).
     """
     import pyogrio.raw
     import shapely
@@ -92,7 +94,10 @@ def write_features(path: PathLike, features: Sequence[Any], crs: Any, layer: str
     wkb = np.asarray(shapely.to_wkb(np.asarray(geometries, dtype=object)) if geometries else [], dtype=object)
     names, columns = _columns(features, driver)
     if not names:
-        names, columns = ["id"], [np.zeros(0, dtype=np.int64)]
+        schema = empty_schema or {"id": np.int64}
+        names, columns = list(schema), [np.zeros(0, dtype=dtype) for dtype in schema.values()]
+        if driver == "ESRI Shapefile":
+            names = [SHAPEFILE_NAMES.get(n, n)[:10] for n in names]
     options = dict(
         driver=driver,
         geometry_type="MultiPolygon",

@@ -157,6 +157,14 @@ class PerfectFinder:
                         scores=np.full(len(masks), 0.9))
 
 
+def test_nothing_found_is_an_empty_layer_with_the_fields(shared, raster, tmp_path):
+    out = tmp_path / "none.gpkg"
+    result = find_raster(raster, out, text="square", threshold=1.0, predictor=shared,
+                         tiling=TilingSettings(tile_size=256, overlap=0))
+    geoms, attrs, crs = read_output(out)
+    assert result.count == 0 and geoms == [] and list(attrs) == FIELDS and crs == UTM
+
+
 def test_instances_cut_by_seams_come_out_whole(raster, tmp_path):
     """known_scene's rectangle across the corner of 4 tiles comes out as one polygon equal to the truth,
     as do the two rectangles that touch (two polygons)."""
