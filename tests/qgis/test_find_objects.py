@@ -189,3 +189,24 @@ def test_find_all_on_the_map_tool_panel_adds_the_polygons_to_the_output_layer(ca
     finally:
         tool.cleanup()
         settings.set_value("concept_checkpoint", "")
+
+
+def test_the_plugin_docks_the_find_all_panel_while_the_tool_runs(qgis_iface, scene, without_provider):
+    import qgis_sam
+    from qgis.PyQt.QtWidgets import QLineEdit, QPushButton
+
+    plugin = qgis_sam.classFactory(qgis_iface)
+    plugin.initGui()
+    try:
+        raster = QgsRasterLayer(str(scene[0]), "scene")
+        QgsProject.instance().addMapLayer(raster)
+        qgis_iface.setActiveLayer(raster)
+        tool = plugin.start_map_tool(True)
+        dock = plugin.dock
+        assert dock is not None and dock.widget() is tool.panel
+        assert dock.findChild(QLineEdit, "find_text") is tool.panel.text
+        assert dock.findChild(QPushButton, "find_all").text() == "Find all"
+    finally:
+        plugin.unload()
+        QgsProject.instance().removeAllMapLayers()
+    assert plugin.dock is None
