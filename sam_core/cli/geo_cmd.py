@@ -43,7 +43,7 @@ def add_parallel_args(parser: argparse.ArgumentParser) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "geo",
-        help="georeferenced rasters to polygons (automask, prompts, encode)",
+        help="georeferenced rasters to polygons (automask, prompts, encode, find)",
         description="Segment georeferenced rasters of any size tile by tile into polygons with the raster's CRS.",
     )
     sub = parser.add_subparsers(dest="geo_command", metavar="ACTION")
