@@ -15,6 +15,12 @@ from qgis.core import (
 from .base import SamAlgorithm, attributes_help, remove_files
 
 
+# The help sentences of the parameters add_tiling_parameters and add_area_parameters add (HTML).
+TILING_HELP = ("<b>Bands</b>: one band (grey) or three (red, green, blue). <b>Tile size</b> and <b>Tile overlap</b> "
+               "in pixels (an object larger than a tile may still be cut). <b>Resolution</b> resamples to a ground "
+               "resolution (map units per pixel; empty: native). <b>Extent</b> limits the area.")
+
+
 def add_tiling_parameters(algorithm: SamAlgorithm) -> None:
     algorithm.addParameter(QgsProcessingParameterBand(
         "BANDS", "Bands (one or three; empty: the first three, or the only one)", None, "INPUT", True, True))
@@ -70,10 +76,8 @@ class AutomaskRasterAlgorithm(SamAlgorithm):
             "joins objects cut by tile seams, and writes them as polygons in the raster's CRS. An object that "
             "reaches a tile's border but was not found by the neighbouring tile is segmented again in a window "
             "centred on it, so that it is kept whole instead of ending in a straight line on the border.<br><br>"
-            + attributes_help() +
-            "<b>Bands</b>: one band (grey) or three (red, green, blue). <b>Tile size</b> and <b>Tile overlap</b> "
-            "in pixels (an object larger than a tile may still be cut). <b>Resolution</b> resamples to a ground "
-            "resolution (map units per pixel; empty: native). <b>Extent</b> limits the area. <b>Minimum area</b> "
+            + attributes_help()
+            + TILING_HELP + " <b>Minimum area</b> "
             "(map units²) drops small polygons, <b>Simplification tolerance</b> (map units) simplifies outlines. "
             "<b>Points per side</b>, <b>Predicted IoU threshold</b> and <b>Stability score threshold</b> are the "
             "generator's settings (empty: the model's). <b>Model</b> or a <b>Checkpoint file</b> chooses the "

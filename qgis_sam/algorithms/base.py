@@ -43,9 +43,9 @@ ATTRIBUTES = (
 )
 
 
-def attributes_help(extra: tuple = ()) -> str:
-    """The help paragraph that lists the output attributes (HTML)."""
-    items = "".join(f"<li><i>{name}</i>: {text}</li>" for name, text in ATTRIBUTES + tuple(extra))
+def attributes_help(extra: tuple = (), attributes: tuple = ATTRIBUTES) -> str:
+    """The help paragraph that lists the output ``attributes`` and ``extra`` ones (HTML)."""
+    items = "".join(f"<li><i>{name}</i>: {text}</li>" for name, text in tuple(attributes) + tuple(extra))
     return f"Attributes of the polygons:<ul>{items}</ul>"
 
 

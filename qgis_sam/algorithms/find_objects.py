@@ -14,20 +14,20 @@ from qgis.core import (
 )
 
 from .. import settings
-from .automask_raster import add_area_parameters, add_tiling_parameters, area_params, tiling_params
-from .base import SamAlgorithm, model_name, remove_files
+from .automask_raster import TILING_HELP, add_area_parameters, add_tiling_parameters, area_params, tiling_params
+from .base import ATTRIBUTES as SEGMENT_ATTRIBUTES
+from .base import SamAlgorithm, attributes_help, model_name, remove_files
 
 # Side of the box an exemplar point becomes, in pixels of the raster (sam_core.geo.prompts.POINT_BOX_PIXELS).
 POINT_BOX_PIXELS = 32
 
+_SAME = dict(SEGMENT_ATTRIBUTES)
+# The attributes of the polygons (sam_core.geo.find.FIELDS), for the help text.
 ATTRIBUTES = (
-    ("id", "1, 2, 3, … in output order"),
+    ("id", _SAME["id"]),
     ("class", "the text searched for (<i>exemplar</i> without a text)"),
     ("score", "the model's confidence, 0 to 1 (an object joined across tiles: the area-weighted mean)"),
-    ("area", "in map units²"),
-    ("area_m2", "in square metres (on the ellipsoid for degrees; empty when the CRS's unit is unknown)"),
-    ("tile", "number of the tile that holds most of the object"),
-    ("n_tiles", "how many tiles the object spans"),
+    *((name, _SAME[name]) for name in ("area", "area_m2", "tile", "n_tiles")),
 )
 
 
@@ -44,21 +44,18 @@ class FindObjectsAlgorithm(SamAlgorithm):
         return "Find objects by name (SAM 3)"
 
     def shortHelpString(self) -> str:
-        items = "".join(f"<li><i>{name}</i>: {text}</li>" for name, text in ATTRIBUTES)
         return (
             "Finds every instance of a concept in the raster with SAM 3, tile by tile, and writes them as "
             "polygons in the raster's CRS; instances cut by tile seams are joined.<br><br>"
-            "<b>Text</b>: what to find, a word or short phrase (e.g. building, swimming pool; at most 30 "
-            "tokens). <b>Exemplars</b>: optional polygons (their bounds) or points around examples of what to "
+            "<b>Text</b>: what to find, a word or short phrase (e.g. building, swimming pool; a text longer "
+            "than the model reads, 30 tokens for sam3, is refused). <b>Exemplars</b>: optional polygons (their bounds) or points around examples of what to "
             f"find, in any CRS; a point stands for a box of {POINT_BOX_PIXELS} × {POINT_BOX_PIXELS} pixels "
             "centred on it. SAM 3 reads an exemplar from the pixels under it, so an exemplar helps in the tiles "
             "that hold it whole; the other tiles are searched with the text alone, and without a text only the "
             "tiles holding an exemplar are searched. <b>Score threshold</b>: the least score an instance needs "
             "(0 to 1).<br><br>"
-            f"Attributes of the polygons:<ul>{items}</ul>"
-            "<b>Bands</b>: one band (grey) or three (red, green, blue). <b>Tile size</b> and <b>Tile overlap</b> "
-            "in pixels. <b>Resolution</b> resamples to a ground resolution (map units per pixel; empty: native). "
-            "<b>Extent</b> limits the area. <b>Model</b> (models that find objects by name: "
+            + attributes_help(attributes=ATTRIBUTES)
+            + TILING_HELP + " <b>Model</b> (models that find objects by name: "
             f"{', '.join(self.MODELS)}) or a <b>Checkpoint file</b> (SAM 3's sam3.pt) chooses the weights.<br><br>"
             "The work runs in the Segment Anything engine process; cancel stops between tiles and writes nothing."
         )
