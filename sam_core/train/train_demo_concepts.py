@@ -42,7 +42,7 @@ from sam_core.train.prompts import mask_box
 from sam_core.train.train_demo import _as_is, _learning_rate, _save
 
 TRAIN_SEED = 0
-DEFAULT_STEPS = 900
+DEFAULT_STEPS = 800
 
 DEMO_CONCEPTS = Sam3Config(
     name="demo-concepts",
@@ -75,8 +75,9 @@ DEMO_CONCEPTS = Sam3Config(
 def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEPTS) -> Sam3:
     """A fresh ``demo-concepts`` network (train mode) with seeded initial weights; the position
     tables the official builder leaves at zero get small random values, and the queries' reference
-    boxes start as the cells of a grid over the image (queries localized from the first step, which
-    the matching needs to settle quickly)."""
+    boxes start as the cells of a grid over the image and the decoder's box bias keeps each query's
+    attention inside its box (queries localized from the first step, which the matching needs to settle
+    quickly: without it every query learnt the same answer)."""
     torch.manual_seed(seed)
     model = Sam3(config)
     text = model.backbone.language_backbone.encoder
@@ -90,7 +91,26 @@ def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEP
         cells = torch.stack([(index % side + 0.5) / side, (torch.div(index, side, rounding_mode="floor") + 0.5) / side,
                              torch.full_like(index, 1 / side), torch.full_like(index, 1 / side)], dim=1)
         model.transformer.decoder.reference_points.weight.copy_(inverse_sigmoid(cells))
+        for bias_mlp in (model.transformer.decoder.boxRPB_embed_x, model.transformer.decoder.boxRPB_embed_y):
+            _outside_penalty(bias_mlp, OUTSIDE_PENALTY)
     return model.train()
+
+
+OUTSIDE_PENALTY = 8.0
+
+
+def _outside_penalty(mlp: torch.nn.Module, strength: float) -> None:
+    """Start a box relative-position bias MLP (2 -> hidden -> heads; inputs: the signed, log-scaled
+    distances of an image cell to a query box's two edges along one axis) as ``-strength`` times the
+    cell's distance outside the box, in every head: two hidden units carry the distances past each edge,
+    the others keep their random weights with a tenth of their say. A query then attends to its own box
+    from the first step, instead of every query reading the same image average."""
+    first, last = mlp.layers[0], mlp.layers[-1]
+    first.weight[:2] = torch.tensor([[-1.0, 0.0], [0.0, 1.0]])  # before the top/left edge, past the bottom/right
+    first.bias[:2] = 0.0
+    last.weight.mul_(0.1)
+    last.weight[:, :2] = -strength
+    last.bias.zero_()
 
 
 def scene_box(mask: np.ndarray) -> tuple[float, float, float, float]:
