@@ -210,3 +210,39 @@ def test_the_plugin_docks_the_find_all_panel_while_the_tool_runs(qgis_iface, sce
         plugin.unload()
         QgsProject.instance().removeAllMapLayers()
     assert plugin.dock is None
+
+
+def test_find_all_on_a_raster_that_is_not_a_file_searches_its_export(canvas_on_scene, sam3_checkpoint, tmp_path):
+    import os
+    from urllib.parse import quote
+
+    canvas, layer, _, _ = canvas_on_scene
+    e = layer.extent()
+    uri = (f"?crs={layer.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
+           f"&width={layer.width()}&height={layer.height()}&formula={quote(chr(34) + 'r@1' + chr(34))}"
+           f"&r:uri={quote(layer.source())}&r:provider=gdal")
+    virtual = QgsRasterLayer(uri, "virtual", "virtualraster")
+    assert virtual.isValid()
+    settings.set_value("concept_checkpoint", str(sam3_checkpoint))
+    settings.set_value("tile_size", 256)
+    settings.set_value("overlap", 32)
+    messages, counts = [], []
+    tool = SamMapTool(canvas, virtual, settings.client(), lambda text, level: messages.append(text))
+    tool.findFinished.connect(counts.append)
+    try:
+        QTest.keyClicks(tool.panel.text, "square")
+        tool.panel.threshold.setValue(0.0)
+        QTest.keyClick(tool.panel.text, Qt.Key_Return)  # Enter in the field presses Find all
+        task = tool.find_task
+        assert task is not None and task.params["raster"] is None  # exported in the task
+        assert wait_until(lambda: counts, 300), messages
+        assert counts[0] > 0, messages
+        exported = task.params["raster"]
+        assert exported and not os.path.exists(exported)  # the temporary export is gone
+        saved = QgsVectorLayer(f"{tmp_path / 'segment_anything.gpkg'}|layername=sam_segments", "saved", "ogr")
+        assert saved.featureCount() == counts[0] and same_crs(saved.crs(), layer.crs())
+        assert all(e.buffered(1.0).contains(f.geometry().boundingBox()) for f in saved.getFeatures())
+        del saved
+    finally:
+        tool.cleanup()
+        settings.set_value("concept_checkpoint", "")
