@@ -6,7 +6,8 @@ thread (progress and cancel) and writes the results back as one undoable edit of
 
 * **Track objects from this frame**: every committed object of the shown frame is followed to the
   last frame under its own id (SAM 2.1: with memory, all objects together; other models: slice
-  propagation, one object at a time). Its pixels on later frames are replaced by the tracked ones.
+  propagation, one object at a time). Its pixels on later frames are replaced by the tracked ones;
+  an object that divides (has children) still ends on the frame before its children begin.
 * **Mark division**: the object typed in 'Object ids' divides on the shown frame; one positive point
   (or box) inside each of the two children gives two new ids whose parent is that object, tracked
   on from there. The parent ends on the frame before.
@@ -93,13 +94,14 @@ class Tracking:
 
     def track(self, on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional["Job"]:
         """Follow every committed object of the shown frame to the last frame, each under its id."""
-        from sam_core.tracking import replace_tracks, track_objects
+        from sam_core.tracking import end_parents, replace_tracks, track_objects
 
         if not self.check_time_lapse():
             return None
         session = self.session
         objects = session.layers.objects
         before = np.array(objects.data)
+        parents = parents_of(objects)
         here = session.current_index()
         frame = here[0]
         plane = before[frame]
@@ -116,7 +118,7 @@ class Tracking:
             with session.lock:
                 tracked = track_objects(predictor, stack, frame, masks, preparation=preparation,
                                         progress=progress, cancel=cancel)
-            return replace_tracks(before, tracked, frame)
+            return end_parents(replace_tracks(before, tracked, frame), parents)  # a divided object stays ended
 
         def finished(new: np.ndarray) -> None:
             if self._apply(objects, before, new, "tracking", "Track again."):

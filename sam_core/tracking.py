@@ -34,7 +34,7 @@ from sam_core.errors import SamError
 from sam_core.progress import CancelToken, ProgressFn, check, report
 
 __all__ = [
-    "Track", "Lineage", "validate", "check_ctc", "continuous_tracks", "mark_division", "replace_tracks",
+    "Track", "Lineage", "validate", "check_ctc", "continuous_tracks", "mark_division", "replace_tracks", "end_parents",
     "track_objects", "track_table", "tracks_layer_data", "ctc_digits", "write_ctc", "read_ctc",
 ]
 
@@ -264,6 +264,26 @@ def replace_tracks(labels: np.ndarray, tracked: np.ndarray, start: int) -> np.nd
     later[np.isin(later, ids)] = 0
     take = (found > 0) & (later == 0)
     later[take] = found[take]
+    return out
+
+
+def end_parents(labels: np.ndarray, parents: Mapping[int, int]) -> np.ndarray:
+    """``labels`` (T, ...) where every parent of ``parents`` (child id -> parent id) ends before its first
+    child begins: its pixels on that frame and later become background (e.g. after tracking a parent
+    again from an earlier frame). Returns a new array (the input when nothing changes)."""
+    labels = np.asarray(labels)
+    frames = _frames_of(labels)
+    first_child: Dict[int, int] = {}
+    for child, parent in parents.items():
+        if int(child) in frames:
+            begin = int(frames[int(child)][0])
+            first_child[int(parent)] = min(begin, first_child.get(int(parent), begin))
+    out = labels
+    for parent, begin in first_child.items():
+        if parent in frames and frames[parent][-1] >= begin:
+            out = np.array(out, copy=True) if out is labels else out
+            later = out[begin:]
+            later[later == parent] = 0
     return out
 
 

@@ -9,8 +9,8 @@ import pytest
 from helpers.timelapse import dividing_disks
 from sam_core.errors import SamError
 from sam_core.progress import CancelToken, Cancelled
-from sam_core.tracking import (Lineage, Track, check_ctc, continuous_tracks, ctc_digits, mark_division, read_ctc,
-                               replace_tracks, track_objects, track_table, tracks_layer_data, validate, write_ctc)
+from sam_core.tracking import (Lineage, Track, check_ctc, continuous_tracks, ctc_digits, end_parents, mark_division,
+                               read_ctc, replace_tracks, track_objects, track_table, tracks_layer_data, validate, write_ctc)
 
 
 def _labels():
@@ -99,6 +99,15 @@ def test_replace_tracks_changes_only_the_tracked_objects_after_the_start():
     np.testing.assert_array_equal(out[0], labels[0])
     for t in (1, 2):
         assert (out[t] == 1).sum() == 2 and (out[t, 1:3, 0] == 1).all() and (out[t, 3] == 2).all()
+
+
+def test_end_parents_ends_a_parent_before_its_first_child():
+    labels = _labels()
+    labels[2:, 0, 0] = 2  # parent 2 tracked again past the division on frame 2
+    out = end_parents(labels, {3: 2, 4: 2, 9: 1})
+    np.testing.assert_array_equal(out, _labels())
+    same = _labels()
+    assert end_parents(same, {3: 2, 4: 2}) is same  # nothing to change: the input itself
 
 
 def test_write_and_read_ctc_round_trip(tmp_path):

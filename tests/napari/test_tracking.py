@@ -48,7 +48,7 @@ def _dialogs(monkeypatch, folder=None, save=None):
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(save), "")))
 
 
-@pytest.mark.slow  # about 30 s: demo tracks three disks through six frames, twice for the division
+@pytest.mark.slow  # about 45 s: demo tracks three disks through six frames, the daughters, then again
 @needs_demo
 def test_demo_track_divide_export_and_reimport_a_time_lapse(make_widget, qtbot, notes, tmp_path, monkeypatch):
     image, truth, truth_parents = dividing_disks()
@@ -92,6 +92,15 @@ def test_demo_track_divide_export_and_reimport_a_time_lapse(make_widget, qtbot, 
     tracks = viewer.layers[TRACKS_NAME]
     assert tracks.graph == {4: [3], 5: [3]}
     assert len(tracks.data) == 6 * 2 + 3 + 3 * 2  # one centroid per object and frame
+
+    viewer.dims.set_point(0, 0)  # tracking again from the first frame keeps the division
+    click(qtbot, panel.track_button)
+    wait_for(qtbot, widget, timeout=180000)
+    data = np.asarray(objects.data)
+    assert not (data[3:] == 3).any() and parents_of(objects) == truth_parents
+    for t in range(3, 6):
+        for i in (4, 5):
+            assert iou(data[t] == i, truth[t] == i) >= 0.7, (t, i)
 
     _dialogs(monkeypatch, tmp_path / "01_GT" / "TRA", tmp_path / "tracks.csv")
     click(qtbot, panel.export_ctc_button)
