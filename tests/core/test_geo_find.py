@@ -72,10 +72,11 @@ def to_map(x0, y0, x1, y1):
     return min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)
 
 
-def expected_pieces(predictor, raster, tile_size, overlap, text=None, boxes=(), threshold=0.0):
+def expected_pieces(predictor, raster, tile_size, overlap, text=None, boxes=(), threshold=0.0, **grid_options):
     """What the documented rules give: ConceptPredictor.find on each tile's window (exemplars in the tiles
-    that hold them whole), joined by merge_tile_masks, overlaps removed by remove_overlaps."""
-    with open_raster(raster) as view:
+    that hold them whole), joined by merge_tile_masks, overlaps removed by remove_overlaps.
+    ``grid_options``: open_raster's resolution and extent."""
+    with open_raster(raster, **grid_options) as view:
         grid = TileGrid(view.height, view.width, tile_size, overlap)
         per_tile = {}
         for tile in grid:
@@ -235,6 +236,23 @@ def _points_file(folder, points):
     pyogrio.raw.write(str(path), shapely.to_wkb(np.array([shapely.Point(p) for p in points], dtype=object)),
                       [np.arange(len(points))], ["n"], driver="GeoJSON", crs="EPSG:32633", geometry_type="Point")
     return path
+
+
+def test_exemplars_follow_the_working_grid_of_an_extent_and_a_resolution(shared, raster, tmp_path):
+    """With --extent and --resolution the raster is read on another pixel grid: an exemplar in map
+    coordinates lands on that grid's pixels."""
+    extent = (400300.0, 5598400.0, 401900.0, 5599800.0)  # 160 x 140 source pixels, 80 x 70 at 20 m
+    box = to_map(80, 76, 150, 150)  # known_scene's 'corner' rectangle, in metres
+    grid_box = ((box[0] - extent[0]) / 20, (extent[3] - box[3]) / 20, (box[2] - extent[0]) / 20, (extent[3] - box[1]) / 20)
+    out = tmp_path / "grid.gpkg"
+    result = find_raster(raster, out, exemplars=[box], threshold=0.0, predictor=shared,
+                         tiling=TilingSettings(tile_size=128, overlap=0, extent=extent, resolution=20.0))
+    assert result.tiles_total == 1
+    pieces = expected_pieces(shared, raster, 128, 0, boxes=[grid_box], extent=extent, resolution=20.0)
+    geoms, attrs, crs = read_output(out)
+    assert crs == UTM and len(geoms) == len(pieces) > 0
+    assert sorted(attrs["score"]) == pytest.approx(sorted(p.predicted_iou for p in pieces), abs=1e-9)
+    assert all(shapely.box(*extent).buffer(1e-6).contains(g) for g in geoms)
 
 
 def test_an_exemplar_is_used_in_the_tiles_that_hold_it_whole(model, shared, raster, tmp_path, capsys, sam3_file):
