@@ -11,7 +11,7 @@ from conftest import ROOT, wait_until
 from qgis.core import QgsApplication
 from qgis.PyQt.QtWidgets import QToolBar
 
-ALGORITHMS = {"sam:automask_raster", "sam:segment_prompts", "sam:encode_raster"}
+ALGORITHMS = {"sam:automask_raster", "sam:segment_prompts", "sam:encode_raster", "sam:find_objects"}
 
 
 def test_metadata_declares_what_the_plugin_repository_needs():
