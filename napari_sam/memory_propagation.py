@@ -10,7 +10,9 @@ is propagated is what the user sees:
 * the preview's objects (one, or one per prompt), under new ids (the next free ones, as Commit gives).
 
 Results go straight into ``SAM objects`` (one edit: Undo takes it back), on every frame of the run's
-range; each object keeps its id on every frame, so a time-lapse object has one id through time.
+range; each object keeps its id on every frame, so a time-lapse object has one id through time. On a
+frame where an object was prompted (in this run or an earlier one of the same memory) its label is
+the prompt mask itself, not SAM 2.1's low-resolution copy of it.
 Pixels of objects that are not propagated are kept unless "commit may overwrite other objects" is on.
 The prompts and the preview are cleared after a run.
 
@@ -30,7 +32,7 @@ pass ends early once every object has stopped. The "From slice" / "To slice" ran
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -75,11 +77,13 @@ class _Key:
 
 @dataclass
 class _Memory:
-    """A live :class:`VideoSession` and the frame of its first prompts."""
+    """A live :class:`VideoSession`, the frame of its first prompts and every mask prompt given to it
+    ``{frame: {object id: mask}}``."""
 
     key: _Key
     video: "VideoSession"
     first_frame: int
+    prompts: Dict[int, Dict[int, np.ndarray]] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,7 +186,8 @@ class MemoryPropagation:
                 for object_id, mask in sorted(plan.prompts.items()):
                     check(cancel)
                     live.video.add_prompt(plan.frame, object_id, mask=mask)
-                planes = _track(live.video, plan, (lo, hi), stop_absent, progress, cancel)
+                    live.prompts.setdefault(plan.frame, {})[object_id] = mask
+                planes = _track(live, plan, (lo, hi), stop_absent, progress, cancel)
             return live, planes
 
         def finished(result: Tuple[_Memory, Dict[int, np.ndarray]]) -> None:
@@ -220,12 +225,13 @@ class MemoryPropagation:
         return np.stack([new[stack.index(f)] for f in sorted(planes)])
 
 
-def _track(video: "VideoSession", plan: _Plan, bounds: Tuple[int, int], stop_absent: Optional[int],
+def _track(memory: _Memory, plan: _Plan, bounds: Tuple[int, int], stop_absent: Optional[int],
            progress: Any, cancel: Any) -> Dict[int, np.ndarray]:
-    """Run ``video`` from ``plan.frame`` within ``bounds`` (first, last frame); returns each frame's
-    labels (every frame of the range: frames a pass did not reach, after every object stopped, are
-    empty). On the prompted frame the prompt masks are their objects' labels, where no other object is
-    (lower ids first: committed objects keep their pixels, as Commit does)."""
+    """Run ``memory``'s session from ``plan.frame`` within ``bounds`` (first, last frame); returns each
+    frame's labels (every frame of the range: frames a pass did not reach, after every object stopped,
+    are empty). On a prompted frame the prompt masks are their objects' labels, where no other object
+    is (lower ids first: committed objects keep their pixels, as Commit does)."""
+    video = memory.video
     lo, hi = bounds
     passes = []
     if plan.direction in ("both", "forward"):
@@ -253,10 +259,10 @@ def _track(video: "VideoSession", plan: _Plan, bounds: Tuple[int, int], stop_abs
             if frame not in planes:
                 labels = video.labels(frame)
                 labels[np.isin(labels, list(stopped))] = 0
-                if frame == plan.frame:
-                    labels[np.isin(labels, list(plan.prompts))] = 0
-                    for object_id, mask in sorted(plan.prompts.items()):
-                        labels[mask & (labels == 0)] = object_id
+                prompts = memory.prompts.get(frame, {})
+                labels[np.isin(labels, list(prompts))] = 0
+                for object_id, mask in sorted(prompts.items()):
+                    labels[mask & (labels == 0)] = object_id
                 planes[frame] = labels
             progress(done, total, f"frame {frame}")
         results.close()

@@ -181,6 +181,15 @@ def test_cancel_writes_nothing_and_forgets_the_memory(make_widget, qtbot, notes,
     wait_for(qtbot, widget, WAIT)
     np.testing.assert_array_equal(viewer.layers[OBJECTS_NAME].data[SHOWN], _shown_frame_labels(masks))
     assert notes[-1][1].startswith(f"Propagated 2 object(s) through frames 0 to {FRAMES - 1}")
+    done = np.array(viewer.layers[OBJECTS_NAME].data)
+
+    viewer.dims.set_point(0, FRAMES - 1)  # nothing new on this frame: the memory runs again from frame SHOWN
+    click(qtbot, widget.propagate_button)
+    wait_for(qtbot, widget, WAIT)
+    assert notes[-1][1].startswith(f"Propagated 2 object(s) through frames 0 to {FRAMES - 1}")
+    again = np.asarray(viewer.layers[OBJECTS_NAME].data)
+    np.testing.assert_array_equal(again[SHOWN], done[SHOWN])  # the prompts stay the labels of their frame
+    assert set(np.unique(again)) == set(np.unique(done))
 
 
 def test_a_correction_re_propagates_from_its_frame(make_widget, qtbot, notes, sam2_tracker, series):
