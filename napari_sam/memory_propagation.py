@@ -21,7 +21,8 @@ after a run, a click on another frame (the preview) that overlaps a propagated o
 *correction* of that object on that frame; "Propagate" then re-runs only from that frame away from
 the first prompted frame (forward when it is later, backward when earlier), leaving the frames before
 it as they are. A preview that overlaps no propagated object, or a committed object not tracked
-yet, is a new object: the run then goes both ways from the shown frame. A cancelled or failed run
+yet, is a new object: the run then goes both ways from the shown frame. With nothing new on the
+shown frame, "Propagate" runs the memory again from its first prompted frame. A cancelled or failed run
 writes nothing and forgets the memory (the next "Propagate" starts again from the shown frame).
 
 Object score: a frame where SAM 2.1's object score says the object is absent gives it no label. With
