@@ -181,7 +181,9 @@ def export_onnx(
         from sam_core.models.sam2 import refuse_sam2
 
         refuse_sam2(sam, "ONNX export")
-        if getattr(sam, "precision", "fp32") == "int8":
+        from sam_core.models.precision import QUANTIZED
+
+        if getattr(sam, "precision", "fp32") in QUANTIZED:
             raise SamError("this model's encoder is quantized to int8 in PyTorch; load it in fp32 to export "
                            "(use quantize_encoder / --quantize-encoder for an int8 ONNX encoder)")
         _export_parts(sam, out, encoder, quantize_encoder, progress, cancel)

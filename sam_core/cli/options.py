@@ -40,7 +40,8 @@ def add_model_args(parser: argparse.ArgumentParser, *, device: bool = True, prec
         parser.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
     if precision:
         parser.add_argument("--precision", default=None,
-                            help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 (CPU) or auto")
+                            help="encoder precision: fp32 (default), exact, bf16, fp16 (GPU), int8 or int8-smooth "
+                                 "(CPU) or auto")
         parser.add_argument("--compile", action="store_true",
                             help="compile the encoder with torch.compile: the first image takes a minute or more "
                                  "longer, later processes reuse the compiled code (kept on disk); 3x on a GPU, "
@@ -79,10 +80,11 @@ def _describe_run(spec: ModelSpec, predictor: Predictor) -> None:
     model = predictor.model
     device = next(model.parameters()).device
     precision = getattr(model, "precision", "fp32")
+    encoder = getattr(getattr(model, "config", None), "encoder", None)
     if spec.precision == "auto":
-        how = describe_auto(device)
+        how = describe_auto(device, encoder)
     elif spec.precision is None:
-        how = f"the default; {describe_auto(device)}"
+        how = f"the default; {describe_auto(device, encoder)}"
     else:
         how = "as asked"
     print(f"model {spec.label} on {device}, encoder precision {precision} ({how})", file=sys.stderr)

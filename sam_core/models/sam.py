@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -15,7 +14,7 @@ from torch import nn
 
 from sam_core.errors import SamError
 from sam_core.models.config import SamConfig
-from sam_core.models.precision import COMPUTE_DTYPES, resolve_precision
+from sam_core.models.precision import COMPUTE_DTYPES, QUANTIZED, resolve_precision
 from sam_core.models.image_encoder import ImageEncoderViT
 from sam_core.models.mask_decoder import MaskDecoder
 from sam_core.models.prompt_encoder import PromptEncoder
@@ -70,34 +69,24 @@ class Sam(nn.Module):
 
     def set_precision(self, precision: str) -> "Sam":
         """Run the image encoder in ``precision`` (see :mod:`sam_core.models.precision`) on this
-        model's current device; returns self. ``int8`` quantizes the encoder's MLP layers in place
-        and cannot be undone (build a new model for another precision); move the model to its
-        device before choosing a precision.
+        model's current device; returns self. ``int8`` and ``int8-smooth`` quantize the encoder in
+        place (:mod:`sam_core.models.quantize`) and cannot be undone (build a new model for another
+        precision); move the model to its device before choosing a precision.
         """
-        resolved = resolve_precision(precision, self.device)
-        if self.precision == "int8" and resolved != "int8":
-            raise SamError("this model's encoder is quantized to int8; build a new model for another precision")
-        if resolved == "int8" and self.precision != "int8":
-            self._quantize_encoder_mlps()
+        resolved = resolve_precision(precision, self.device, self.config.encoder)
+        if self.precision in QUANTIZED and resolved != self.precision:
+            raise SamError(f"this model's encoder is quantized ({self.precision}); "
+                           "build a new model for another precision")
+        if resolved in QUANTIZED and self.precision != resolved:
+            from sam_core.models.quantize import quantize_encoder
+
+            quantize_encoder(self.image_encoder, resolved)
         self.image_encoder.compute_dtype = COMPUTE_DTYPES[resolved]
         for module in self.modules():
             if hasattr(module, "fused"):
                 module.fused = resolved != "exact"
         self.precision = resolved
         return self
-
-    def _quantize_encoder_mlps(self) -> None:
-        # Only the MLPs (two thirds of the encoder's Linear FLOPs), weights per output channel: with
-        # the attention projections quantized too, vit_b's embedding drifts below cosine 0.999.
-        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
-        spec = {
-            name: qconfig
-            for name, module in self.image_encoder.named_modules()
-            if isinstance(module, nn.Linear) and ".mlp." in f".{name}"
-        }
-        with warnings.catch_warnings():  # torch announces a move of quantization to torchao
-            warnings.simplefilter("ignore", UserWarning)
-            torch.ao.quantization.quantize_dynamic(self.image_encoder, spec, dtype=torch.qint8, inplace=True)
 
     def compile_encoder(self, cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None) -> "Sam":
         """Compile the image encoder with ``torch.compile`` (inductor); returns self.

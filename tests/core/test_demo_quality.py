@@ -66,7 +66,7 @@ def test_automatic_masks(predictor, scenes):
     assert quality.spurious <= SPURIOUS_MAX, quality
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8-smooth"])
 def test_faster_precisions_give_the_masks_of_fp32(precision, predictor, scenes):
     """Issue 7's accuracy guard: the faster encoder paths keep demo's click and box masks on generated
     scenes at a mean IoU of at least 0.98 with those of fp32 (the decoder runs in fp32 in every

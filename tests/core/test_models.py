@@ -356,7 +356,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int8-smooth"])
 def test_vit_b_precision_keeps_embeddings(precision, vit_b_checkpoint, vit_b_encoded):
     # on a CPU without bf16 instructions torch emulates bf16 (about 85 s for this image on 2 cores):
     # slow, but the same arithmetic, so the guard runs everywhere
@@ -379,7 +379,7 @@ def test_small_precisions(config, request, monkeypatch):
         monkeypatch.setattr("sam_core.models.image_encoder._BIAS_CHUNK_BYTES", 1)
         fused = load_ours(config, checkpoint)
         _assert_close(fused.image_encoder(fused.preprocess(image)), reference, 1e-5)
-        for precision in ("bf16", "int8"):
+        for precision in ("bf16", "int8", "int8-smooth"):
             model = load_ours(config, checkpoint).set_precision(precision)
             assert model.precision == precision
             assert _cosine(model.image_encoder(model.preprocess(image)), reference) >= 0.999
@@ -388,8 +388,8 @@ def test_small_precisions(config, request, monkeypatch):
 def test_precision_choices(small_vit_checkpoint):
     from sam_core.models.precision import cpu_has_bf16, resolve_precision
 
-    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
-    assert build_sam(SMALL_VIT, precision="auto").precision in ("bf16", "fp32")
+    assert resolve_precision("auto", "cpu") == ("bf16" if cpu_has_bf16() else "int8-smooth")
+    assert build_sam(SMALL_VIT, precision="auto").precision in ("bf16", "int8-smooth")
     with pytest.raises(SamError, match="GPU"):
         build_sam(SMALL_VIT, precision="fp16")
     with pytest.raises(SamError, match="fp32"):

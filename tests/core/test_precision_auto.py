@@ -19,17 +19,15 @@ def cpu_bf16(request, monkeypatch) -> bool:
 
 def test_describe_auto_names_what_auto_runs(cpu_bf16):
     line = precision.describe_auto("cpu")
-    expected = "bf16" if cpu_bf16 else "fp32"
+    expected = "bf16" if cpu_bf16 else "int8-smooth"  # the guarded fast path (test_precision_fast.py)
     assert line.startswith(f"auto runs {expected} on cpu: ")
     assert precision.resolve_precision("auto", "cpu") == expected
-    if not cpu_bf16:
-        assert "int8" in line and "opt-in" in line  # the faster unguarded path is named, not chosen
 
 
 def test_models_command_says_what_auto_runs(cpu_bf16, tmp_path, capsys):
     assert main(["models", "--cache-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    expected = "bf16" if cpu_bf16 else "fp32"
+    expected = "bf16" if cpu_bf16 else "int8-smooth"
     assert f"Precision: auto runs {expected} on cpu: " in out
 
 
@@ -44,7 +42,7 @@ def image_file(tmp_path):
 def test_segment_verbose_says_which_precision_ran(cpu_bf16, image_file, tmp_path, capsys):
     out = tmp_path / "mask.png"
     base = ["segment", str(image_file), "--point", "40,30", "--out", str(out)]
-    expected = "bf16" if cpu_bf16 else "fp32"
+    expected = "bf16" if cpu_bf16 else "fp32"  # demo is a TinyViT: auto keeps fp32 there without bf16
 
     assert main(base + ["--precision", "auto", "--verbose"]) == 0
     err = capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""The guarded fast encoder for CPUs without bf16 (issue 21 items 3 and 4): ``int8-smooth`` (smoothing
+folded into the LayerNorms, dynamic int8 of qkv and the MLPs), ``auto`` choosing it on a CPU without
+bf16 for ViT encoders, and the command line's ``--precision int8-smooth``.
+
+The accuracy guards sit beside those of the other precisions: vit_b's embedding within cosine 0.999 of
+fp32 (tests/core/test_models.py::test_vit_b_precision_keeps_embeddings, slow; the small ViT and TinyViT
+in test_small_precisions) and demo's masks at mean IoU >= 0.98 with fp32's
+(tests/core/test_demo_quality.py::test_faster_precisions_give_the_masks_of_fp32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from helpers.checkpoints import SMALL_TINY_VIT, SMALL_VIT, load_ours
+from helpers.cli import run_cli, write_cells_png
+from sam_core.errors import SamError
+from sam_core.models import build_sam, precision
+from sam_core.models.quantize import smooth_into_norms
+
+
+def _input(config) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return torch.rand((1, 3, config.image_size, config.image_size), generator=generator) * 255
+
+
+@pytest.fixture
+def no_bf16(monkeypatch):
+    """A CPU without native bf16 (this machine may have it), as most users' laptops."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+
+
+@pytest.mark.parametrize("config", [SMALL_VIT, SMALL_TINY_VIT], ids=lambda c: c.name)
+def test_smoothing_keeps_the_fp32_function(config, request):
+    checkpoint = request.getfixturevalue(f"{config.name}_checkpoint")
+    plain, smoothed = load_ours(config, checkpoint), load_ours(config, checkpoint)
+    pairs = smooth_into_norms(smoothed.image_encoder)
+    blocks = config.depth if config.encoder == "vit" else sum(config.tiny_depths[1:])
+    assert pairs == 2 * blocks  # the LayerNorms before qkv and before the first MLP layer of every block
+    changed = [n for n, p in smoothed.image_encoder.named_parameters()
+               if not torch.equal(p, plain.image_encoder.get_parameter(n))]
+    assert changed  # the weights really moved between LayerNorms and Linears
+    image = _input(config)
+    with torch.no_grad():
+        expected = plain.image_encoder(plain.preprocess(image))
+        got = smoothed.image_encoder(smoothed.preprocess(image))
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+
+def test_int8_smooth_quantizes_qkv_and_the_mlps_only(small_vit_checkpoint):
+    model = load_ours(SMALL_VIT, small_vit_checkpoint).set_precision("int8-smooth")
+    assert model.precision == "int8-smooth"
+    for block in model.image_encoder.blocks:
+        for layer in (block.attn.qkv, block.mlp.lin1, block.mlp.lin2):
+            assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
+        assert type(block.attn.proj) is nn.Linear  # the output projection stays fp32
+    with pytest.raises(SamError, match="quantized \\(int8-smooth\\)"):
+        model.set_precision("int8")
+    with pytest.raises(SamError, match="CPU only"):
+        precision.resolve_precision("int8-smooth", "cuda")
+
+
+def test_auto_on_a_cpu_without_bf16_picks_int8_smooth_for_vit_encoders(no_bf16):
+    assert precision.resolve_precision("auto", "cpu") == "int8-smooth"
+    assert build_sam(SMALL_VIT, precision="auto").precision == "int8-smooth"
+    # TinyViT (vit_t, demo): no guarded gain, so auto stays fp32
+    assert precision.resolve_precision("auto", "cpu", "tiny_vit") == "fp32"
+    assert build_sam(SMALL_TINY_VIT, precision="auto").precision == "fp32"
+
+    vit = precision.describe_auto("cpu", "vit")
+    assert vit.startswith("auto runs int8-smooth on cpu: this CPU has no native bf16, so the guarded fast path")
+    assert "cosine >= 0.999" in vit
+    tiny = precision.describe_auto("cpu", "tiny_vit")
+    assert tiny.startswith("auto runs fp32 on cpu: TinyViT encoders") and "opt-in" in tiny
+    every = precision.describe_auto("cpu")  # panels and `models`: one line for every SAM 1 model
+    assert every.startswith("auto runs int8-smooth on cpu: ") and "TinyViT" in every
+
+
+def test_auto_on_a_cpu_with_bf16_keeps_bf16(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    for encoder in ("vit", "tiny_vit"):
+        assert precision.resolve_precision("auto", "cpu", encoder) == "bf16"
+        assert precision.describe_auto("cpu", encoder).startswith("auto runs bf16 on cpu: ")
+
+
+def test_cli_precision_int8_smooth(tmp_path, small_vit_checkpoint, capsys):
+    image = write_cells_png(tmp_path)
+    out = tmp_path / "mask.png"
+    code, _, err = run_cli(["segment", image, "--point", "45,35", "--out", out, "--checkpoint", small_vit_checkpoint,
+                            "--precision", "int8-smooth", "--verbose"], capsys)
+    assert code == 0, err
+    assert "encoder precision int8-smooth (as asked)" in err
+    mask = np.asarray(Image.open(out))
+    assert mask.shape == (70, 90) and mask.any()
+
+
+def test_cli_auto_runs_int8_smooth_without_bf16(tmp_path, small_vit_checkpoint, no_bf16, capsys):
+    image = write_cells_png(tmp_path)
+    code, _, err = run_cli(["segment", image, "--point", "45,35", "--out", tmp_path / "mask.png", "--checkpoint",
+                            small_vit_checkpoint, "--precision", "auto", "--verbose"], capsys)
+    assert code == 0, err
+    assert "encoder precision int8-smooth (auto runs int8-smooth on cpu: " in err
+
