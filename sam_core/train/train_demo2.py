@@ -50,7 +50,7 @@ from sam_core.train.sequences import generate_sequence
 from sam_core.train.synthetic import _min_area, generate_scene
 
 TRAIN_SEED = 0
-DEFAULT_STEPS = 700
+DEFAULT_STEPS = 360
 CONFIG_NAME = "demo2"
 
 
@@ -205,22 +205,28 @@ def _select(features: FrameFeatures, index: int, n: int) -> FrameFeatures:
 
 
 def _clip_step(model: Sam2, frames: np.ndarray, labels: np.ndarray, exits: bool, rng: np.random.Generator,
-               losses: _Loss, max_objects: int, device: str) -> None:
-    """Prompt the objects of frame 0 and track them through the clip (see the module docstring)."""
+               losses: _Loss, max_objects: int, device: str, max_prompted: int = 0) -> None:
+    """Prompt up to ``max(max_objects, max_prompted)`` objects on frame 0 (the image path) and track
+    ``max_objects`` of them through the clip (see the module docstring)."""
     size = model.image_size
     count = len(frames)
     ids = [i for i in np.unique(labels[0]) if i > 0 and (labels[0] == i).sum() >= 2 * _min_area(size)]
     if not ids:
         return
-    ids = [int(i) for i in rng.permutation(ids)[:max_objects]]
-    if exits and 1 in np.unique(labels[0]) and 1 not in ids:
-        ids[-1] = 1
-    n = len(ids)
-    masks = np.stack([labels[:, None] == i for i in ids], axis=1)[:, :, 0]  # (T, N, S, S)
+    ids = [int(i) for i in rng.permutation(ids)]
+    if exits and 1 in ids:  # the object that leaves is among the tracked ones
+        ids.remove(1)
+        ids.insert(0, 1)
+    ids = ids[:max(max_objects, max_prompted)]
     x = torch.from_numpy(frames).to(device).permute(0, 3, 1, 2)
     features = frame_features(model, model.preprocess(x))
+    prompted = np.stack([labels[0] == i for i in ids])
+    low, scores, pointers, _ = _prompted(model, _select(features, 0, len(ids)), prompted, rng, losses, "clip",
+                                         corrections=int(rng.random() < 0.5))
+    n = min(max_objects, len(ids))
+    low, scores, pointers = low[:n], scores[:n], pointers[:n]
+    masks = np.stack([labels == i for i in ids[:n]], axis=1)  # (T, N, S, S)
     first = _select(features, 0, n)
-    low, scores, pointers, _ = _prompted(model, first, masks[0], rng, losses, "clip", corrections=int(rng.random() < 0.5))
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)
     memory, memory_pos = model.encode_memory(first.pix_feat, full, scores, binarize=True)
     cond = {0: FrameState(low, None, pointers, scores, memory, memory_pos)}
@@ -271,18 +277,19 @@ def train(
     out: Path,
     steps: int = DEFAULT_STEPS,
     clips: int = 1,
-    scenes: int = 1,
+    scenes: int = 2,
     frames: int = 8,
-    objects: int = 6,
+    objects: int = 3,
+    prompted: int = 10,
     lr: float = 1.5e-3,
-    warmup: int = 30,
+    warmup: int = 20,
     seed: int = TRAIN_SEED,
     save_every: int = 25,
     resume: bool = False,
     device: str = "cpu",
     log_every: int = 10,
     state_path: Optional[Path] = None,
-    loss_size: int = 128,
+    loss_size: int = 64,
     balance_until: float = 0.5,
     workers: int = 1,
     stop_after: Optional[int] = None,
@@ -290,8 +297,8 @@ def train(
 ) -> Sam2:
     """Train ``demo2`` and write it to ``out``; returns the trained model (train mode).
 
-    ``clips`` clips of ``frames`` frames and ``scenes`` still scenes a step, up to ``objects``
-    objects prompted in each; losses at ``loss_size`` pixels per side; ``workers`` processes draw
+    ``clips`` clips of ``frames`` frames and ``scenes`` still scenes a step; up to ``prompted``
+    objects prompted on frame 0 of a clip and on each scene, ``objects`` of a clip's tracked; losses at ``loss_size`` pixels per side; ``workers`` processes draw
     the data ahead; ``stop_after`` ends the run at that step of the ``steps``-long schedule;
     ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``.
     """
@@ -324,9 +331,9 @@ def train(
         losses = _Loss(loss_size, balance=max(0.0, 1.0 - step / (balance_until * steps)))
         for c in range(clips):
             _clip_step(model, batch["clips"][c], batch["clip_labels"][c], batch["exits"][c], rng, losses, objects,
-                       device)
+                       device, prompted)
         if scenes:
-            _scene_step(model, batch["scenes"], batch["scene_labels"], rng, losses, objects, device)
+            _scene_step(model, batch["scenes"], batch["scene_labels"], rng, losses, max(objects, prompted), device)
         if losses.count == 0:
             continue
         loss = losses.total / losses.count
@@ -355,16 +362,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
     parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
     parser.add_argument("--clips", type=int, default=1, help="clips per step")
-    parser.add_argument("--scenes", type=int, default=1, help="still scenes per step")
+    parser.add_argument("--scenes", type=int, default=2, help="still scenes per step (synthetic.py's scenes)")
     parser.add_argument("--frames", type=int, default=8, help="frames per clip")
-    parser.add_argument("--objects", type=int, default=6, help="objects prompted per clip or scene")
-    parser.add_argument("--loss-size", type=int, default=128, help="pixels per side at which losses are computed")
+    parser.add_argument("--objects", type=int, default=3, help="objects tracked per clip")
+    parser.add_argument("--prompted", type=int, default=10, help="objects prompted on frame 0 and on each scene")
+    parser.add_argument("--loss-size", type=int, default=64, help="pixels per side at which losses are computed")
     parser.add_argument("--lr", type=float, default=1.5e-3)
-    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--save-every", type=int, default=10)
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared, loaded machine 2 threads ran 20 times slower)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing the data ahead of the training")
     parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
@@ -374,6 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
     torch.set_num_threads(args.threads)
     train(args.out, steps=args.steps, clips=args.clips, scenes=args.scenes, frames=args.frames, objects=args.objects,
+          prompted=args.prompted,
           lr=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every, resume=args.resume,
           device=args.device, log_every=args.log_every, state_path=args.state, workers=args.workers,
           loss_size=args.loss_size,
