@@ -1,0 +1,102 @@
+"""The ``demo-concepts`` training (SAM 3 at a small size, issue 18 item 7): its generated scenes of
+named shapes, the DETR set losses (Hungarian matching, box L1 + GIoU), the concept quality counts, and
+a tiny seeded training run whose checkpoint loads through the public concept API. (The bundled model
+itself is not shipped yet: the first CPU run missed the quality targets by far, see RESULTS.md.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from sam_core.concepts import ConceptPredictor, load_concept_model
+from sam_core.models.sam3.build import read_sam3_state_dict
+from sam_core.models.sam3.model import ConceptOutput
+from sam_core.train.concept_scenes import VOCABULARY, generate_concept_scene, generate_concept_scenes
+from sam_core.train.detection import generalized_box_iou, match, set_loss
+from sam_core.train.quality import MatchCount
+from sam_core.train.train_demo_concepts import DEMO_CONCEPTS, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def test_scenes_name_every_instance_and_are_seeded():
+    scenes = generate_concept_scenes(30, seed=7)
+    again = generate_concept_scene((7, 3))
+    assert np.array_equal(again.image, scenes[3].image) and again.words == scenes[3].words
+    assert {"circle", "square", "triangle"} <= set(VOCABULARY) and len(VOCABULARY) >= 6
+    assert set(w for s in scenes for w in s.words) == set(VOCABULARY)
+    touching = 0
+    for scene in scenes:
+        assert scene.image.shape == (128, 128, 3) and scene.image.dtype == np.uint8
+        assert scene.num_objects == scene.labels.max() and set(np.unique(scene.labels)) == set(range(scene.num_objects + 1))
+        grown = ndimage.grey_dilation(scene.labels, size=3)
+        touching += int(((grown != scene.labels) & (scene.labels > 0)).any())
+    assert touching >= 5  # objects touch or overlap in many scenes
+
+
+def test_generalized_iou_of_known_boxes():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    assert torch.allclose(generalized_box_iou(a, b), torch.tensor([[1.0, 1 / 3, -0.5]]))
+
+
+def _output(boxes: torch.Tensor, masks: torch.Tensor, logits: torch.Tensor) -> ConceptOutput:
+    return ConceptOutput(scores=logits.sigmoid(), boxes=boxes, mask_logits=masks, logits=logits,
+                         presence_logit=torch.tensor(3.0))
+
+
+def test_matching_pairs_each_instance_with_the_query_that_shows_it():
+    torch.manual_seed(0)
+    queries = 10
+    boxes = torch.rand(queries, 4) * 0.3 + 0.2
+    targets = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])
+    target_masks = torch.zeros(2, 16, 16)
+    target_masks[0, 3:7, 3:7] = 1
+    target_masks[1, 8:12, 9:14] = 1
+    mask_logits = torch.full((queries, 16, 16), -5.0)
+    boxes[3], boxes[7] = targets[0], targets[1]
+    mask_logits[3][target_masks[0] > 0] = 5.0
+    mask_logits[7][target_masks[1] > 0] = 5.0
+    logits = torch.full((queries,), -4.0)
+    logits[[3, 7]] = 4.0
+    found = match(_output(boxes, mask_logits, logits), targets, target_masks)
+    assert sorted(zip(*found)) == [(3, 0), (7, 1)]
+    right = set_loss(_output(boxes, mask_logits, logits), targets, target_masks)
+    swapped = set_loss(_output(boxes, mask_logits, logits.flip(0)), targets, target_masks)
+    assert right.parts["l1"] < 1e-6 and right.parts["giou"] < 1e-6 and right.total < swapped.total
+    absent = set_loss(_output(boxes, mask_logits, logits), targets[:0], target_masks[:0])
+    assert set(absent.parts) == {"class", "presence"} and absent.parts["presence"] > 3  # presence said yes
+
+
+def test_match_count_matches_one_to_one_best_first():
+    target = np.zeros((8, 8), bool)
+    target[2:6, 2:6] = True
+    other = np.zeros((8, 8), bool)
+    other[0:2, 0:2] = True
+    count = MatchCount()
+    count.add([target, target.copy(), other], [target], match_iou=0.5)  # a duplicate does not match twice
+    assert (count.instances, count.found, count.returned) == (1, 1, 3)
+    assert count.recall == 1.0 and count.precision == pytest.approx(1 / 3)
+
+
+TINY = DEMO_CONCEPTS.replace(
+    name="tiny", image_size=64, pretrain_size=64, vit_dim=16, vit_depth=2, vit_heads=1, vit_mlp_dim=32,
+    window_size=4, global_blocks=(1,), d_model=16, heads=2, ffn_dim=32, text_width=8, text_layers=1,
+    text_projection_dim=8, encoder_layers=1, decoder_layers=1, num_queries=4, scoring_hidden=16,
+)
+
+
+def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    for out in (first, second):
+        train(out, steps=4, stop_after=2, batch=2, warmup=1, workers=0, log_every=1, config=TINY)
+    a, b = read_sam3_state_dict(first), read_sam3_state_dict(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # seeded: the same weights
+    assert (tmp_path / "a.pt.state").is_file()
+    model = load_concept_model(checkpoint=str(first))
+    assert model.config.image_size == 64 and model.config.num_queries == 4
+    predictor = ConceptPredictor(model)
+    found = predictor.find(predictor.encode(generate_concept_scene(1, size=64).image), text="circle", threshold=0.0)
+    assert len(found) == 4 and found.masks.shape == (4, 64, 64)
