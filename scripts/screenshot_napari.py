@@ -276,6 +276,9 @@ def many(open_scene: Callable[..., Scene], out: Path) -> str:
 def automatic(open_scene: Callable[..., Scene], out: Path) -> str:
     image, _ = _cells()
     scene = open_scene(image, name="cells 2D", colormap="gray")
+    from superqt import QCollapsible
+
+    scene.panel("Automatic segmentation").findChild(QCollapsible).expand(animate=False)  # show the parameters
     scene.press(scene.widget.auto_button)
     scene.wait()
     found = len(np.unique(scene.viewer.layers["SAM automatic (cells 2D)"].data)) - 1
@@ -293,18 +296,20 @@ def editing(open_scene: Callable[..., Scene], out: Path) -> str:
     scene.press(scene.widget.accept_all_button)
     accepted = scene.objects().copy()
     (a, b), = _neighbours(accepted)
+    before = scene.canvas_picture()
     scene.type(scene.widget.ids_edit, f"{a}, {b}")
     scene.press(scene.widget.merge_button)
-    scene.compose(out, [scene.canvas_picture()], [scene.panel("Edit objects")])
+    scene.compose(out, [before, scene.canvas_picture()], [scene.panel("Edit objects")])
     return (f"{len(np.unique(accepted)) - 1} automatic objects accepted, {a} and {b} merged: "
             f"{len(np.unique(scene.objects())) - 1} objects")
 
 
-def _neighbours(labels: np.ndarray) -> List[Tuple[int, int]]:
-    """The two objects of ``labels`` whose centroids are closest, as [(smaller id, larger id)]."""
+def _neighbours(labels: np.ndarray, min_area: int = 300) -> List[Tuple[int, int]]:
+    """The two objects of ``labels`` (of at least ``min_area`` pixels) whose centroids are closest, as
+    [(smaller id, larger id)]."""
     from scipy import ndimage
 
-    ids = [int(i) for i in np.unique(labels) if i]
+    ids = [int(i) for i in np.unique(labels) if i and (labels == i).sum() >= min_area]
     centres = np.array(ndimage.center_of_mass(labels > 0, labels, ids))
     distance = np.linalg.norm(centres[:, None] - centres[None], axis=-1) + np.eye(len(ids)) * 1e9
     i, j = np.unravel_index(np.argmin(distance), distance.shape)
@@ -376,7 +381,7 @@ def volumes(open_scene: Callable[..., Scene], out: Path) -> str:
     camera = scene.viewer.scene.camera if hasattr(scene.viewer, "scene") else scene.viewer.camera
     camera.center = tuple(float(c) for c in np.argwhere(objects > 0).mean(axis=0))
     camera.angles = (0, -35, 70)
-    camera.zoom = 0.5 * scene.canvas.width() / 60.0
+    camera.zoom = scene.canvas.width() / 70.0  # the object (about 45 pixels across) fills the view
     solid = scene.canvas_picture()
     scene.compose(out, [flat, solid], [scene.panel("Volume")])
     return f"object propagated over {slices} of {len(volume)} slices"
