@@ -11,8 +11,12 @@ match when ``IoU(p ∩ W, q ∩ W) >= seam_iou`` and each is the other's best ma
 best). Matches are joined into objects in decreasing IoU (ties broken by tile index and by a canonical order of
 masks that depends on their content only), and a join is refused when the object would then hold two masks of
 the same tile: two masks that one tile sees as distinct stay distinct objects, so neighbours are never chained.
-A joined object covers a pixel when at least half of its masks whose tile window contains that pixel cover it
-(for two tiles: the union). Nothing depends on the order in which tiles were computed or listed.
+A joined object covers a pixel when its masks that cover it hold at least half of the *vote* of its masks whose
+tile window contains that pixel. A tile's vote is 1 inside its window and fades to 0 over the last
+``overlap / 2`` pixels before each inner edge of the window (edges on the image's border do not fade): a tile
+sees least of an object near its own border, so there the tile that sees the pixel from farther inside decides,
+and the joined outline does not jump at a tile border where the tiles' masks disagree. Nothing depends on the
+order in which tiles were computed or listed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sam_core.tiling.grid import TileGrid
+from sam_core.tiling.grid import Tile, TileGrid
 from sam_core.tiling.pieces import MaskPiece, _boxes_meet, _iou, _meets_window, _window_iou
 
 __all__ = ["drop_duplicates", "merge_tile_masks"]
@@ -62,6 +66,19 @@ def drop_duplicates(pieces: Sequence[MaskPiece], duplicate_iou: float = 0.8) -> 
     return sorted(kept, key=MaskPiece.sort_key)
 
 
+def _vote_weight(tile: Tile, y0: int, x0: int, y1: int, x1: int, ramp: float) -> np.ndarray:
+    """A tile's vote over image rows ``y0:y1`` and columns ``x0:x1``: 0 outside its window, inside it
+    rising linearly from 0 at an inner edge to 1 at ``ramp`` pixels from it (pixel centres)."""
+    top, left, bottom, right = tile.inner_edges
+    ys = np.arange(y0, y1) + 0.5
+    xs = np.arange(x0, x1) + 0.5
+    to_edge_y = np.minimum(ys - tile.y0 if top else np.inf, tile.y1 - ys if bottom else np.inf)
+    to_edge_x = np.minimum(xs - tile.x0 if left else np.inf, tile.x1 - xs if right else np.inf)
+    vote_y = np.where((ys > tile.y0) & (ys < tile.y1), np.clip(to_edge_y / ramp, 0.0, 1.0), 0.0)
+    vote_x = np.where((xs > tile.x0) & (xs < tile.x1), np.clip(to_edge_x / ramp, 0.0, 1.0), 0.0)
+    return np.minimum(vote_y[:, None], vote_x[None, :])
+
+
 def _join(grid: TileGrid, members: list[tuple[int, MaskPiece]]) -> MaskPiece:
     if len(members) == 1:
         return members[0][1]
@@ -69,16 +86,17 @@ def _join(grid: TileGrid, members: list[tuple[int, MaskPiece]]) -> MaskPiece:
     x0 = min(p.x0 for _, p in members)
     y1 = max(p.y1 for _, p in members)
     x1 = max(p.x1 for _, p in members)
-    votes = np.zeros((y1 - y0, x1 - x0), dtype=np.int32)
+    ramp = max(grid.overlap / 2, 1.0)
+    votes = np.zeros((y1 - y0, x1 - x0))
     cover = np.zeros_like(votes)
+    covered = np.zeros(votes.shape, dtype=bool)
     for tile_index, piece in members:
-        votes += piece.window(y0, x0, y1, x1)
-        tile = grid[tile_index]
-        ty0, tx0 = max(tile.y0, y0), max(tile.x0, x0)
-        ty1, tx1 = min(tile.y1, y1), min(tile.x1, x1)
-        if ty0 < ty1 and tx0 < tx1:
-            cover[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += 1
-    mask = (votes > 0) & (2 * votes >= cover)
+        weight = _vote_weight(grid[tile_index], y0, x0, y1, x1, ramp)
+        inside = piece.window(y0, x0, y1, x1)
+        votes += weight * inside
+        cover += weight
+        covered |= inside
+    mask = covered & (2 * votes >= cover)
     areas = np.array([p.area for _, p in members], dtype=np.float64)
     weights = areas / areas.sum()
     order = sorted(range(len(members)), key=lambda i: (-areas[i], members[i][0]))

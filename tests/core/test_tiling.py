@@ -159,6 +159,28 @@ def test_duplicate_in_overlap_is_dropped_and_distinct_masks_of_one_tile_never_ch
     assert len(merged) == 1 and merged[0].area == obj.sum()
 
 
+def test_tiles_that_disagree_near_a_tile_border_join_without_a_straight_edge_on_it():
+    """Tile a sees the object run on up to its right border, tile b sees it from farther inside as a disk:
+    near a's border a's vote fades, so the joined object is b's disk, with no straight edge on the border
+    (a plain majority or union kept a's part up to the border: an edge on line x = 256)."""
+    grid = TileGrid(240, 384, tile_size=256, overlap=128)
+    a, b = grid[0], grid[1]
+    assert (a.x0, a.x1, b.x0, b.x1) == (0, 256, 128, 384)
+    shape = (240, 384)
+    seen_by_b = disk(shape, 120, 236, 22)
+    seen_by_a = seen_by_b.copy()
+    seen_by_a[104:137, 236:256] = True  # a's mask runs on to its border
+
+    def piece(tile, mask):
+        return MaskPiece(tile.y0, tile.x0, mask[tile.slices].copy(), 0.9, 0.9, (tile.index,)).trimmed()
+
+    assert border_edges(piece(a, seen_by_a), grid) == [("x", 256)]
+    merged = merge_tile_masks(grid, {a.index: [piece(a, seen_by_a)], b.index: [piece(b, seen_by_b)]})
+    assert len(merged) == 1
+    assert border_edges(merged[0], grid) == []
+    assert iou(merged[0].window(0, 0, *shape), seen_by_b) == 1.0
+
+
 def test_a_tiles_near_duplicate_with_stray_pixels_is_dropped_before_the_seam_join():
     """One tile sees an object twice: once clean, once with a stray blob far away (box NMS keeps both)."""
     grid = TileGrid(100, 200, tile_size=120, overlap=40)
