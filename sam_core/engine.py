@@ -60,16 +60,27 @@ MAX_LANES = 16
 Params = dict[str, Any]
 Emit = Callable[[dict], None]
 
-# Parameters each geo command accepts, from JSON names to the geo function's keyword arguments.
-_RASTER_OPTIONS = ("bands", "tile_size", "overlap", "model", "checkpoint", "device")
+def _setting_names(*groups: str) -> tuple[str, ...]:
+    """Names of the settings fields in ``groups``: "tiling" (all of TilingSettings), "shared" (the tiling
+    settings every geo command takes), "find" (those of find) and "output" (OutputSettings)."""
+    from sam_core.geo.settings import FIND_TILING, SHARED_TILING, OutputSettings, TilingSettings, option_fields
+
+    chosen = {"tiling": option_fields(TilingSettings), "shared": option_fields(TilingSettings, SHARED_TILING),
+              "find": option_fields(TilingSettings, FIND_TILING), "output": option_fields(OutputSettings)}
+    return tuple(f.name for group in groups for f in chosen[group])
+
+
+# Parameters each geo command accepts, from JSON names to the geo function's keyword arguments; the
+# settings objects' fields (sam_core.geo.settings) join them by name, with their types.
+_MODEL_OPTIONS = ("model", "checkpoint", "device")
 _COMMAND_PARAMS = {
-    "automask_raster": ("raster", "output", "resolution", "extent", "generator_params", "min_area",
-                        "simplify") + _RASTER_OPTIONS,
-    "segment_prompts": ("raster", "prompts", "output", "label_field") + _RASTER_OPTIONS,
-    "encode_raster": ("raster", "cache_dir") + _RASTER_OPTIONS,
-    "segment_at": ("raster", "points", "labels", "box", "crs") + _RASTER_OPTIONS,
-    "find_raster": ("raster", "output", "text", "exemplars", "exemplar_crs", "threshold", "resolution", "extent",
-                    "min_area", "simplify") + _RASTER_OPTIONS,
+    "automask_raster": ("raster", "output", "generator_params") + _MODEL_OPTIONS + _setting_names("tiling", "output"),
+    "segment_prompts": ("raster", "prompts", "output", "label_field") + _MODEL_OPTIONS
+                       + _setting_names("shared", "output"),
+    "encode_raster": ("raster", "cache_dir") + _MODEL_OPTIONS + _setting_names("shared"),
+    "segment_at": ("raster", "points", "labels", "box", "crs") + _MODEL_OPTIONS + _setting_names("shared"),
+    "find_raster": ("raster", "output", "text", "exemplars", "exemplar_crs", "threshold") + _MODEL_OPTIONS
+                   + _setting_names("find", "output"),
     "models": (),
     "concept_models": (),
     "hello": (),
@@ -186,21 +197,32 @@ _PARAM_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "points": (_points, "a list of [x, y] pairs of numbers"),
     "labels": (_labels, "a list of 1 (positive) and 0 (negative)"),
     "box": (_numbers(4), "four numbers [xmin, ymin, xmax, ymax]"),
-    "extent": (_numbers(4), "four numbers [xmin, ymin, xmax, ymax]"),
     "crs": (_crs, "a CRS as text (e.g. 'EPSG:4326') or an EPSG code"),
-    "bands": (_bands, "band numbers as text ('4,3,2') or a list of 1 or 3 band numbers"),
-    "tile_size": (_whole, "a whole number of pixels"),
-    "overlap": (_whole, "a whole number of pixels"),
-    "resolution": (lambda v: _number(v) or _numbers(2)(v), "a pixel size (a number, or [x, y] numbers)"),
     "text": (lambda v: isinstance(v, str) and "\0" not in v, "a word or short phrase (text)"),
     "exemplars": (_exemplars, "a vector file path (points or polygons, any CRS), or a list of boxes "
                               "[xmin, ymin, xmax, ymax] in map coordinates"),
     "exemplar_crs": (_crs, "a CRS as text (e.g. 'EPSG:4326') or an EPSG code"),
     "threshold": (_number, "a score between 0 and 1"),
-    "min_area": (_number, "a number"),
-    "simplify": (_number, "a number"),
     "generator_params": (_generator_params, "an object of automatic mask generator parameters (numbers or true/false)"),
 }
+# JSON types of the settings fields, by their kind (sam_core.geo.settings.KINDS)
+_KIND_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "whole": (_whole, "a whole number"),
+    "number": (_number, "a number"),
+    "size": (lambda v: _number(v) or _numbers(2)(v), "a pixel size (a number, or [x, y] numbers)"),
+    "box": (_numbers(4), "four numbers [xmin, ymin, xmax, ymax]"),
+    "bands": (_bands, "band numbers as text ('4,3,2') or a list of 1 or 3 band numbers"),
+    "switch": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _setting_kinds() -> dict[str, str]:
+    from sam_core.geo.settings import OutputSettings, TilingSettings, option_fields
+
+    return {f.name: f.metadata["kind"] for cls in (TilingSettings, OutputSettings) for f in option_fields(cls)}
+
+
+_PARAM_TYPES.update({name: _KIND_TYPES[kind] for name, kind in _setting_kinds().items()})
 
 
 def _show(value: Any) -> str:
@@ -224,9 +246,11 @@ def _check_params(cmd: str, params: Params) -> Params:
             if name == "generator_params" and isinstance(value, dict):
                 description += f"; known names: {', '.join(_generator_names())}"
             raise SamError(f"{cmd}: parameter {name!r} must be {description}, got {_show(value)}")
-    for name in ("tile_size", "overlap"):
-        if name in params:
+    for name, kind in _setting_kinds().items():
+        if name in params and kind == "whole":
             params[name] = int(params[name])
+        elif name in params and kind == "box":
+            params[name] = tuple(float(v) for v in params[name])
     return params
 
 
@@ -292,8 +316,6 @@ class Engine:
         from sam_core.geo.find import find_raster
         from sam_core.geo.settings import OutputSettings, TilingSettings, pop_settings
 
-        if "extent" in params:
-            params["extent"] = tuple(float(v) for v in params["extent"])
         predictor = self.concept_predictor(params.pop("model", None), params.pop("checkpoint", None),
                                            params.pop("device", None))
         return find_raster(params.pop("raster"), params.pop("output"), tiling=pop_settings(TilingSettings, params),
@@ -304,8 +326,6 @@ class Engine:
         from sam_core import geo
         from sam_core.geo.settings import GeneratorSpec, OutputSettings, TilingSettings, pop_settings
 
-        if "extent" in params:
-            params["extent"] = tuple(float(v) for v in params["extent"])
         # the model comes from this engine's pool (loaded once for clicks and runs alike); tiles of a run
         # are not kept in the on-disk embedding cache
         spec = self.spec(params.pop("model", None), params.pop("checkpoint", None), params.pop("device", None))

@@ -1,7 +1,8 @@
 """``python -m sam_core geo automask|segment|encode ...``: georeferenced rasters to polygons.
 
     geo automask RASTER OUT [--bands 4,3,2] [--tile-size 1024] [--overlap 128] [--resolution M]
-                 [--extent XMIN,YMIN,XMAX,YMAX] [--model NAME] [--checkpoint FILE] [generator parameters]
+                 [--extent XMIN,YMIN,XMAX,YMAX] [--seam-iou 0.5] [--no-repair-seams]
+                 [--model NAME] [--checkpoint FILE] [generator parameters]
                  [--min-area M2] [--simplify M] [--workers N | --scheduler ADDRESS] [--no-resume]
     geo segment RASTER PROMPTS OUT [--label-field label] [--group-field group] ...
     geo encode RASTER --cache-dir DIR ...
@@ -18,20 +19,43 @@ import argparse
 import contextlib
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Optional, Sequence
 
 from sam_core.cli.options import add_generator_args, add_model_args, generator_params, model_name, parse_numbers
 from sam_core.errors import SamError
+from sam_core.geo.settings import FIND_TILING, SHARED_TILING, OutputSettings, TilingSettings, option_fields
 from sam_core.progress import TqdmProgress
 
-if TYPE_CHECKING:
-    from sam_core.geo.settings import TilingSettings
+def add_settings_args(parser: argparse.ArgumentParser, cls: type, names: Optional[Sequence[str]] = None) -> None:
+    """One option per field of a settings class (:mod:`sam_core.geo.settings`; ``names`` only, when given):
+    ``--tile-size`` for ``tile_size``; a setting on by default gets ``--no-NAME``."""
+    for f in option_fields(cls, names):
+        flag = "--" + f.name.replace("_", "-")
+        kind, help_text = f.metadata["kind"], f.metadata["help"]
+        if kind == "switch":
+            parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_false", default=f.default,
+                                help=f"turn off (on by default): {help_text}")
+        else:
+            parser.add_argument(flag, dest=f.name, default=f.default, metavar=f.metadata["metavar"], help=help_text,
+                                type={"whole": int, "number": float}.get(kind, str))
 
 
-def add_tile_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bands", default=None, metavar="B[,G,R]", help="1 or 3 band numbers, e.g. 4,3,2 (default: RGB)")
-    parser.add_argument("--tile-size", type=int, default=1024, help="tile side in pixels (default 1024)")
-    parser.add_argument("--overlap", type=int, default=128, help="overlap of neighbouring tiles in pixels (default 128)")
+def settings_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """The settings object of the options :func:`add_settings_args` added (the others keep their default)."""
+    values = {}
+    for f in option_fields(cls):
+        if not hasattr(args, f.name):
+            continue
+        value, flag = getattr(args, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, str) and f.metadata["kind"] == "box":
+            value = parse_numbers(value, 4, flag, "XMIN,YMIN,XMAX,YMAX")
+        elif isinstance(value, str) and f.metadata["kind"] == "size":
+            numbers = parse_numbers(value, None, flag, "SIZE or XSIZE,YSIZE")
+            if len(numbers) not in (1, 2):
+                raise SamError(f"{flag} takes one pixel size or two (x, y), got {value!r}")
+            value = numbers[0] if len(numbers) == 1 else numbers
+        values[f.name] = value
+    return cls(**values)
 
 
 def add_parallel_args(parser: argparse.ArgumentParser) -> None:
@@ -52,13 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     auto.add_argument("raster", metavar="RASTER", help="GeoTIFF or any raster GDAL reads")
     auto.add_argument("output", metavar="OUT", help="output vector file: .gpkg, .geojson, .fgb or .shp")
-    add_tile_args(auto)
-    auto.add_argument("--resolution", type=float, default=None, help="resample to this pixel size in CRS units")
-    auto.add_argument("--extent", default=None, metavar="XMIN,YMIN,XMAX,YMAX", help="area to segment, in the raster's CRS")
+    add_settings_args(auto, TilingSettings)
     add_model_args(auto)
     add_generator_args(auto)
-    auto.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
-    auto.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units (default 0: off)")
+    add_settings_args(auto, OutputSettings)
     add_parallel_args(auto)
     auto.add_argument("--no-resume", action="store_true", help="start afresh instead of reusing finished tiles")
     auto.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,17 +91,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("output", metavar="OUT", help="output vector file: .gpkg, .geojson, .fgb or .shp")
     seg.add_argument("--label-field", default="label", help="field marking points positive/negative (default: label)")
     seg.add_argument("--group-field", default="group", help="field grouping prompts into objects (default: group)")
-    add_tile_args(seg)
+    add_settings_args(seg, TilingSettings, SHARED_TILING)
     add_model_args(seg)
-    seg.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
-    seg.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units")
+    add_settings_args(seg, OutputSettings)
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=run_segment)
 
     enc = sub.add_parser("encode", help="precompute the embeddings of every tile into a cache folder")
     enc.add_argument("raster", metavar="RASTER")
     enc.add_argument("--cache-dir", required=True, metavar="DIR", help="embedding cache folder")
-    add_tile_args(enc)
+    add_settings_args(enc, TilingSettings, SHARED_TILING)
     add_model_args(enc)
     enc.add_argument("--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(func=run_encode)
@@ -115,15 +135,12 @@ def register_find(sub: argparse._SubParsersAction) -> None:
     exemplars.add_argument("--exemplars", default=None, metavar="FILE",
                            help="vector file of example polygons and/or points, any CRS")
     find.add_argument("--threshold", type=float, default=0.5, help="minimum score in 0..1 (default 0.5)")
-    add_tile_args(find)
-    find.add_argument("--resolution", type=float, default=None, help="resample to this pixel size in CRS units")
-    find.add_argument("--extent", default=None, metavar="XMIN,YMIN,XMAX,YMAX", help="area to search, in the raster's CRS")
+    add_settings_args(find, TilingSettings, FIND_TILING)
     find.add_argument("--model", default=None, help="a model that finds concepts: sam3 (default)")
     find.add_argument("--checkpoint", default=None, metavar="FILE",
                       help="SAM 3 checkpoint file (official sam3.pt) instead of the zoo's")
     find.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N, mps or auto")
-    find.add_argument("--min-area", type=float, default=0.0, help="drop polygons smaller than this (CRS units squared)")
-    find.add_argument("--simplify", type=float, default=0.0, help="simplification tolerance in CRS units (default 0: off)")
+    add_settings_args(find, OutputSettings)
     find.add_argument("--no-resume", action="store_true", help="start afresh instead of reusing finished tiles")
     find.add_argument("--quiet", action="store_true", help="no progress bar")
     find.set_defaults(func=run_find)
@@ -144,27 +161,19 @@ def resume_note(folder: Path, units: str) -> Iterator[None]:
                        "to resume, or delete that folder]") from error
 
 
-def _tiling(args: argparse.Namespace, **more: Any) -> TilingSettings:
-    """The :class:`~sam_core.geo.settings.TilingSettings` of the options every geo command shares."""
-    from sam_core.geo.settings import TilingSettings
-
-    return TilingSettings(bands=args.bands, tile_size=args.tile_size, overlap=args.overlap, **more)
-
-
 def run_automask(args: argparse.Namespace) -> int:
     from sam_core.geo import automask_raster
     from sam_core.geo.pipeline import TileStore
-    from sam_core.geo.settings import GeneratorSpec, OutputSettings
+    from sam_core.geo.settings import GeneratorSpec
 
     folder = TileStore.folder_for(Path(args.output).expanduser())
-    extent = parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None
     with TqdmProgress(desc="tiles", disable=args.quiet) as progress, resume_note(folder, "tiles"):
         result = automask_raster(
             args.raster,
             args.output,
-            tiling=_tiling(args, resolution=args.resolution, extent=extent),
+            tiling=settings_from_args(TilingSettings, args),
             generator=GeneratorSpec.create(model_name(args), args.checkpoint, args.device, generator_params(args)),
-            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
+            polygons=settings_from_args(OutputSettings, args),
             workers=args.workers,
             scheduler=args.scheduler,
             resume=not args.no_resume,
@@ -178,12 +187,10 @@ def run_automask(args: argparse.Namespace) -> int:
 def run_find(args: argparse.Namespace) -> int:
     from sam_core.geo.find import find_raster
     from sam_core.geo.pipeline import TileStore
-    from sam_core.geo.settings import OutputSettings
 
     if args.text is None and not args.exemplar and args.exemplars is None:
         raise SamError("nothing to find: give --text \"a phrase\" and/or --exemplar XMIN,YMIN,XMAX,YMAX")
     boxes = [parse_numbers(box, 4, "--exemplar", "XMIN,YMIN,XMAX,YMAX") for box in args.exemplar]
-    extent = parse_numbers(args.extent, 4, "--extent", "XMIN,YMIN,XMAX,YMAX") if args.extent else None
     folder = TileStore.folder_for(Path(args.output).expanduser())
     with TqdmProgress(desc="tiles", disable=args.quiet) as progress, resume_note(folder, "tiles"):
         result = find_raster(
@@ -192,8 +199,8 @@ def run_find(args: argparse.Namespace) -> int:
             text=args.text,
             exemplars=args.exemplars if args.exemplars is not None else boxes,
             threshold=args.threshold,
-            tiling=_tiling(args, resolution=args.resolution, extent=extent),
-            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
+            tiling=settings_from_args(TilingSettings, args),
+            polygons=settings_from_args(OutputSettings, args),
             model=args.model,
             checkpoint=args.checkpoint,
             device=args.device,
@@ -209,7 +216,6 @@ def run_find(args: argparse.Namespace) -> int:
 
 def run_segment(args: argparse.Namespace) -> int:
     from sam_core.geo import segment_prompts
-    from sam_core.geo.settings import OutputSettings
 
     with TqdmProgress(desc="objects", disable=args.quiet) as progress:
         result = segment_prompts(
@@ -218,11 +224,11 @@ def run_segment(args: argparse.Namespace) -> int:
             args.output,
             label_field=args.label_field,
             group_field=args.group_field,
-            tiling=_tiling(args),
+            tiling=settings_from_args(TilingSettings, args),
             model=model_name(args),
             checkpoint=args.checkpoint,
             device=args.device,
-            polygons=OutputSettings(min_area=args.min_area, simplify=args.simplify),
+            polygons=settings_from_args(OutputSettings, args),
             progress=progress,
         )
     print(f"{result.count} polygons -> {result.output}")
@@ -235,7 +241,7 @@ def run_encode(args: argparse.Namespace) -> int:
     with TqdmProgress(desc="tiles", disable=args.quiet) as progress:
         count = encode_raster(
             args.raster,
-            tiling=_tiling(args),
+            tiling=settings_from_args(TilingSettings, args),
             model=model_name(args),
             checkpoint=args.checkpoint,
             device=args.device,
