@@ -3,6 +3,7 @@ embedding cosine to our fp32 and its encoder time next to the official package's
 random-weight checkpoint, same 1024 x 1024 input.
 
     python benchmarks/bench_fast_encoder.py --models vit_b,vit_t --repeats 3 --checkpoints /tmp/ckpt
+    python benchmarks/bench_fast_encoder.py --models "" --demo-scenes 4     # demo's masks only
 
 Each row runs in its own fresh process: the official package (fp32, as users run it), sam_core in the
 precisions ``fp32``, ``int8`` and ``int8-smooth``, and the attempts that are not precisions (built
@@ -11,7 +12,8 @@ smoothing) and ``smooth-all`` (smoothing, then every Linear of the blocks, the a
 projection included). Times: median wall seconds and process CPU seconds (``os.times``, user + system,
 all threads) per encoder call over ``--repeats`` after one warm-up; the speed-up is the official CPU
 time over ours. The load average is printed before and after: on a shared machine compare rows of one
-run only.
+run only. ``--demo-scenes N`` also prints the IoU of ``demo``'s click and box masks in ``int8`` and
+``int8-smooth`` against fp32's on N generated scenes (seed 1000, as test_demo_quality.py).
 """
 
 from __future__ import annotations
@@ -69,6 +71,21 @@ def _cosine(a: Path, b: Path) -> float:
     return torch.nn.functional.cosine_similarity(x.flatten().double(), y.flatten().double(), dim=0).item()
 
 
+def _demo_masks(scenes: int) -> None:
+    import numpy as np
+
+    from sam_core import Predictor
+    from sam_core.train.quality import mask_agreement
+    from sam_core.train.synthetic import generate_scenes
+
+    generated = generate_scenes(scenes, seed=1000)
+    reference = Predictor("demo", precision="fp32")
+    for precision in ("int8", "int8-smooth"):
+        ious = mask_agreement(reference, Predictor("demo", precision=precision), generated)
+        print(f"demo {precision}: {len(ious)} prompts, mask IoU to fp32 mean {np.mean(ious):.4f}, "
+              f"lowest {np.min(ious):.4f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="vit_b,vit_t", help="comma-separated: vit_b, vit_t")
@@ -76,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed encoder runs after one warm-up")
     parser.add_argument("--checkpoints", type=Path, default=None,
                         help="folder for the random-weight checkpoints (default: a temporary folder)")
+    parser.add_argument("--demo-scenes", type=int, default=0,
+                        help="also compare demo's masks in int8 and int8-smooth with fp32's on this many scenes")
     parser.add_argument("--worker", nargs=6, metavar="ARG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -91,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         print(f"{'model':6} {'attempt':12} {'cosine':>8} {'wall s':>8} {'CPU s':>8} {'vs official':>12} {'vs fp32':>8}",
               flush=True)
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             path = common.checkpoint(name, folder)
             embeddings = Path(tmp) / name
             embeddings.mkdir()
@@ -110,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 vs_fp32 = f"{fp32_cpu / cpu:7.2f}x" if fp32_cpu else ""
                 print(f"{name:6} {attempt:12} {cosine:8.5f} {ours['encoder']['median_s']:8.2f} {cpu:8.2f} "
                       f"{official_cpu / cpu:11.2f}x {vs_fp32:>8}", flush=True)
-        print(official["machine"])
+    if args.demo_scenes:
+        _demo_masks(args.demo_scenes)
+    print(common.machine())
     print(f"load average after: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     return 0
 

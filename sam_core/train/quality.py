@@ -74,6 +74,23 @@ def prompt_quality(
     return PromptQuality(float(np.mean(clicks)), float(np.mean(boxes)), len(clicks))
 
 
+def mask_agreement(reference: Any, predictor: Any, scenes: Sequence[Scene]) -> list[float]:
+    """IoU between ``predictor``'s and ``reference``'s first mask for one centre click and one tight box
+    on every object of ``scenes`` (click, box, click, box, ...): how far a faster precision moves the
+    masks of the same model (both are :class:`sam_core.predictor.Predictor`)."""
+    ious: list[float] = []
+    for scene in scenes:
+        expected_embedding, embedding = reference.encode(scene.image), predictor.encode(scene.image)
+        for obj in range(1, scene.num_objects + 1):
+            target = scene.labels == obj
+            prompts = [{"points": np.array([interior_point(target)]), "labels": np.array([1])},
+                       {"box": mask_box(target)}]
+            for prompt in prompts:
+                expected = reference.predict(expected_embedding, **prompt).masks[0]
+                ious.append(mask_iou(predictor.predict(embedding, **prompt).masks[0], expected))
+    return ious
+
+
 def automask_quality(
     generator: Any,
     scenes: Sequence[Scene],

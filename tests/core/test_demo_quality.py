@@ -7,7 +7,7 @@ import pytest
 
 from sam_core import AutomaticMaskGenerator, Predictor
 from sam_core.masks import mask_iou
-from sam_core.train.quality import automask_quality, prompt_quality
+from sam_core.train.quality import automask_quality, mask_agreement, prompt_quality
 from sam_core.train.synthetic import generate_scenes
 
 pytestmark = pytest.mark.usefixtures("single_thread", "demo_checkpoint")
@@ -71,20 +71,9 @@ def test_faster_precisions_give_the_masks_of_fp32(precision, predictor, scenes):
     """Issue 7's accuracy guard: the faster encoder paths keep demo's click and box masks on generated
     scenes at a mean IoU of at least 0.98 with those of fp32 (the decoder runs in fp32 in every
     precision)."""
-    from sam_core.train.prompts import interior_point, mask_box
-
     faster = Predictor("demo", precision=precision)
     assert faster.model.precision == precision
-    ious = []
-    for scene in scenes[:4]:
-        reference, embedding = predictor.encode(scene.image), faster.encode(scene.image)
-        for obj in range(1, scene.num_objects + 1):
-            target = scene.labels == obj
-            prompts = [{"points": np.array([interior_point(target)]), "labels": np.array([1])},
-                       {"box": mask_box(target)}]
-            for prompt in prompts:
-                expected = predictor.predict(reference, **prompt).masks[0]
-                ious.append(mask_iou(faster.predict(embedding, **prompt).masks[0], expected))
+    ious = mask_agreement(predictor, faster, scenes[:4])
     summary = f"{precision}: {len(ious)} prompts, mean IoU {np.mean(ious):.4f}, min {np.min(ious):.4f}"
     assert len(ious) >= 30, summary
     assert np.mean(ious) >= 0.98, summary
