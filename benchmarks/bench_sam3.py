@@ -87,8 +87,10 @@ def _worker(side: str, size: str, path: str, device: str, repeats: int) -> dict:
     loaded = _memory_mb(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    else:
+        common.reset_peak_rss()  # the peak while encoding, not the one of loading the checkpoint
     encoder = common.timed(encode, repeats)
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else common.peak_rss_mb()
+    peak = (torch.cuda.max_memory_allocated() / 2**20) if device.startswith("cuda") else common.window_peak_rss_mb()
     encodes["n"] = 0
     words = iter(f"object number {i}" for i in range(10_000))
     new_phrase = common.timed(lambda: query(next(words)), repeats)
