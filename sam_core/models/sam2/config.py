@@ -149,7 +149,8 @@ def infer_sam2_config(state_dict: Mapping[str, torch.Tensor], image_size: Option
     A known configuration (``SAM2_CONFIGS``) is returned when the shapes match it; otherwise the result
     is named ``"custom"``. Not recoverable from shapes: the trunk's head count, which blocks attend
     globally and the window sizes after the first stage (a custom trunk gets 1 head, windowed attention
-    everywhere and windows of 4, 14, 7 tokens), and the input size of a custom network (``image_size``, default 1024; a known one keeps its own).
+    everywhere and windows of 4, 14, 7 tokens), and the input size of a custom network (``image_size``,
+    default 1024; a known one keeps its own).
     Raises :class:`SamError` naming the tensor that is missing.
     """
     sd = state_dict
