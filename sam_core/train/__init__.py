@@ -10,4 +10,7 @@
 * :mod:`sam_core.train.concept_scenes`, :mod:`~sam_core.train.detection`,
   :mod:`~sam_core.train.train_demo_concepts`: scenes of named shapes, DETR set losses, and the script that
   trains ``demo-concepts`` (SAM 3 at a small size): ``python -m sam_core.train.train_demo_concepts``.
+* :mod:`sam_core.train.sequences`, :mod:`~sam_core.train.train_demo2`: generated clips (movies, slices
+  through 3D blobs) and the script that trains ``demo2`` (SAM 2.1 at a small size):
+  ``python -m sam_core.train.train_demo2``; ``quality.propagation_quality`` measures it.
 """
