@@ -18,8 +18,9 @@ Workflows (default output in docs/):
 * ``measurements`` (napari_measurements.png): *Export measurements*, the table in the panel.
 * ``volumes`` (napari_volumes.png): one click on the middle slice of the 3D sample, *Propagate*, *Commit*.
 * ``automatic`` (napari_automatic.png): *Segment image / slice* on the 2D sample.
-* ``sam2`` (sam2_propagation.png): ``demo2`` (SAM 2.1) tracks the objects of a generated movie from
-  frame 0 with *Propagate*; four frames side by side.
+* ``sam2`` (sam2_propagation.png): on frame 3 of a generated movie, one click per object with ``demo``
+  and *Commit*; then ``demo2`` (SAM 2.1) chosen in the list tracks them with *Propagate*; four frames
+  side by side, objects outlined.
 * ``find`` (find.png): ``demo-concepts`` (SAM 3) finds every "circle" of a generated scene (*Find all*).
 
 Apart from ``clicks``, a picture is the canvas beside the panel(s) of that workflow (the dock is
@@ -70,17 +71,22 @@ class Scene:
         if checkpoint:
             self.widget.add_model(ModelChoice(None if model == "demo" else model, checkpoint))
         else:
-            combo = self.widget.model_combo
-            names = [combo.itemText(i).split(" (")[0] for i in range(combo.count())]
-            if model not in names:
-                raise SystemExit(f"error: model {model!r} is not in the plugin's model list ({', '.join(names)})")
-            combo.setCurrentIndex(names.index(model))
+            self.choose_model(model)
         self.settle()
         self.press(self.widget.start_button)
         self.viewer.reset_view()
         self.settle()
 
     # ------------------------------------------------------------------------------ user actions
+
+    def choose_model(self, model: str) -> None:
+        """Choose ``model`` (a zoo name) in the panel's model list."""
+        combo = self.widget.model_combo
+        names = [combo.itemText(i).split(" (")[0] for i in range(combo.count())]
+        if model not in names:
+            raise SystemExit(f"error: model {model!r} is not in the plugin's model list ({', '.join(names)})")
+        combo.setCurrentIndex(names.index(model))
+        self.settle()
 
     def settle(self, seconds: float = 0.5) -> None:
         """Let Qt draw for ``seconds``."""
@@ -138,16 +144,22 @@ class Scene:
 
     def click(self, row: float, col: float) -> None:
         """A left click on the canvas where the image has data pixel (row, col) of the shown plane (2D view)."""
-        from qtpy.QtCore import QPoint, Qt
+        from qtpy.QtCore import Qt
         from qtpy.QtTest import QTest
+
+        QTest.mouseClick(self.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
+                         self._position(row, col))
+
+    def _position(self, row: float, col: float) -> Any:
+        """Where on the canvas (2D view) the image has data pixel (row, col) of the shown plane."""
+        from qtpy.QtCore import QPoint
 
         scale = np.asarray(self.layer.scale, float)[-2:]
         translate = np.asarray(self.layer.translate, float)[-2:]
         camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari 0.9: scene
         world = np.array([row, col]) * scale + translate
         dy, dx = (world - np.asarray(camera.center, float)[-2:]) * camera.zoom
-        pos = QPoint(int(round(self.canvas.width() / 2 + dx)), int(round(self.canvas.height() / 2 + dy)))
-        QTest.mouseClick(self.canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, pos)
+        return QPoint(int(round(self.canvas.width() / 2 + dx)), int(round(self.canvas.height() / 2 + dy)))
 
     def click_objects(self, labels: np.ndarray, commit_each: bool = False) -> int:
         """One click at the centre of each object of ``labels`` (2D, ids 1..N): with ``commit_each``,
@@ -391,14 +403,19 @@ def volumes(open_scene: Callable[..., Scene], out: Path) -> str:
 def sam2(open_scene: Callable[..., Scene], out: Path) -> str:
     from sam_core.train.sequences import generate_sequence
 
-    clip = generate_sequence(7, frames=8, size=256, kind="movie", n_objects=3)
-    scene = open_scene(clip.frames, model="demo2", name="movie", rgb=True)
-    scene.viewer.dims.set_point(0, 0)
+    clip = generate_sequence(53, frames=8, size=256, kind="movie", n_objects=3)  # three moving objects, apart
+    scene = open_scene(clip.frames, name="movie", rgb=True)  # demo segments frame 3 (a click each)
+    start = 3
+    scene.viewer.dims.set_point(0, start)
+    scene.settle()
     scene.press(scene.widget.each_check)
-    scene.click_objects(clip.labels[0])  # one click per object on frame 0
-    scene.press(scene.widget.propagate_button)  # SAM 2.1 memory: every object, every frame, into SAM objects
+    scene.click_objects(clip.labels[start])
+    scene.press(scene.widget.commit_button)
+    scene.choose_model("demo2")  # then SAM 2.1 tracks the committed objects under their ids
+    scene.press(scene.widget.propagate_button)  # memory: every object both ways, into SAM objects
     scene.wait()
     frames = np.linspace(0, len(clip.frames) - 1, 4).round().astype(int)
+    scene.viewer.layers["SAM objects"].contour = 3  # outlines (layer controls' contour): the objects stay visible
     pictures = []
     for t in frames:
         scene.viewer.dims.set_point(0, int(t))
