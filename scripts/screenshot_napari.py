@@ -20,7 +20,7 @@ Workflows (default output in docs/):
 * ``automatic`` (napari_automatic.png): *Segment image / slice* on the 2D sample.
 * ``sam2`` (sam2_propagation.png): on frame 3 of a generated movie, one click per object with ``demo``
   and *Commit*; then ``demo2`` (SAM 2.1) chosen in the list tracks them with *Propagate*; four frames
-  side by side, objects outlined.
+  side by side, each id in its colour.
 * ``find`` (find.png): ``demo-concepts`` (SAM 3) finds every "circle" of a generated scene (*Find all*).
 
 Apart from ``clicks``, a picture is the canvas beside the panel(s) of that workflow (the dock is
@@ -415,7 +415,6 @@ def sam2(open_scene: Callable[..., Scene], out: Path) -> str:
     scene.press(scene.widget.propagate_button)  # memory: every object both ways, into SAM objects
     scene.wait()
     frames = np.linspace(0, len(clip.frames) - 1, 4).round().astype(int)
-    scene.viewer.layers["SAM objects"].contour = 3  # outlines (layer controls' contour): the objects stay visible
     pictures = []
     for t in frames:
         scene.viewer.dims.set_point(0, int(t))
