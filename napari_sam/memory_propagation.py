@@ -23,7 +23,8 @@ the first prompted frame (forward when it is later, backward when earlier), leav
 it as they are. A preview that overlaps no propagated object, or a committed object not tracked
 yet, is a new object: the run then goes both ways from the shown frame. With nothing new on the
 shown frame, "Propagate" runs the memory again from its first prompted frame. A cancelled or failed run
-writes nothing and forgets the memory (the next "Propagate" starts again from the shown frame).
+writes nothing and forgets the memory, as does deleting a tracked object from ``SAM objects`` (the
+next "Propagate" starts again from the shown frame).
 
 Object score: a frame where SAM 2.1's object score says the object is absent gives it no label. With
 "stop when the object disappears" (on by default), an object that has been absent on ``stop_absent``
@@ -119,6 +120,8 @@ class MemoryPropagation:
         objects = np.asarray(s.layers.objects.data[here])
         preview = np.asarray(s.layers.preview.data[here])
         memory = self._memory if self._memory is not None and self._memory.key == self._key(stack) else None
+        if memory is not None and not np.isin(memory.video.object_ids, np.unique(s.layers.objects.data)).all():
+            memory = None  # a tracked object was deleted from SAM objects: start anew
         tracked = set(memory.video.object_ids) if memory is not None else set()
         prompts: Dict[int, np.ndarray] = {int(i): objects == i for i in np.unique(objects)
                                           if i > 0 and int(i) not in tracked}
@@ -237,8 +240,10 @@ def _track(memory: _Memory, plan: _Plan, bounds: Tuple[int, int], stop_absent: O
     passes = []
     if plan.direction in ("both", "forward"):
         passes.append(("forward", list(range(plan.frame, hi + 1))))
-    if plan.direction in ("both", "backward"):
+    if plan.direction in ("both", "backward") and plan.frame > 0:
         passes.append(("backward", list(range(plan.frame, lo - 1, -1))))
+    elif plan.direction == "backward":  # a correction on frame 0: VideoSession's backward pass from 0 is empty
+        passes.append(("forward", [plan.frame]))
     total = sum(len(frames) for _, frames in passes)
     empty = np.zeros((video.frames.height, video.frames.width), np.uint16)
     planes: Dict[int, np.ndarray] = {}

@@ -224,3 +224,61 @@ def test_a_correction_re_propagates_from_its_frame(make_widget, qtbot, notes, sa
         np.testing.assert_array_equal(objects[result.frame], expected, err_msg=f"frame {result.frame}")
         checked.append(result.frame)
     assert checked == list(range(frame, FRAMES))
+
+
+def test_propagating_from_frame_0_and_a_correction_on_it(make_widget, qtbot, notes, sam2_tracker, series):
+    """Frame 0 has no backward pass: a run from it goes forward; a correction on it (before the first
+    prompted frame) redoes frame 0 only."""
+    viewer, widget, _ = _three_objects(make_widget, qtbot, sam2_tracker, series)
+    click(qtbot, widget.propagate_button)
+    wait_for(qtbot, widget, WAIT)
+    first = np.array(viewer.layers[OBJECTS_NAME].data)
+    viewer.dims.set_point(0, 0)
+    click_canvas(qtbot, viewer, viewer.layers["image"], (60, 60))
+    wait_for(qtbot, widget, WAIT)
+    click(qtbot, widget.propagate_button)
+    wait_for(qtbot, widget, WAIT)
+    assert all(severity != "error" for severity, _ in notes), notes
+    assert notes[-1][1].startswith("Propagated 2 object(s) through frames 0 to 0")
+    np.testing.assert_array_equal(viewer.layers[OBJECTS_NAME].data[1:], first[1:])
+
+    viewer.layers[OBJECTS_NAME].data[...] = 0  # every object erased: a new memory from frame 0, forward only
+    viewer.layers[OBJECTS_NAME].data[0][series[1][0] == 1] = 1
+    click(qtbot, widget.propagate_button)
+    wait_for(qtbot, widget, WAIT)
+    assert all(severity != "error" for severity, _ in notes), notes
+    assert notes[-1][1].startswith(f"Propagated 1 object(s) through frames 0 to {FRAMES - 1}")
+
+
+DEMO2_CLIPS = {"movie": (1000, 1, 0), "volume": (1000, 2, 0)}  # held-out seeds (benchmarks/quality_demo2.py)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the shipped demo2 (300 steps on the loaded CPU) misses issue 17's targets "
+                   "(held-out IoU 0.07 moving, 0.09 blobs: benchmarks/RESULTS.md); the mechanics are the tests above")
+@pytest.mark.parametrize("kind", sorted(DEMO2_CLIPS))
+def test_demo2_follows_an_object_from_one_click(make_widget, qtbot, kind):
+    """Behaviour with the trained ``demo2``: a generated movie (moving, turning, deforming objects) or
+    slices through 3D blobs, never trained on; one click in the largest object of frame 0, Propagate;
+    the object's label follows the truth over the 8 frames (mean IoU at least 0.75)."""
+    from helpers.demo import require_demo
+    from napari_util import iou
+    from sam_core.train.prompts import interior_point
+    from sam_core.train.sequences import generate_sequence
+
+    require_demo("demo2")
+    clip = generate_sequence(DEMO2_CLIPS[kind], kind=kind)
+    truth = clip.labels
+    target = max(clip.object_ids, key=lambda i: int((truth[0] == i).sum()))
+    viewer, widget = make_widget(clip.frames, model="demo2", show=True, rgb=True)
+    click(qtbot, widget.start_button)
+    viewer.dims.set_point(0, 0)
+    x, y = interior_point(truth[0] == target)
+    click_canvas(qtbot, viewer, viewer.layers["image"], (y, x))
+    wait_for(qtbot, widget, WAIT)
+    click(qtbot, widget.propagate_button)
+    wait_for(qtbot, widget, WAIT)
+    objects = np.asarray(viewer.layers[OBJECTS_NAME].data)
+    assert set(np.unique(objects)) <= {0, 1}
+    ious = [iou(objects[t] == 1, truth[t] == target) for t in range(len(truth))]
+    assert np.mean(ious) >= 0.75, ious
