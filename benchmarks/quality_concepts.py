@@ -26,7 +26,7 @@ HELD_OUT_SEED = 2000
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="demo-concepts")
+    parser.add_argument("--model", default="demo-concepts", help="zoo model (ignored with --checkpoint)")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--scenes", type=int, default=100)
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    predictor = ConceptPredictor(load_concept_model(args.model, args.checkpoint))
+    predictor = ConceptPredictor(load_concept_model(None if args.checkpoint else args.model, args.checkpoint))
     scenes = generate_concept_scenes(args.scenes, seed=args.seed, size=predictor.model.config.image_size)
     started, cpu = time.time(), time.process_time()
     quality = concept_quality(predictor, scenes, VOCABULARY, threshold=args.threshold)

@@ -19,7 +19,8 @@ keys of the official detector without ``detector.``); ``OUT.state`` holds the op
 step for ``--resume``.
 
 Status: the default run (800 steps) took 28.6 minutes wall and 9.7 minutes CPU on the project's
-loaded 2-core machine; the model it gave misses the quality targets by far (``benchmarks/RESULTS.md``,
+loaded 2-core machine (with the token table then started at std 0.02); the model it gave misses the
+quality targets by far, and so does a 400-step run with the present start (``benchmarks/RESULTS.md``,
 ``benchmarks/quality_concepts.py``), so ``demo-concepts`` is not shipped yet.
 """
 
@@ -81,13 +82,14 @@ def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEP
     tables the official builder leaves at zero get small random values, and the queries' reference
     boxes start as the cells of a grid over the image and the decoder's box bias keeps each query's
     attention inside its box (queries localized from the first step, which the matching needs to settle
-    quickly: without it every query learnt the same answer)."""
+    quickly: without it every query learnt the same answer). The token table keeps PyTorch's N(0, 1)
+    start: with CLIP's 0.02 every word left the small text encoder with nearly the same features (the
+    spread across words was a tenth of the features' own), and the scores ignored the text."""
     torch.manual_seed(seed)
     model = Sam3(config)
     text = model.backbone.language_backbone.encoder
     torch.nn.init.normal_(text.positional_embedding, std=0.01)
     torch.nn.init.normal_(text.text_projection, std=text.text_projection.shape[0] ** -0.5)
-    torch.nn.init.normal_(text.token_embedding.weight, std=0.02)
     torch.nn.init.normal_(model.backbone.vision_backbone.trunk.pos_embed, std=0.02)
     with torch.no_grad():  # each query starts on its own cell of a grid over the image (not a random box)
         side = math.ceil(config.num_queries ** 0.5)
