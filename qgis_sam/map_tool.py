@@ -529,7 +529,7 @@ class SamMapTool(QgsMapTool):
             geometry = QgsGeometry(item.geometry())
             geometry.convertToMultiType()
             values = {"id": first + offset, "predicted_iou": item["score"], "area": geometry.area(), "points": 0,
-                      "box": 0, "model": settings.value("concept_model") or "demo-concepts", "raster": self.layer.name(),
+                      "box": 0, "model": settings.value("concept_model") or "sam3", "raster": self.layer.name(),
                       "class": phrase}
             features.append(self._output_feature(layer, geometry, values))
         layer.dataProvider().addFeatures(features)

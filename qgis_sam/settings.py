@@ -18,14 +18,14 @@ MODEL_NAMES = ("demo", "vit_t", "vit_b", "vit_l", "vit_h",
                "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large", "demo2")
 # The models that find objects by name (SAM 3 concepts): sam_core.concepts.concept_models(), which the engine
 # answers to "concept_models" (a test keeps the two equal); new names go at the end
-CONCEPT_MODEL_NAMES = ("demo-concepts", "sam3")
+CONCEPT_MODEL_NAMES = ("sam3",)
 
 _PREFIX = "qgis_sam/"
 DEFAULTS: dict[str, Any] = {
     "engine_python": "",   # interpreter that has sam_core installed
     "model": "demo",       # model of the map tool
     "checkpoint": "",      # optional checkpoint file of the map tool
-    "concept_model": "demo-concepts",  # model of the map tool's "Find all" (one of CONCEPT_MODEL_NAMES)
+    "concept_model": "sam3",  # model of the map tool's "Find all" (one of CONCEPT_MODEL_NAMES)
     "concept_checkpoint": "",  # optional SAM 3 checkpoint file of "Find all"
     "device": "",          # "" = the engine's default (CPU); "cuda", "mps"
     "tile_size": 1024,     # pixels

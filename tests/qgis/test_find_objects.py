@@ -131,7 +131,7 @@ def test_user_errors_say_what_to_do(processing, sam3_checkpoint, scene, tmp_path
         ({"TEXT": ""}, "Text (TEXT) is empty"),
         ({"TEXT": "nucleus " * 20}, "the text is too long: 40 tokens, SAM 3 reads at most 30"),
         ({"TEXT": "building", "MODEL": "vit_b"}, "'vit_b' cannot find objects by name (only SAM 3 models can). "
-                                                 "Give one of the names or numbers 0 = demo-concepts, 1 = sam3"),
+                                                 "Give one of the names or numbers 0 = sam3"),
         ({"TEXT": "building", "EXEMPLARS": far}, r"exemplar(s) 1 lie outside the raster (check the exemplars' CRS"),
     ):
         with pytest.raises(QgsProcessingException) as error:
