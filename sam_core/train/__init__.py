@@ -5,6 +5,8 @@
 * :mod:`sam_core.train.prompts`, :mod:`~sam_core.train.losses`, :mod:`~sam_core.train.interactive`:
   SAM's prompt simulation and losses, shared by fine-tuning and the demo training.
 * :mod:`sam_core.train.train_demo`: ``python -m sam_core.train.train_demo --out sam_core/data/demo.pt``.
+* :mod:`sam_core.train.run`: what the training scripts share (options, learning-rate schedule, saving and
+  resuming a run).
 * :mod:`sam_core.train.quality`: click, box and automatic-mask quality on scenes with known objects, and
   concept (text and exemplar) recall and precision on scenes with named objects.
 * :mod:`sam_core.train.concept_scenes`, :mod:`~sam_core.train.detection`,

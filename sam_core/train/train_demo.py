@@ -26,20 +26,19 @@ better model (held-out click IoU 0.87 against 0.70); see ``benchmarks/quality.py
 from __future__ import annotations
 
 import argparse
-from functools import partial
-import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from sam_core.fileio import atomic_write
 from sam_core.models.build import build_sam
 from sam_core.models.config import CONFIGS
 from sam_core.train.interactive import simulate
 from sam_core.train.losses import balanced_bce_dice_loss
+from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
 from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
@@ -82,21 +81,6 @@ def _encode(model: torch.nn.Module, images: np.ndarray, device: str) -> torch.Te
     return model.image_encoder(model.preprocess(x))
 
 
-def _learning_rate(step: int, steps: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, out: Path, state_path: Path) -> None:
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_write(out) as handle:
-        torch.save(state, handle)
-    with atomic_write(state_path) as handle:
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, handle)
-
-
 def train(
     out: Path,
     steps: int = DEFAULT_STEPS,
@@ -132,14 +116,8 @@ def train(
     config = CONFIGS["demo"]
     model = build_sam(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    first = 0
-    state_path = state_path or out.with_name(out.name + ".state")
-    if resume and out.is_file() and state_path.is_file():
-        model.load_state_dict(torch.load(out, map_location=device, weights_only=True))
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        first = int(state["step"])
-        print(f"resumed at step {first}", flush=True)
+    state_path = state_path_for(out, state_path)
+    first = resume_run(model, optimizer, out, state_path, device) if resume else 0
     size = config.image_size
     started = time.time()
     window: list[float] = []
@@ -151,7 +129,7 @@ def train(
     for step, (images, targets, index, backgrounds) in zip(range(first, last), batches):
         rng = np.random.default_rng((seed, step, 2_000_000))
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = learning_rate(step, steps, lr, warmup)
         embeddings = _encode(model, images, device)
         result = simulate(model, embeddings, index, targets, rng, rounds=int(rng.choice(rounds)),
                           background=backgrounds, loss_size=loss_size, loss_fn=partial(balanced_bce_dice_loss,
@@ -171,9 +149,9 @@ def train(
                   f"lr={optimizer.param_groups[0]['lr']:.2e} elapsed={elapsed / 60:.1f}min", flush=True)
             window, ious = [], {}
         if (step + 1) % save_every == 0 and step + 1 < last:
-            _save(model, optimizer, step + 1, out, state_path)
+            save_run(model, optimizer, step + 1, out, state_path)
     recalibrate_batchnorm(model, seed, size, device)
-    _save(model, optimizer, last, out, state_path)
+    save_run(model, optimizer, last, out, state_path)
     return model
 
 
@@ -206,25 +184,12 @@ def recalibrate_batchnorm(model: torch.nn.Module, seed: int, size: int, device: 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo.pt"))
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
-    parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
+    add_run_args(parser, out="sam_core/data/demo.pt", steps=DEFAULT_STEPS, lr=1.5e-3, warmup=50,
+                 seed=TRAIN_SEED, save_every=25, threads=2)
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--objects", type=int, default=8, help="objects prompted per scene")
-    parser.add_argument("--lr", type=float, default=1.5e-3)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--save-every", type=int, default=25)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=1, help="processes drawing the scenes ahead of the training")
-    parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
     args = parser.parse_args(argv)
-    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
-        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
-    torch.set_num_threads(args.threads)
+    check_run_args(parser, args)
     train(args.out, steps=args.steps, batch=args.batch, objects=args.objects, lr=args.lr, warmup=args.warmup,
           seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,
           log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)

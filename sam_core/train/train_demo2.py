@@ -37,7 +37,6 @@ written atomically every ``--save-every`` steps as ``{"model": state_dict}`` (th
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from functools import partial
 from pathlib import Path
@@ -47,11 +46,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_core.fileio import atomic_write
 from sam_core.models.sam2 import SAM2_CONFIGS, Sam2, build_sam2
 from sam_core.models.sam2.tracking import FrameFeatures, FrameState, condition_on_memory, frame_features
 from sam_core.train.losses import balanced_bce_dice_loss, iou_loss, mask_iou
 from sam_core.train.prompts import corrective_click, jittered_box, random_point_inside
+from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
 from sam_core.train.sequences import generate_sequence
 from sam_core.train.synthetic import _min_area, generate_scene
 
@@ -264,21 +263,6 @@ def _scene_step(model: Sam2, images: np.ndarray, labels: np.ndarray, rng: np.ran
         _prompted(model, _select(features, b, len(ids)), masks, rng, losses, "scene", corrections=1)
 
 
-def _learning_rate(step: int, steps: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _save(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, out: Path, state_path: Path) -> None:
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_write(out) as handle:
-        torch.save({"model": state}, handle)
-    with atomic_write(state_path) as handle:
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, handle)
-
-
 def train(
     out: Path,
     steps: int = DEFAULT_STEPS,
@@ -315,14 +299,8 @@ def train(
     config = SAM2_CONFIGS[config_name]
     model = build_sam2(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    first = 0
-    state_path = state_path or out.with_name(out.name + ".state")
-    if resume and out.is_file() and state_path.is_file():
-        model.load_state_dict(torch.load(out, map_location=device, weights_only=True)["model"])
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        first = int(state["step"])
-        print(f"resumed at step {first}", flush=True)
+    state_path = state_path_for(out, state_path)
+    first = resume_run(model, optimizer, out, state_path, device, key='model') if resume else 0
     started = time.time()
     window: list[float] = []
     ious: dict[str, list[float]] = {}
@@ -333,7 +311,7 @@ def train(
     for step, batch in zip(range(first, last), batches):
         rng = np.random.default_rng((seed, step, 4_000_000))
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = learning_rate(step, steps, lr, warmup)
         losses = _Loss(loss_size, balance=max(0.0, 1.0 - step / (balance_until * steps)))
         for c in range(clips):
             _clip_step(model, batch["clips"][c], batch["clip_labels"][c], batch["exits"][c], rng, losses, objects,
@@ -357,43 +335,27 @@ def train(
                   f"cpu={time.process_time() / 60:.1f}min", flush=True)
             window, ious = [], {}
         if (step + 1) % save_every == 0 and step + 1 < last:
-            _save(model, optimizer, step + 1, out, state_path)
-    _save(model, optimizer, last, out, state_path)
+            save_run(model, optimizer, step + 1, out, state_path, key='model')
+    save_run(model, optimizer, last, out, state_path, key='model')
     return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo2.pt"))
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
-    parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
+    add_run_args(parser, out="sam_core/data/demo2.pt", steps=DEFAULT_STEPS, lr=1.5e-3, warmup=20,
+                 seed=TRAIN_SEED, save_every=10, threads=1)
     parser.add_argument("--clips", type=int, default=1, help="clips per step")
     parser.add_argument("--scenes", type=int, default=2, help="still scenes per step (synthetic.py's scenes)")
     parser.add_argument("--frames", type=int, default=4, help="frames per clip")
     parser.add_argument("--objects", type=int, default=3, help="objects tracked per clip")
     parser.add_argument("--prompted", type=int, default=10, help="objects prompted on frame 0 and on each scene")
     parser.add_argument("--loss-size", type=int, default=64, help="pixels per side at which losses are computed")
-    parser.add_argument("--lr", type=float, default=1.5e-3)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--save-every", type=int, default=10)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: on a shared, loaded machine 2 threads ran 20 times slower)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=1, help="processes drawing the data ahead of the training")
-    parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
     args = parser.parse_args(argv)
-    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
-        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
-    torch.set_num_threads(args.threads)
+    check_run_args(parser, args)
     train(args.out, steps=args.steps, clips=args.clips, scenes=args.scenes, frames=args.frames, objects=args.objects,
-          prompted=args.prompted,
-          lr=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every, resume=args.resume,
-          device=args.device, log_every=args.log_every, state_path=args.state, workers=args.workers,
-          loss_size=args.loss_size,
-          stop_after=args.stop_after)
+          prompted=args.prompted, loss_size=args.loss_size, lr=args.lr, warmup=args.warmup, seed=args.seed,
+          save_every=args.save_every, resume=args.resume, device=args.device, log_every=args.log_every,
+          state_path=args.state, workers=args.workers, stop_after=args.stop_after)
     return 0
 
 

@@ -44,7 +44,8 @@ from sam_core.models.sam3.vision import sam3_input
 from sam_core.train.concept_scenes import VOCABULARY, ConceptScene, generate_concept_scene
 from sam_core.train.detection import set_loss
 from sam_core.train.prompts import mask_box
-from sam_core.train.train_demo import _as_is, _learning_rate, _save
+from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
+from sam_core.train.train_demo import _as_is
 
 TRAIN_SEED = 0
 DEFAULT_STEPS = 800
@@ -201,14 +202,8 @@ def train(
         raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
     model = build_demo_concepts(seed, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    first = 0
-    state_path = state_path or out.with_name(out.name + ".state")
-    if resume and out.is_file() and state_path.is_file():
-        model.load_state_dict(torch.load(out, map_location=device, weights_only=True))
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        first = int(state["step"])
-        print(f"resumed at step {first}", flush=True)
+    state_path = state_path_for(out, state_path)
+    first = resume_run(model, optimizer, out, state_path, device) if resume else 0
     tokenizer = ClipTokenizer()
     size, mask_size = config.image_size, 4 * config.grid
     batches = torch.utils.data.DataLoader(
@@ -219,7 +214,7 @@ def train(
     window: dict[str, list[float]] = {}
     for step, (images, queries) in zip(range(first, last), batches):
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, steps, lr, warmup)
+            group["lr"] = learning_rate(step, steps, lr, warmup)
         x = sam3_input(torch.from_numpy(images).permute(0, 3, 1, 2), size).to(device)
         image = model.encode_image(x)
         ids = tokenizer([q[1] for q in queries], context_length=config.context_length).to(device)
@@ -245,33 +240,19 @@ def train(
                   flush=True)
             window = {}
         if (step + 1) % save_every == 0 and step + 1 < last:
-            _save(model, optimizer, step + 1, out, state_path)
-    _save(model, optimizer, last, out, state_path)
+            save_run(model, optimizer, step + 1, out, state_path)
+    save_run(model, optimizer, last, out, state_path)
     return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("sam_core/data/demo_concepts.pt"))
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="length of the learning-rate schedule")
-    parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
+    add_run_args(parser, out="sam_core/data/demo_concepts.pt", steps=DEFAULT_STEPS, lr=1e-3, warmup=60,
+                 seed=TRAIN_SEED, save_every=50, threads=1)
     parser.add_argument("--batch", type=int, default=8, help="scenes per step")
     parser.add_argument("--exemplar", type=float, default=0.6, help="probability of an exemplar query per scene")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=TRAIN_SEED)
-    parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the network is small; on a loaded\n"
-                        "machine more threads spin on each other and one step takes many times longer)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--workers", type=int, default=1, help="processes drawing the scenes ahead of the training")
-    parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
     args = parser.parse_args(argv)
-    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
-        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
-    torch.set_num_threads(args.threads)
+    check_run_args(parser, args)
     train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
           exemplar=args.exemplar, save_every=args.save_every, resume=args.resume, device=args.device,
           log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
