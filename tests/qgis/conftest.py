@@ -211,3 +211,18 @@ def same_crs(a, b) -> bool:
     """Whether two QgsCoordinateReferenceSystem are the same CRS (a file round trip of a custom CRS may
     rename parts of its WKT, e.g. the conversion's name, without changing the CRS)."""
     return a.isValid() and b.isValid() and a.authid() == b.authid() and a.toProj() == b.toProj()
+
+
+def virtual_raster(layer):
+    """A QGIS virtual raster (no file behind it) computing band 1 of ``layer``: what the plugin must export."""
+    from urllib.parse import quote
+
+    from qgis.core import QgsRasterLayer
+
+    e = layer.extent()
+    uri = (f"?crs={layer.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
+           f"&width={layer.width()}&height={layer.height()}&formula={quote(chr(34) + 'r@1' + chr(34))}"
+           f"&r:uri={quote(layer.source())}&r:provider=gdal")
+    virtual = QgsRasterLayer(uri, "virtual", "virtualraster")
+    assert virtual.isValid()
+    return virtual

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_engine_python, same_crs, wait_until
+from conftest import run_engine_python, same_crs, virtual_raster, wait_until
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
@@ -214,15 +214,9 @@ def test_the_plugin_docks_the_find_all_panel_while_the_tool_runs(qgis_iface, sce
 
 def test_find_all_on_a_raster_that_is_not_a_file_searches_its_export(canvas_on_scene, sam3_checkpoint, tmp_path):
     import os
-    from urllib.parse import quote
 
     canvas, layer, _, _ = canvas_on_scene
-    e = layer.extent()
-    uri = (f"?crs={layer.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
-           f"&width={layer.width()}&height={layer.height()}&formula={quote(chr(34) + 'r@1' + chr(34))}"
-           f"&r:uri={quote(layer.source())}&r:provider=gdal")
-    virtual = QgsRasterLayer(uri, "virtual", "virtualraster")
-    assert virtual.isValid()
+    virtual = virtual_raster(layer)
     settings.set_value("concept_checkpoint", str(sam3_checkpoint))
     settings.set_value("tile_size", 256)
     settings.set_value("overlap", 32)
@@ -241,7 +235,7 @@ def test_find_all_on_a_raster_that_is_not_a_file_searches_its_export(canvas_on_s
         assert exported and not os.path.exists(exported)  # the temporary export is gone
         saved = QgsVectorLayer(f"{tmp_path / 'segment_anything.gpkg'}|layername=sam_segments", "saved", "ogr")
         assert saved.featureCount() == counts[0] and same_crs(saved.crs(), layer.crs())
-        assert all(e.buffered(1.0).contains(f.geometry().boundingBox()) for f in saved.getFeatures())
+        assert all(layer.extent().buffered(1.0).contains(f.geometry().boundingBox()) for f in saved.getFeatures())
         del saved
     finally:
         tool.cleanup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import iou, needs_demo, wait_until
+from conftest import iou, needs_demo, virtual_raster, wait_until
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
@@ -170,15 +170,8 @@ def test_click_gives_the_expected_polygon_with_demo(canvas_on_scene):
 
 
 def test_non_file_raster_is_exported_for_the_visible_extent(canvas_on_scene, small_checkpoint):
-    from urllib.parse import quote
-
     canvas, layer, objects, to_canvas = canvas_on_scene
-    e = layer.extent()
-    uri = (f"?crs={layer.crs().authid()}&extent={e.xMinimum()},{e.yMinimum()},{e.xMaximum()},{e.yMaximum()}"
-           f"&width={layer.width()}&height={layer.height()}&formula={quote(chr(34) + 'r@1' + chr(34))}"
-           f"&r:uri={quote(layer.source())}&r:provider=gdal")
-    virtual = QgsRasterLayer(uri, "virtual", "virtualraster")
-    assert virtual.isValid()
+    virtual = virtual_raster(layer)
     use_model(small_checkpoint)
     messages = []
     tool = SamMapTool(canvas, virtual, settings.client(), lambda text, level: messages.append(text))
