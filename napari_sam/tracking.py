@@ -92,18 +92,24 @@ class Tracking:
 
     # ----------------------------------------------------------------------------------- tracking
 
-    def track(self, on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional["Job"]:
-        """Follow every committed object of the shown frame to the last frame, each under its id."""
-        from sam_core.tracking import end_parents, replace_tracks, track_objects
-
+    def _shown_frame(self) -> Optional[tuple]:
+        """(session, objects layer, its labels copied, the lineage's parents, the shown index, its frame), or
+        None (with a message) when the image is not a time-lapse with objects."""
         if not self.check_time_lapse():
             return None
         session = self.session
         objects = session.layers.objects
-        before = np.array(objects.data)
-        parents = parents_of(objects)
         here = session.current_index()
-        frame = here[0]
+        return session, objects, np.array(objects.data), parents_of(objects), here, here[0]
+
+    def track(self, on_done: Optional[Callable[[np.ndarray], None]] = None) -> Optional["Job"]:
+        """Follow every committed object of the shown frame to the last frame, each under its id."""
+        from sam_core.tracking import end_parents, replace_tracks, track_objects
+
+        shown = self._shown_frame()
+        if shown is None:
+            return None
+        session, objects, before, parents, here, frame = shown
         plane = before[frame]
         masks = {int(i): plane == i for i in np.unique(plane) if i > 0}
         if not masks:
@@ -133,14 +139,10 @@ class Tracking:
         two children (new ids, parent recorded), tracked on to the last frame."""
         from sam_core.tracking import mark_division, replace_tracks, track_objects
 
-        if not self.check_time_lapse():
+        shown = self._shown_frame()
+        if shown is None:
             return None
-        session = self.session
-        objects = session.layers.objects
-        before = np.array(objects.data)
-        parents = parents_of(objects)
-        here = session.current_index()
-        frame = here[0]
+        session, objects, before, parents, here, frame = shown
         prompts = session.prompts()
         count = 0 if prompts is None else (0 if prompts.labels is None else int((prompts.labels == 1).sum())) + (
             0 if prompts.boxes is None else len(prompts.boxes))
