@@ -157,13 +157,11 @@ class MemoryPropagation:
         stack's ends) into ``SAM objects``. ``stop_absent``: consecutive absent frames after which an
         object stops (None: never). ``on_done`` gets the label planes written, (frames, Y, X)."""
         s = self.session
-        access = s.access
-        if not access.stack_shape:
-            s.fail("Propagation needs a stack (z or t): this image is 2D.")
+        shown = s.shown_stack()
+        if shown is None:
             return None
-        here = s.current_index()
-        axis = len(here) - 1
-        stack = access.volume(here, axis)
+        here, axis, stack = shown
+        access = s.access
         plan = self.plan(stack, here[axis])
         if plan is None:
             return None

@@ -48,13 +48,11 @@ def propagate(session: "SamSession", first: Optional[int] = None, last: Optional
         return session.run(lambda progress, cancel: session.predictor(progress, cancel), "SAM model", loaded)
     if family == "sam2":
         return session.memory_propagation.run(first, last, stop_absent, on_done)
-    access = session.access
-    if not access.stack_shape:
-        session.fail("Propagation needs a stack (z or t): this image is 2D.")
+    shown = session.shown_stack()
+    if shown is None:
         return None
-    here = session.current_index()
-    axis = len(here) - 1
-    stack = access.volume(here, axis)
+    here, axis, stack = shown
+    access = session.access
     keys = [i for i in session.prompted_slices() if i[:axis] == here[:axis] and i[axis + 1:] == here[axis + 1:]]
     preparation = access.preparation()
     preview = session.layers.preview

@@ -253,6 +253,16 @@ class SamSession:
         """Stack indices of the slice the viewer shows (empty for 2D)."""
         return self.access.stack_index(self.viewer.dims.point)
 
+    def shown_stack(self) -> Optional[Tuple[Tuple[int, ...], int, Any]]:
+        """(shown stack index, the axis propagation runs along (the last stack axis), the stack through the
+        shown slice along it), or None with a message for a 2D image."""
+        if not self.access.stack_shape:
+            self.fail("Propagation needs a stack (z or t): this image is 2D.")
+            return None
+        here = self.current_index()
+        axis = len(here) - 1
+        return here, axis, self.access.volume(here, axis)
+
     def prompts(self, stack_index: Optional[Tuple[int, ...]] = None) -> Optional[Prompts]:
         """The prompts on one slice (default: the shown one), or None if there are none."""
         if self.access is None or self.layers.points is None:
