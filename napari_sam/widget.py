@@ -8,11 +8,13 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 from napari.layers import Image
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
+    QFrame,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -20,6 +22,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -75,7 +78,15 @@ class SamWidget(QWidget):
         self.concepts = ConceptSearch(self.session)
         self.concepts.on_example.append(self._on_example)
         self.choices: list = []
-        layout = QVBoxLayout(self)
+        # the panels are taller than most screens: they scroll inside the dock instead of stretching it
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self._setup_panel())
         self.series_panel = SeriesPanel(self)  # a folder of images (or the open layers), one at a time
         layout.addWidget(self.series_panel)
@@ -97,6 +108,8 @@ class SamWidget(QWidget):
         help_text.setWordWrap(True)
         layout.addWidget(help_text)
         layout.addStretch(1)
+        scroll.setWidget(content)
+        outer.addWidget(scroll)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()

@@ -64,6 +64,12 @@ def test_plugin_menu_opens_the_widget_and_the_samples(make_napari_viewer):
     assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # what napari gives plugins
     assert widget.image_combo.currentText() == "volume 3D"
     assert "demo" in [c.name for c in widget.choices if c is not None]
+    # the panels (taller than a screen) scroll inside the dock instead of stretching napari's window
+    from qtpy.QtWidgets import QScrollArea
+
+    scroll = widget.findChild(QScrollArea)
+    assert scroll is not None and scroll.widget().isAncestorOf(widget.image_combo)
+    assert scroll.widget().sizeHint().height() > 1000 > widget.minimumSizeHint().height()
 
 
 def test_automask_grid_and_thresholds_follow_the_chosen_model(make_widget):
