@@ -31,6 +31,14 @@ def test_no_test_skips_for_a_missing_demo():
     assert offenders == []
 
 
+def test_test_files_of_one_run_have_unique_names():
+    """.ci/run collects tests/core, tests/napari and tests/reliability in one pytest run, whose folders are
+    not packages: two test files of the same name stop the whole run at collection."""
+    tests = Path(__file__).resolve().parents[1]
+    names = [path.name for folder in ("core", "napari", "reliability") for path in (tests / folder).glob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
+
+
 def test_a_test_that_changes_the_thread_count():
     _THREADS_AT_START.append(torch.get_num_threads())
     torch.set_num_threads(1 if torch.get_num_threads() != 1 else 2)
