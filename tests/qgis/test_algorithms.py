@@ -244,13 +244,16 @@ def test_model_by_index_or_name_and_a_clear_message_for_an_unknown_one(processin
     common = {"INPUT": str(path), "TILE_SIZE": 256, "OVERLAP": 32}
     assert run("sam:encode_raster", {**common, "MODEL": 0})["TILES"] == 1  # 0 = demo, as scripts pass enums
     assert run("sam:encode_raster", {**common, "MODEL": "demo"})["TILES"] == 1
-    for wrong in ("vit_x", 9):
+    from qgis_sam.settings import MODEL_NAMES
+
+    for wrong in ("vit_x", len(MODEL_NAMES)):  # one past the last index
         with pytest.raises(QgsProcessingException) as error:
             run("sam:encode_raster", {**common, "MODEL": wrong})
         message = str(error.value)
         assert "Incorrect parameter value" not in message
         assert repr(wrong) in message and "0 = demo" in message and "4 = vit_h" in message
         assert "5 = sam2.1_hiera_tiny" in message and "8 = sam2.1_hiera_large" in message
+        assert f"{len(MODEL_NAMES) - 1} = {MODEL_NAMES[-1]}" in message
 
 
 def test_model_list_offers_sam2_1(processing):
