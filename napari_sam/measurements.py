@@ -2,7 +2,8 @@
 
 The measuring is ``sam_core.labels.measure`` (scikit-image ``regionprops_table``) with the image
 layer's scale as pixel spacing and every channel's intensities; the file is written atomically by
-``sam_core.labels.write_csv``. Classes come from the objects layer's ``features`` table.
+``sam_core.labels.write_csv``. Classes come from the objects layer's ``features`` table; objects that
+were tracked (or imported from CTC files) get their track id, which is their id.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 from napari.utils.notifications import show_info
 
 from napari_sam.classes import object_classes
+from napari_sam.tracking import is_tracked
 
 if TYPE_CHECKING:
     from napari_sam.session import SamSession
@@ -32,6 +34,8 @@ def export(session: "SamSession", path: str, on_done: Optional[Callable[[dict], 
     access = session.access
     scale = access.scale
     classes = object_classes(session.layers.objects)
+    # tracked objects keep one id through time: that id is the track's (CTC's L)
+    tracks = {int(i): int(i) for i in np.unique(labels) if i > 0} if is_tracked(session.layers.objects) else None
 
     def job(progress: Any, cancel: Any) -> dict:
         from sam_core.progress import check
@@ -40,7 +44,7 @@ def export(session: "SamSession", path: str, on_done: Optional[Callable[[dict], 
         intensity = access.intensity()
         check(cancel)
         progress(1, 2, "measuring")
-        table = measure(labels, intensity, scale, classes=classes)
+        table = measure(labels, intensity, scale, classes=classes, tracks=tracks)
         check(cancel)
         write_csv(table, path)
         progress(2, 2, "written")

@@ -45,6 +45,11 @@ def parents_of(layer: Any) -> Dict[int, int]:
     return {int(c): int(p) for c, p in dict(layer.metadata.get(PARENTS_KEY, {})).items()}
 
 
+def is_tracked(layer: Any) -> bool:
+    """Whether labels ``layer`` holds tracks (ids followed through time by tracking or a CTC import)."""
+    return PARENTS_KEY in layer.metadata
+
+
 def lineage_of(layer: Any) -> "Lineage":
     """The lineage of labels ``layer`` (T, Y, X): begin and end frames from its labels, parents from its metadata."""
     from sam_core.tracking import Lineage
@@ -79,14 +84,17 @@ class Tracking:
             show_warning(_CHANGED.format(what=what, again=again))
             return False
         old_parents = parents_of(objects)
+        was_tracked = is_tracked(objects)
 
         def undo() -> None:  # the lineage goes back with the pixels
-            objects.metadata[PARENTS_KEY] = old_parents
+            if was_tracked:
+                objects.metadata[PARENTS_KEY] = old_parents
+            else:
+                objects.metadata.pop(PARENTS_KEY, None)
             self.show_tracks()
 
         session.history.apply(objects, new.astype(objects.data.dtype), what, on_undo=undo)
-        if parents is not None:
-            objects.metadata[PARENTS_KEY] = dict(parents)
+        objects.metadata[PARENTS_KEY] = dict(old_parents if parents is None else parents)  # marks it tracked
         self.show_tracks()
         return True
 

@@ -12,7 +12,7 @@ from napari_util import click, click_canvas, iou, needs_demo, wait_for
 
 from helpers.timelapse import centres, dividing_disks
 from napari_sam.session import OBJECTS_NAME
-from napari_sam.tracking import TRACKS_NAME, parents_of
+from napari_sam.tracking import TRACKS_NAME, is_tracked, parents_of
 
 
 def ctc_rules(folder):
@@ -215,8 +215,15 @@ def test_import_ctc_and_undo_take_the_lineage_along(make_widget, qtbot, notes, t
     wait_for(qtbot, widget)
     np.testing.assert_array_equal(objects.data, truth)
     assert parents_of(objects) == parents and viewer.layers[TRACKS_NAME].graph == {4: [3], 5: [3]}
+    measured = tmp_path / "measurements.csv"
+    _dialogs(monkeypatch, save=measured)
+    click(qtbot, widget.measure_button)  # tracked objects are measured with their track id
+    wait_for(qtbot, widget)
+    rows = list(csv.DictReader(measured.open()))
+    assert [(row["label"], row["track_id"]) for row in rows] == [(str(i), str(i)) for i in range(1, 6)]
     click(qtbot, widget.undo_button)  # the import is one edit: pixels, lineage and tracks go back
     assert not np.asarray(objects.data).any() and parents_of(objects) == {} and TRACKS_NAME not in viewer.layers
+    assert not is_tracked(objects)
 
     _dialogs(monkeypatch, tmp_path / "broken")
     click(qtbot, widget.tracking_panel.import_ctc_button)
