@@ -67,7 +67,7 @@ def _worker(side: str, name: str, path: str, attempt: str, repeats: int, out: st
 def _cosine(a: Path, b: Path) -> float:
     import torch
 
-    x, y = torch.load(a), torch.load(b)
+    x, y = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     return torch.nn.functional.cosine_similarity(x.flatten().double(), y.flatten().double(), dim=0).item()
 
 

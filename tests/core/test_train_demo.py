@@ -27,13 +27,13 @@ def test_recalibration_changes_only_batchnorm_statistics():
 def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_demo, "recalibrate_batchnorm", lambda *args, **kwargs: None)  # tested above
     schedule = []
-    learning_rate = train_demo._learning_rate
+    learning_rate = train_demo.learning_rate  # sam_core.train.run's schedule, as train_demo uses it
 
     def recording(step, steps, base, warmup):
         schedule.append((step, steps))
         return learning_rate(step, steps, base, warmup)
 
-    monkeypatch.setattr(train_demo, "_learning_rate", recording)
+    monkeypatch.setattr(train_demo, "learning_rate", recording)
     out = tmp_path / "demo.pt"
     train_demo.train(out, steps=6, stop_after=2, batch=1, objects=1, warmup=1, workers=0, log_every=100)
     assert schedule == [(0, 6), (1, 6)]
