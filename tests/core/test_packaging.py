@@ -180,6 +180,7 @@ def _in_a_spawned_process(raster: str, output: str, folder: str, report: str) ->
         "version": info["version"], "segment": segment, "tiles": result.tiles_done}))
 
 
+@pytest.mark.slow  # about 15 s: spawns fresh interpreters for the set-up steps, the engine and Dask workers
 def test_setup_steps_engine_and_dask_workers_run_from_spawned_processes(tmp_path):
     import rasterio
     from rasterio.transform import from_origin

@@ -42,6 +42,7 @@ def _lazy_stack(reads: dict):
     return da.stack(frames)
 
 
+@pytest.mark.slow  # about 8 s: propagates through all 300 frames
 def test_300_frame_dask_stack_is_read_lazily_within_the_feature_budget(model):
     reads: dict = {}
     stack = _lazy_stack(reads)

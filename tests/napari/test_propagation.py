@@ -4,6 +4,7 @@ propagation, filling between prompted slices, 4D, automatic labels, tiling."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from napari_util import click, click_canvas, drag_box, iou, needs_demo, press, wait_for
 
 from napari_sam.samples import make_cells_2d, make_spheres, make_time_series, make_volume_3d
@@ -195,6 +196,7 @@ def test_demo_compute_click_propagate_commit_a_3d_object(make_widget, qtbot, not
     assert iou(committed, truth) >= 0.6
 
 
+@pytest.mark.slow  # about 8 s: demo segments every slice of the stack
 @needs_demo
 def test_demo_whole_stack_gives_one_label_per_sphere(make_widget, qtbot, notes):
     """Issue 14.5: "Segment whole stack" kept cap fragments of each sphere as objects of their own."""

@@ -103,6 +103,7 @@ def images(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # about 6 s: two annotate processes, one interrupted
 def test_annotate_interrupted_by_ctrl_c_then_rerun_equals_an_uninterrupted_run(images, tmp_path):
     reference = tmp_path / "reference.json"
     done = _finish(_cli("annotate", images, "--out", reference, *ANNOTATE_OPTIONS))
