@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, checkpoint, machine  # noqa: E402
+from common import ROOT, machine, segment_inputs  # noqa: E402
 
 # The official package's job: what its README shows for one click, plus reading and writing the files.
 OFFICIAL_SCRIPT = """
@@ -59,14 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    height, width = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.checkpoints or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = checkpoint(args.model, folder)
-        image = Path(tmp) / "image.png"
-        rng = np.random.default_rng(0)
-        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(image)
+        weights, image, height, width = segment_inputs(args.model, args.size, Path(tmp), args.checkpoints)
         x, y = width * 0.4, height * 0.6
         package = "mobile_sam" if args.model == "vit_t" else "segment_anything"
         official_out, ours_out = Path(tmp) / "official.png", Path(tmp) / "ours.png"

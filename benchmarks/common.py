@@ -33,6 +33,22 @@ def checkpoint(name: str, folder: Path, seed: int = 0) -> Path:
     return path
 
 
+def segment_inputs(name: str, size: str, tmp: Path, checkpoints: "str | None" = None) -> tuple[Path, Path, int, int]:
+    """(random-weight checkpoint of ``name``, a random RGB PNG of ``size`` "HxW" in ``tmp``, height, width):
+    the inputs of a whole ``segment`` job; checkpoints go to ``checkpoints`` (default ``tmp``)."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = (int(v) for v in size.split("x"))
+    folder = Path(checkpoints or tmp)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = checkpoint(name, folder)
+    image = Path(tmp) / "image.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(image)
+    return weights, image, height, width
+
+
 def official_model(name: str, path: Path):
     """The reference model (segment_anything / mobile_sam) for ``name`` with the weights of ``path``."""
     from helpers.checkpoints import load_official

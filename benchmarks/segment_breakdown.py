@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, checkpoint, machine  # noqa: E402
+from common import ROOT, machine, segment_inputs  # noqa: E402
 
 OURS = """
 import json, sys, time
@@ -111,14 +111,8 @@ def main() -> None:
     args = parser.parse_args()
     from PIL import Image
 
-    height, width = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(args.checkpoints or tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = checkpoint(args.model, folder)
-        image = Path(tmp) / "image.png"
-        rng = np.random.default_rng(0)
-        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(image)
+        weights, image, height, width = segment_inputs(args.model, args.size, Path(tmp), args.checkpoints)
         common = dict(checkpoint=str(weights), image=str(image), x=width * 0.4, y=height * 0.6, model=args.model)
         scripts = {
             "official": OFFICIAL.format(tests=str(ROOT / "tests"), out=str(Path(tmp) / "official.png"),
