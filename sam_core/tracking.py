@@ -404,8 +404,9 @@ def write_ctc(folder: Any, labels: np.ndarray, lineage: Lineage, *, progress: Op
               cancel: Optional[CancelToken] = None) -> List[Path]:
     """Write ``labels`` (T, ..., row, col) and ``lineage`` as CTC ground truth into ``folder`` (created
     when missing): ``man_track000.tif`` ... (uint16, one per frame) and ``man_track.txt``. The rules are
-    checked first (:func:`check_ctc`); every file is written atomically, the table last. A folder that
-    holds CTC masks of other frame numbers is refused. Returns the paths written."""
+    checked first (:func:`check_ctc`); every file is written atomically, the table last, and a cancelled or
+    failed export removes the files it created. A folder that holds CTC masks of other frame numbers is
+    refused. Returns the paths written."""
     import io
 
     import tifffile
@@ -424,16 +425,22 @@ def write_ctc(folder: Any, labels: np.ndarray, lineage: Lineage, *, progress: Op
         raise SamError(f"{target} already holds CTC masks of another time-lapse ({', '.join(stale[:3])}"
                        f"{', ...' if len(stale) > 3 else ''}): choose an empty folder")
     written = []
-    for t, name in enumerate(names):
-        check(cancel)
-        buffer = io.BytesIO()
-        tifffile.imwrite(buffer, labels[t].astype(np.uint16), compression="zlib")
-        with atomic_write(target / name, "wb") as handle:
-            handle.write(buffer.getvalue())
-        written.append(target / name)
-        report(progress, t + 1, len(names) + 1, f"frame {t}")
-    with atomic_write(target / TABLE_NAME, "w") as handle:
-        handle.write(lineage.to_text())
+    created = [target / name for name in names + [TABLE_NAME] if not (target / name).exists()]
+    try:
+        for t, name in enumerate(names):
+            check(cancel)
+            buffer = io.BytesIO()
+            tifffile.imwrite(buffer, labels[t].astype(np.uint16), compression="zlib")
+            with atomic_write(target / name, "wb") as handle:
+                handle.write(buffer.getvalue())
+            written.append(target / name)
+            report(progress, t + 1, len(names) + 1, f"frame {t}")
+        with atomic_write(target / TABLE_NAME, "w") as handle:
+            handle.write(lineage.to_text())
+    except BaseException:  # cancelled or failed: no half-written ground truth is left behind
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
     written.append(target / TABLE_NAME)
     report(progress, len(names) + 1, len(names) + 1, TABLE_NAME)
     return written

@@ -110,6 +110,21 @@ def test_end_parents_ends_a_parent_before_its_first_child():
     assert end_parents(same, {3: 2, 4: 2}) is same  # nothing to change: the input itself
 
 
+def test_a_cancelled_ctc_export_leaves_no_partial_ground_truth(tmp_path):
+    labels = _labels()
+    cancel = CancelToken()
+    frames = []
+
+    def progress(done, total, message):
+        frames.append(done)
+        if done == 2:
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        write_ctc(tmp_path / "TRA", labels, Lineage.from_labels(labels), progress=progress, cancel=cancel)
+    assert frames[:2] == [1, 2] and list((tmp_path / "TRA").iterdir()) == []
+
+
 def test_write_and_read_ctc_round_trip(tmp_path):
     labels = _labels()
     lineage = Lineage.from_labels(labels, {3: 2, 4: 2})
