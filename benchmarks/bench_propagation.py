@@ -11,6 +11,7 @@
     python benchmarks/bench_propagation.py                       # sam2.1_hiera_tiny at 512 px, 100 frames; vit_t, 10 slices
     python benchmarks/bench_propagation.py --image-size 1024 --frames 20
     python benchmarks/bench_propagation.py --quick               # small random configs: a check that it runs
+    python benchmarks/bench_propagation.py --image-size 256 --budget-mb 6 --sides sam_core --threads 1
 
 The frames are a bright disc moving across a textured background, written as a folder of JPEG files
 (the only input Meta's video predictor reads); both sides read that folder. Random-weight checkpoints
@@ -22,7 +23,10 @@ mask comes out empty (the IoU, stability and overlap stops are off), so that ran
 slice. Each side runs in its own fresh process; "per frame" is the whole run (frame loading, the
 prompt, propagation, collecting the masks) divided by the frames it processed; the process CPU time
 (user + system, all threads) is given beside the wall time; peak MB is the process's peak resident
-memory during the run above what it held before (the loaded model).
+memory during the run above what it held before (the loaded model). ``--threads`` sets torch's
+threads in each side's process (default: torch's own choice); ``--sides`` runs one side only (e.g.
+``sam_core`` with several ``--budget-mb``: its feature cache reports how many frames it held at most).
+Each row also gives the 1-minute load average before and after its run (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -118,7 +123,7 @@ def _sam2_worker(side: str, name: str, image_size: int, path: str, folder: str, 
                     "peak_cached_mb": cache.peak_bytes / 2**20, "budget_mb": budget_mb}
 
     return {"side": side, "family": "sam2", "model": config.name, "image_size": config.image_size,
-            **common.measured(run), "machine": common.machine()}
+            **_loaded(run), "machine": common.machine()}
 
 
 def _sam1_worker(side: str, name: str, path: str, folder: str, slices: int) -> dict:
@@ -163,7 +168,14 @@ def _sam1_worker(side: str, name: str, path: str, folder: str, slices: int) -> d
                       min_overlap=0.0, progress=lambda n, total, message="": done.append(n))
             return {"frames": max(done)}
 
-    return {"side": side, "family": "sam1", "model": name, **common.measured(run), "machine": common.machine()}
+    return {"side": side, "family": "sam1", "model": name, **_loaded(run), "machine": common.machine()}
+
+
+def _loaded(run) -> dict:
+    """``common.measured(run)`` with the machine's 1-minute load average before and after the run."""
+    before = os.getloadavg()[0]
+    row = common.measured(run)
+    return {**row, "load_before": before, "load_after": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +187,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-mb", type=float, default=2048, help="sam_core's feature budget (default 2048)")
     parser.add_argument("--sam1-model", default="vit_t", help="SAM 1 model for slice propagation, or 'none'")
     parser.add_argument("--sam1-slices", type=int, default=10, help="slices for SAM 1 (default 10)")
+    parser.add_argument("--sides", default="official,sam_core", help="sides to run (default official,sam_core)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per side (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="small random SAM 2.1 config, 6 frames, no SAM 1")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         family, side, *rest = args.worker
         if family == "sam2":
             name, size, path, folder, budget = rest
@@ -194,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from helpers.sam2_checkpoints import spread_object_scores, write_official_sam2_checkpoint
 
+    sides = [side.strip() for side in args.sides.split(",")]
+    if not sides or any(side not in ("official", "sam_core") for side in sides):
+        parser.error(f"--sides takes official, sam_core or both, got {args.sides!r}")
+    threads = ["--threads", str(args.threads)] if args.threads else []
     height, width = (int(v) for v in args.frame_size.split("x"))
     script = Path(__file__)
     rows = []
@@ -205,26 +227,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.frames < max(args.frames, args.sam1_slices):
             sam2_folder = Path(tmp) / "sam2_frames"
             write_frames(sam2_folder, args.frames, height, width)
-        for side in ("official", "sam_core"):
+        for side in sides:
             rows.append(common.run_worker(script, ["sam2", side, args.model, str(config.image_size), str(path),
-                                                   str(sam2_folder), str(args.budget_mb)]))
+                                                   str(sam2_folder), str(args.budget_mb), *threads]))
         if args.sam1_model != "none":
             sam1_path = common.checkpoint(args.sam1_model, Path(tmp))
-            for side in ("official", "sam_core"):
+            for side in sides:
                 rows.append(common.run_worker(script, ["sam1", side, args.sam1_model, str(sam1_path), str(folder),
-                                                       str(args.sam1_slices)]))
+                                                       str(args.sam1_slices), *threads]))
     print(rows[0]["machine"], f"frames {height}x{width}")
-    print(f"{'propagation':34}{'side':10}{'frames':>7}{'wall s/frame':>13}{'CPU s/frame':>12}{'peak MB':>9}")
+    print(f"{'propagation':38}{'side':10}{'frames':>7}{'wall s/frame':>13}{'CPU s/frame':>12}{'peak MB':>9}"
+          f"{'load':>11}")
     for row in rows:
         label = (f"SAM 2.1 {row['model']} at {row['image_size']} px" if row["family"] == "sam2"
                  else f"SAM 1 {row['model']} slices")
         n = max(row["frames"], 1)
-        print(f"{label:34}{row['side']:10}{row['frames']:7d}{row['wall_s'] / n:13.3f}{row['cpu_s'] / n:12.3f}"
-              f"{row['peak_above_loaded_mb']:9.0f}")
+        print(f"{label:38}{row['side']:10}{row['frames']:7d}{row['wall_s'] / n:13.3f}{row['cpu_s'] / n:12.3f}"
+              f"{row['peak_above_loaded_mb']:9.0f}{row['load_before']:6.1f}-{row['load_after']:.1f}")
     for row in rows:
         if row["family"] == "sam2" and row["side"] == "sam_core":
             print(f"sam_core feature cache: {row['features_computed']} frames encoded, at most "
-                  f"{row['peak_cached_frames']} held ({row['peak_cached_mb']:.0f} MB of a {row['budget_mb']:.0f} MB budget)")
+                  f"{row['peak_cached_frames']} held ({row['peak_cached_mb']:.1f} MB of a {row['budget_mb']:g} MB budget)")
         if row["family"] == "sam2" and row["side"] == "official":
             print(f"official init_state (every frame loaded first): {row['init_state_s']:.2f} s")
     if args.json:

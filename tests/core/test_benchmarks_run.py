@@ -38,6 +38,17 @@ def test_propagation_runs_every_frame_on_both_sides(tmp_path):
     assert "official init_state" in stdout
 
 
+def test_propagation_one_side_with_a_small_feature_budget(tmp_path):
+    # a quick config frame's features take 0.156 MB: a 0.4 MB budget holds 2 of the 6 frames at most
+    stdout, rows = _run("bench_propagation.py", tmp_path, "--quick", "--sides", "sam_core", "--budget-mb", "0.4",
+                        "--threads", "1")
+    (ours,) = rows
+    assert ours["side"] == "sam_core" and ours["frames"] == ours["features_computed"] == 6
+    assert ours["peak_cached_frames"] == 2 and ours["peak_cached_mb"] <= 0.4
+    assert ours["machine"].endswith("1 threads") and ours["load_before"] >= 0
+    assert "at most 2 held" in stdout
+
+
 def test_sam3_queries_do_not_encode_again(tmp_path):
     _, rows = _run("bench_sam3.py", tmp_path, "--size", "small", "--repeats", "1")
     official, ours = rows
