@@ -105,12 +105,13 @@ class GeometryEncoder(nn.Module):
 
     def forward(self, boxes: torch.Tensor, labels: torch.Tensor, image: torch.Tensor, image_pos: torch.Tensor,
                 size: tuple[int, int]) -> torch.Tensor:
-        """Prompt tokens (N + 1, 1, C) for N boxes on one image; image and image_pos (H*W, 1, C)."""
-        tokens = self.cls_embed.weight.view(1, 1, self.d_model)
+        """Prompt tokens (N + 1, B, C) for N boxes; image and image_pos (H*W, B, C), B = 1 when there are
+        boxes (without boxes, only the class token attends to each of the B images)."""
+        tokens = self.cls_embed.weight.view(1, 1, self.d_model).expand(1, image.shape[1], self.d_model)
         if len(boxes):
             tokens = torch.cat([self._boxes(boxes, labels, image, size), tokens], dim=0)
         tokens = self.norm(self.final_proj(tokens))
-        padding = torch.zeros(1, tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        padding = torch.zeros(tokens.shape[1], tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for layer in self.encode:
             tokens = layer(tokens, image, padding=padding, memory_pos=image_pos)
         return self.encode_norm(tokens)

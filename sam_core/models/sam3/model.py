@@ -100,6 +100,12 @@ class Sam3(nn.Module):
              labels: Optional[torch.Tensor] = None) -> ConceptOutput:
         """Every query's score, box and mask for a phrase plus exemplar ``boxes`` (N, 4) normalized
         (cx, cy, w, h) with ``labels`` (N,) 1 = like this, 0 = not like this."""
+        return self.find_batch(image, text, boxes, labels)[0]
+
+    def find_batch(self, image: ImageFeatures, text: TextFeatures, boxes: Optional[torch.Tensor] = None,
+                   labels: Optional[torch.Tensor] = None) -> list[ConceptOutput]:
+        """:meth:`find` for B (image, phrase) pairs at once: ``image`` maps (B, C, h, w), ``text``
+        features (L, B, C) and padding (B, L); exemplar ``boxes`` only with B = 1. One output per pair."""
         coarse, coarse_pos = image.levels[-1], image.positions[-1]
         size = (coarse.shape[-2], coarse.shape[-1])
         tokens = coarse.flatten(2).permute(2, 0, 1)
@@ -109,12 +115,13 @@ class Sam3(nn.Module):
             labels = torch.zeros(0, dtype=torch.long, device=coarse.device)
         geometry = self.geometry_encoder(boxes, labels, tokens, tokens_pos, size)
         prompt = torch.cat([text.features, geometry], dim=0)
-        padding = torch.cat([text.padding, torch.zeros(1, geometry.shape[0], dtype=torch.bool, device=geometry.device)], dim=1)
+        padding = torch.cat([text.padding, torch.zeros(geometry.shape[1], geometry.shape[0], dtype=torch.bool,
+                                                       device=geometry.device)], dim=1)
         fused = self.transformer.encoder(tokens, tokens_pos, prompt, padding)
         decoded = self.transformer.decoder(fused, tokens_pos, size, prompt, padding)
         queries = decoded.queries.transpose(0, 1)
         logits = self.dot_prod_scoring(queries, prompt, padding)
         scores = logits.sigmoid() * decoded.presence_logit.sigmoid()[:, None]
         masks = self.segmentation_head(image.levels, fused, prompt, padding, queries)
-        return ConceptOutput(scores=scores[0], boxes=decoded.boxes[:, 0], mask_logits=masks[0], logits=logits[0],
-                             presence_logit=decoded.presence_logit[0])
+        return [ConceptOutput(scores=scores[b], boxes=decoded.boxes[:, b], mask_logits=masks[b], logits=logits[b],
+                              presence_logit=decoded.presence_logit[b]) for b in range(scores.shape[0])]
