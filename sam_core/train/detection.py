@@ -20,6 +20,7 @@ from sam_core.train.losses import bce_dice_loss
 
 # weights of the matching cost and of the loss, as DETR's (class 2, L1 5, GIoU 2) plus the masks
 CLASS_WEIGHT, L1_WEIGHT, GIOU_WEIGHT, MASK_WEIGHT, PRESENCE_WEIGHT = 2.0, 5.0, 2.0, 2.0, 1.0
+SEMANTIC_WEIGHT = 2.0  # the semantic map (every pixel of every instance meant), a dense text-grounding signal
 
 
 def box_area(xyxy: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,9 @@ def set_loss(out: ConceptOutput, boxes: torch.Tensor, masks: torch.Tensor) -> Se
 
     Classification: cross-entropy of every query (1 for the matched ones), summed and divided by
     max(N, 1); presence: cross-entropy of the presence logit (1 when N > 0); for matched queries box
-    L1 + GIoU and cross-entropy + Dice on the masks, averaged over the instances."""
+    L1 + GIoU and cross-entropy + Dice on the masks, averaged over the instances; cross-entropy + Dice of
+    the semantic map (when the output has one) against all the instances' pixels (none for an absent
+    concept)."""
     queries, instances = match(out, boxes, masks)
     count = max(len(boxes), 1)
     labels = torch.zeros_like(out.logits)
@@ -82,6 +85,11 @@ def set_loss(out: ConceptOutput, boxes: torch.Tensor, masks: torch.Tensor) -> Se
     presence = F.binary_cross_entropy_with_logits(out.presence_logit, out.presence_logit.new_tensor(float(len(boxes) > 0)))
     total = CLASS_WEIGHT * classification + PRESENCE_WEIGHT * presence
     parts = {"class": classification.item(), "presence": presence.item()}
+    if out.semantic_logits is not None:
+        union = masks.sum(0).clamp(max=1) if len(masks) else out.semantic_logits.new_zeros(out.semantic_logits.shape)
+        semantic = bce_dice_loss(out.semantic_logits[None, None], union[None, None]).mean()
+        total = total + SEMANTIC_WEIGHT * semantic
+        parts["semantic"] = semantic.item()
     if len(queries):
         q, i = torch.from_numpy(queries), torch.from_numpy(instances)
         predicted, target = out.boxes[q], boxes[i]

@@ -57,13 +57,15 @@ class TextFeatures:
 class ConceptOutput:
     """Every query's answer for one image: ``scores`` (Q,) = sigmoid(logits) * sigmoid(presence_logit),
     ``boxes`` (Q, 4) normalized (cx, cy, w, h), ``mask_logits`` (Q, h, w) on the 4x feature grid;
-    ``logits`` (Q,) and ``presence_logit`` (a 0-d tensor) before the sigmoid, for training losses."""
+    ``logits`` (Q,) and ``presence_logit`` (a 0-d tensor) before the sigmoid, and the semantic map's
+    logits ``semantic_logits`` (h, w) (where the concept is, all instances together), for training losses."""
 
     scores: torch.Tensor
     boxes: torch.Tensor
     mask_logits: torch.Tensor
     logits: torch.Tensor
     presence_logit: torch.Tensor
+    semantic_logits: Optional[torch.Tensor] = None
 
 
 class Sam3(nn.Module):
@@ -122,6 +124,7 @@ class Sam3(nn.Module):
         queries = decoded.queries.transpose(0, 1)
         logits = self.dot_prod_scoring(queries, prompt, padding)
         scores = logits.sigmoid() * decoded.presence_logit.sigmoid()[:, None]
-        masks = self.segmentation_head(image.levels, fused, prompt, padding, queries)
+        masks, semantic = self.segmentation_head(image.levels, fused, prompt, padding, queries)
         return [ConceptOutput(scores=scores[b], boxes=decoded.boxes[:, b], mask_logits=masks[b], logits=logits[b],
-                              presence_logit=decoded.presence_logit[b]) for b in range(scores.shape[0])]
+                              presence_logit=decoded.presence_logit[b], semantic_logits=semantic[b])
+                for b in range(scores.shape[0])]

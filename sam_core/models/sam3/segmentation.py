@@ -44,17 +44,17 @@ class SegmentationHead(nn.Module):
         self.mask_predictor = MaskPredictor(d)
         self.cross_attend_prompt = nn.MultiheadAttention(d, config.heads)
         self.cross_attn_norm = nn.LayerNorm(d)
-        # a semantic (one-channel) map: part of the weights, not used for instances
+        # a semantic (one-channel) map of where the prompt is: not used for instances (a training signal)
         self.semantic_seg_head = nn.Conv2d(d, 1, kernel_size=1)
         self.instance_seg_head = nn.Conv2d(d, d, kernel_size=1)
 
     def forward(self, levels: list[torch.Tensor], fused: torch.Tensor, prompt: torch.Tensor,
-                prompt_padding: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+                prompt_padding: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """levels: the backbone's 4x, 2x, 1x maps (B, C, h, w); fused (h*w, B, C) image tokens;
-        queries (B, Q, C) -> mask logits (B, Q, 4h, 4w)."""
+        queries (B, Q, C) -> mask logits (B, Q, 4h, 4w) and the semantic map's logits (B, 4h, 4w)."""
         y = self.cross_attn_norm(fused)
         fused = self.cross_attend_prompt(y, prompt, prompt, key_padding_mask=prompt_padding, need_weights=False)[0] + fused
         coarse = levels[-1]
         fused_map = fused.permute(1, 2, 0).reshape(-1, *coarse.shape[1:])
         pixels = self.pixel_decoder([*levels[:-1], fused_map])
-        return self.mask_predictor(queries, self.instance_seg_head(pixels))
+        return self.mask_predictor(queries, self.instance_seg_head(pixels)), self.semantic_seg_head(pixels)[:, 0]
