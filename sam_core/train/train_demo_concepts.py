@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sam_core.concepts import VISUAL_PHRASE
 from sam_core.models.sam3.config import Sam3Config
@@ -104,6 +105,7 @@ def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEP
 
 
 OUTSIDE_PENALTY = 8.0
+SHAPES_WEIGHT = 1.0  # the training-only probe's loss (which shape covers each feature cell)
 
 
 def _outside_penalty(mlp: torch.nn.Module, strength: float) -> None:
@@ -145,28 +147,40 @@ def _queries(scene: ConceptScene, rng: np.random.Generator, exemplar: float,
     return queries
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Step ``n``'s scenes and queries, drawn in a worker process: images (B, S, S, 3) uint8 and for
-    each query (image index, phrase, exemplar boxes (E, 4) normalized cxcywh, target boxes (N, 4)
-    normalized cxcywh, target masks (N, m, m) float on the model's mask grid)."""
+def shape_classes(scene: ConceptScene, grid: int) -> np.ndarray:
+    """(K + 1, grid, grid) float32: the fraction of each feature cell covered by background (class 0)
+    and by each word of :data:`VOCABULARY` (class 1 + its index)."""
+    lut = np.array([0] + [1 + VOCABULARY.index(w) for w in scene.words])
+    onehot = np.eye(len(VOCABULARY) + 1, dtype=np.float32)[lut[scene.labels]]
+    f = scene.labels.shape[0] // grid
+    return onehot.reshape(grid, f, grid, f, -1).mean(axis=(1, 3)).transpose(2, 0, 1)
 
-    def __init__(self, seed: int, batch: int, size: int, mask_size: int, exemplar: float) -> None:
+
+class _Batches(torch.utils.data.Dataset):
+    """Step ``n``'s scenes and queries, drawn in a worker process: images (B, S, S, 3) uint8, for
+    each query (image index, phrase, exemplar boxes (E, 4) normalized cxcywh, target boxes (N, 4)
+    normalized cxcywh, target masks (N, m, m) float on the model's mask grid), and the shape classes
+    of each image's feature cells (B, K + 1, g, g) (:func:`shape_classes`)."""
+
+    def __init__(self, seed: int, batch: int, size: int, mask_size: int, exemplar: float, grid: int) -> None:
         self.seed, self.batch, self.size, self.mask_size, self.exemplar = seed, batch, size, mask_size, exemplar
+        self.grid = grid
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng((self.seed, step, 1_000_000))
-        images, queries = [], []
+        images, queries, classes = [], [], []
         factor = self.size // self.mask_size
         for b in range(self.batch):
             scene = generate_concept_scene((self.seed, step, b), size=self.size)
             images.append(scene.image)
+            classes.append(shape_classes(scene, self.grid))
             for phrase, exemplars, ids in _queries(scene, rng, self.exemplar):
                 masks = np.stack([scene.labels == i for i in ids]) if ids else np.zeros((0, self.size, self.size), bool)
                 boxes = [scene_box(m) for m in masks]
                 queries.append((b, phrase, _cxcywh(exemplars, self.size), _cxcywh(boxes, self.size),
                                 masks.reshape(len(ids), self.mask_size, factor, self.mask_size, factor)
                                 .mean(axis=(2, 4)).astype(np.float32)))
-        return np.stack(images), queries
+        return np.stack(images), queries, np.stack(classes)
 
 
 def _find_all(model: Sam3, image: ImageFeatures, text: TextFeatures, queries: list, device: str):
@@ -221,24 +235,31 @@ def train(
         raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
     model = build_demo_concepts(seed, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    # a training-only probe: each cell of the 1x feature map says which shape covers it (not saved; it
+    # restarts on --resume): the backbone learns the shapes from dense labels, not only through the
+    # word-conditioned losses, which gave it no signal while the text was still ignored
+    probe = torch.nn.Conv2d(config.d_model, len(VOCABULARY) + 1, 1).to(device)
+    probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.05)
     state_path = state_path_for(out, state_path)
     first = resume_run(model, optimizer, out, state_path, device) if resume else 0
     tokenizer = ClipTokenizer()
     size, mask_size = config.image_size, 4 * config.grid
     batches = torch.utils.data.DataLoader(
-        _Batches(seed, batch, size, mask_size, exemplar), batch_size=None, num_workers=workers,
+        _Batches(seed, batch, size, mask_size, exemplar, config.grid), batch_size=None, num_workers=workers,
         sampler=range(first, last), collate_fn=_as_is, prefetch_factor=4 if workers else None,
     )
     started, cpu_started = time.time(), time.process_time()
     window: dict[str, list[float]] = {}
-    for step, (images, queries) in zip(range(first, last), batches):
-        for group in optimizer.param_groups:
+    for step, (images, queries, classes) in zip(range(first, last), batches):
+        for group in [*optimizer.param_groups, *probe_optimizer.param_groups]:
             group["lr"] = learning_rate(step, steps, lr, warmup)
         x = sam3_input(torch.from_numpy(images).permute(0, 3, 1, 2), size).to(device)
         image = model.encode_image(x)
         ids = tokenizer([q[1] for q in queries], context_length=config.context_length).to(device)
         text = model.encode_text(ids)
-        loss = torch.zeros((), device=device)
+        shapes = F.cross_entropy(probe(image.levels[-1]), torch.from_numpy(classes).to(device))
+        window.setdefault("shapes", []).append(shapes.item())
+        loss = SHAPES_WEIGHT * shapes
         for j, found in _find_all(model, image, text, queries, device):
             boxes, masks = queries[j][3], queries[j][4]
             part = set_loss(found, torch.from_numpy(boxes).to(device), torch.from_numpy(masks).to(device))
@@ -246,9 +267,11 @@ def train(
             for name, value in part.parts.items():
                 window.setdefault(name, []).append(value)
         optimizer.zero_grad(set_to_none=True)
+        probe_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
         optimizer.step()
+        probe_optimizer.step()
         window.setdefault("loss", []).append(loss.item())
         if (step + 1) % log_every == 0:
             summary = " ".join(f"{k}={np.mean(v):.3f}" for k, v in window.items())
