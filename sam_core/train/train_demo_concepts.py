@@ -105,7 +105,7 @@ def build_demo_concepts(seed: int = TRAIN_SEED, config: Sam3Config = DEMO_CONCEP
 
 
 OUTSIDE_PENALTY = 8.0
-SHAPES_WEIGHT = 1.0  # the training-only probe's loss (which shape covers each feature cell)
+SHAPES_WEIGHT = 1.0  # the word-tied probe's loss (which shape covers each feature cell, :func:`_word_probe`)
 
 
 def _outside_penalty(mlp: torch.nn.Module, strength: float) -> None:
@@ -183,6 +183,19 @@ class _Batches(torch.utils.data.Dataset):
         return np.stack(images), queries, np.stack(classes)
 
 
+def _word_probe(model: Sam3, image: ImageFeatures, vocabulary_ids: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """(B, K + 1, g, g) logits of which shape covers each cell of the 1x feature map: the dot product of
+    the cell's feature with each word's text features (mean over its tokens) and with ``background``.
+    A training-only signal that puts image and text in one space (what SAM 3's pretrained encoders bring;
+    trained from scratch, the outputs first ignored the word entirely, although the text features did
+    not)."""
+    words = model.encode_text(vocabulary_ids)
+    valid = (~words.padding).T[..., None].float()
+    classifier = torch.cat([background[None], (words.features * valid).sum(0) / valid.sum(0)])
+    cells = image.levels[-1]
+    return torch.einsum("bchw,kc->bkhw", cells, classifier) / cells.shape[1] ** 0.5
+
+
 def _find_all(model: Sam3, image: ImageFeatures, text: TextFeatures, queries: list, device: str):
     """(query index, :class:`ConceptOutput`) of every query of a step: the text-only queries in one
     batch (:meth:`Sam3.find_batch`; the same numbers as one by one, in a fraction of the time), the
@@ -235,11 +248,9 @@ def train(
         raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
     model = build_demo_concepts(seed, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    # a training-only probe: each cell of the 1x feature map says which shape covers it (not saved; it
-    # restarts on --resume): the backbone learns the shapes from dense labels, not only through the
-    # word-conditioned losses, which gave it no signal while the text was still ignored
-    probe = torch.nn.Conv2d(config.d_model, len(VOCABULARY) + 1, 1).to(device)
-    probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.05)
+    # a training-only background vector (not saved; it restarts on --resume) for the word-tied probe
+    background = torch.nn.Parameter(torch.zeros(config.d_model, device=device))
+    probe_optimizer = torch.optim.AdamW([background], lr=lr, weight_decay=0.0)
     state_path = state_path_for(out, state_path)
     first = resume_run(model, optimizer, out, state_path, device) if resume else 0
     tokenizer = ClipTokenizer()
@@ -257,7 +268,8 @@ def train(
         image = model.encode_image(x)
         ids = tokenizer([q[1] for q in queries], context_length=config.context_length).to(device)
         text = model.encode_text(ids)
-        shapes = F.cross_entropy(probe(image.levels[-1]), torch.from_numpy(classes).to(device))
+        shapes = F.cross_entropy(_word_probe(model, image, tokenizer(list(VOCABULARY), context_length=config.context_length)
+                                             .to(device), background), torch.from_numpy(classes).to(device))
         window.setdefault("shapes", []).append(shapes.item())
         loss = SHAPES_WEIGHT * shapes
         for j, found in _find_all(model, image, text, queries, device):
