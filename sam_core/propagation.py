@@ -127,10 +127,21 @@ class VideoSession:
         self.preparation = preparation
         self.cache = FeatureCache(self._features, feature_budget)
         self._tracks: "OrderedDict[int, _Track]" = OrderedDict()
+        self._memory_pos: Optional[torch.Tensor] = None  # one copy for every frame (it depends on the grid only)
 
     @property
     def object_ids(self) -> List[int]:
         return list(self._tracks)
+
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes kept of the processed frames of every object (memories and their positional encoding,
+        object pointers and scores, low-resolution logits); a tensor shared by frames counted once."""
+        tensors = {id(t): t for track in self._tracks.values()
+                   for state in (*track.cond.values(), *track.tracked.values())
+                   for t in (state.mask_logits, state.object_pointer, state.object_score_logits, state.memory,
+                             state.memory_pos)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _features(self, index: int) -> FrameFeatures:
         image = self.frames.model_input(index, self.model.image_size, self.model.preprocess, self.preparation)
@@ -220,7 +231,7 @@ class VideoSession:
         full = F.interpolate(state.mask_logits, size=(size, size), mode="bilinear", align_corners=False)
         memory, memory_pos = self.model.encode_memory(features.pix_feat, full, state.object_score_logits,
                                                       binarize=True)
-        return _stored(replace(state, memory=memory, memory_pos=memory_pos))
+        return self._stored(replace(state, memory=memory, memory_pos=memory_pos))
 
     # --- propagation ------------------------------------------------------------------------------
 
@@ -262,11 +273,22 @@ class VideoSession:
                 with torch.inference_mode():
                     state = track_step(self.model, frame, features, track.cond, track.tracked, self.frames.count,
                                        reverse=reverse)
-                state = _stored(state)
+                state = self._stored(state)
                 track.tracked[frame] = state
             track.reverse[frame] = reverse
             states.append(state)
         return self._result(frame, states)
+
+    def _stored(self, state: FrameState) -> FrameState:
+        """What is kept of a frame: memory in bfloat16 (as the official predictor stores it), no
+        model-size logits (they are only needed for the frame's own memory), and the memory's positional
+        encoding, the same for every frame, as one shared copy (as the official predictor keeps it)."""
+        pos, shared = state.memory_pos, self._memory_pos
+        if shared is not None and shared.shape == pos.shape and torch.equal(shared, pos):
+            pos = shared
+        else:
+            self._memory_pos = pos
+        return replace(state, memory=state.memory.to(torch.bfloat16), memory_pos=pos, mask_logits_full=None)
 
     def _result(self, frame: int, states: List[FrameState]) -> FrameResult:
         logits = torch.cat([s.mask_logits for s in states])
@@ -295,12 +317,6 @@ class VideoSession:
         best, index = logits.max(dim=0)
         best, index = best.cpu().numpy(), index.cpu().numpy()
         return np.where(best > 0, ids[index], 0).astype(dtype)
-
-
-def _stored(state: FrameState) -> FrameState:
-    """What is kept of a frame: memory in bfloat16 (as the official predictor stores it), no
-    model-size logits (they are only needed for the frame's own memory)."""
-    return replace(state, memory=state.memory.to(torch.bfloat16), mask_logits_full=None)
 
 
 def propagation_models_message() -> str:

@@ -71,6 +71,20 @@ def test_300_frame_dask_stack_is_read_lazily_within_the_feature_budget(model):
     assert session.labels(0).shape == (HEIGHT, WIDTH)
 
 
+def test_frames_keep_one_copy_of_the_memory_position_encoding(model):
+    # the official predictor keeps one maskmem_pos_enc for all frames; a copy per frame would grow
+    # by 1 MiB a frame at 1024 px (64 channels x 64 x 64 float32)
+    frames = open_frames(np.random.default_rng(2).integers(0, 256, (12, HEIGHT, WIDTH), dtype=np.uint8))
+    session = VideoSession(model, frames)
+    session.add_prompt(0, 1, points=[[10, 12]])
+    one = session.stored_nbytes
+    assert len(list(session.propagate("forward"))) == 12
+    per_frame = (session.stored_nbytes - one) / 11
+    pos_bytes = TINY.mem_dim * (TINY.image_size // 16) ** 2 * 4
+    assert one - per_frame == pos_bytes  # the first frame's copy, shared by the 11 tracked frames
+    assert per_frame < one
+
+
 def test_default_feature_budget_is_2_gb():
     assert DEFAULT_FEATURE_BUDGET == 2 * 1024 ** 3
 
