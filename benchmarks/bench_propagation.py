@@ -120,7 +120,8 @@ def _sam2_worker(side: str, name: str, image_size: int, path: str, folder: str, 
             cache = session.cache
             return {"frames": len(masks), "present": int(sum(m.any() for m in masks)),
                     "features_computed": cache.computed, "peak_cached_frames": cache.peak_entries,
-                    "peak_cached_mb": cache.peak_bytes / 2**20, "budget_mb": budget_mb}
+                    "peak_cached_mb": cache.peak_bytes / 2**20, "budget_mb": budget_mb,
+                    "stored_mb": session.stored_nbytes / 2**20}
 
     return {"side": side, "family": "sam2", "model": config.name, "image_size": config.image_size,
             **_loaded(run), "machine": common.machine()}
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if row["family"] == "sam2" and row["side"] == "sam_core":
             print(f"sam_core feature cache: {row['features_computed']} frames encoded, at most "
-                  f"{row['peak_cached_frames']} held ({row['peak_cached_mb']:.1f} MB of a {row['budget_mb']:g} MB budget)")
+                  f"{row['peak_cached_frames']} held ({row['peak_cached_mb']:.1f} MB of a {row['budget_mb']:g} MB budget); "
+                  f"kept of the {row['frames']} frames (memories, pointers, logits): {row['stored_mb']:.1f} MB")
         if row["family"] == "sam2" and row["side"] == "official":
             print(f"official init_state (every frame loaded first): {row['init_state_s']:.2f} s")
     if args.json:
