@@ -5,8 +5,9 @@
 The shipped weights are the default recipe (300 steps of 4-frame clips, seed 0, one torch thread):
 27 minutes on the shared 2-core CPU under load 12-19, 3.7 minutes of CPU. They miss issue 17's
 held-out targets by far (``benchmarks/quality_demo2.py``: mean IoU about 0.1; see
-``benchmarks/RESULTS.md``): a longer run is needed (about ``--steps 3000`` should fit 45 minutes of
-an idle CPU).
+``benchmarks/RESULTS.md``). More steps of this recipe do not help within a CPU budget: trained from
+scratch at this size, the Hiera trunk gives no features a click can be localised with (the same heads
+on ``demo``'s TinyViT trunk learn it in 400 steps; ``benchmarks/demo2_trunk_ab.py``).
 
 The network is ``SAM2_CONFIGS["demo2"]`` built by :func:`sam_core.models.sam2.build_sam2` (the same
 code as the official models): a Hiera trunk of width 32 (stages 1, 2, 3, 1) at 256 px input (a 16 x 16
