@@ -83,18 +83,21 @@ class Attention(nn.Module):
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.attend(x))
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention of (B, H, W, D) tokens before the output projection ``proj``: (B, H, W, D)."""
         b, h, w, _ = x.shape
         n = h * w
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.fused:
-            return self.proj(self._fused(*qkv.unbind(0), h, w))
+            return self._fused(*qkv.unbind(0), h, w)
         q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
         rel_h, rel_w = decomposed_rel_pos(q, self.rel_pos_h, self.rel_pos_w, (h, w))
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = attn.view(-1, h, w, h, w) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
         attn = attn.view(-1, n, n).softmax(dim=-1)
-        out = (attn @ v).view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-        return self.proj(out)
+        return (attn @ v).view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
 
     def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Attention of (B, heads, n, C) tensors; returns (B, h, w, heads * C)."""
@@ -104,8 +107,11 @@ class Attention(nn.Module):
         for start in range(0, heads, chunk):
             qc, kc, vc = (t[:, start : start + chunk] for t in (q, k, v))
             rel_h, rel_w = decomposed_rel_pos(qc.reshape(-1, n, c), self.rel_pos_h, self.rel_pos_w, (h, w))
-            bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, qc.shape[1], n, n)
-            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias.to(qc.dtype), scale=self.scale))
+            # einsum's outputs are strided views: adding into a contiguous buffer avoids a copy of the bias
+            bias = torch.empty((rel_h.shape[0], h, w, h, w), dtype=qc.dtype, device=qc.device)
+            torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias)
+            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias.view(b, qc.shape[1], n, n),
+                                                       scale=self.scale))
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return out.view(b, heads, h, w, c).permute(0, 2, 3, 1, 4).reshape(b, h, w, heads * c)
 
@@ -153,7 +159,12 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
-        if self.window_size > 0:
+        if self.window_size > 0 and self.attn.fused:
+            # the projection runs on the image's tokens only, not on the windows' zero padding
+            h, w = x.shape[1], x.shape[2]
+            x, padded = window_partition(x, self.window_size)
+            x = self.attn.proj(window_unpartition(self.attn.attend(x), self.window_size, padded, (h, w)))
+        elif self.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, padded = window_partition(x, self.window_size)
             x = window_unpartition(self.attn(x), self.window_size, padded, (h, w))
@@ -191,7 +202,9 @@ class ImageEncoderViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(x.device.type, self.compute_dtype):
-            x = self.patch_embed(x) + self.pos_embed
+            # the patch embedding is a channels-last view of a convolution's output: made contiguous once
+            # here, the residual stream stays contiguous and no LayerNorm or Linear copies it again
+            x = self.patch_embed(x).contiguous() + self.pos_embed
             for block in self.blocks:
                 x = block(x)
             x = self.neck(x.permute(0, 3, 1, 2))

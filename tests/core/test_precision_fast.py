@@ -104,3 +104,33 @@ def test_cli_auto_runs_int8_smooth_without_bf16(tmp_path, small_vit_checkpoint, 
     assert code == 0, err
     assert "encoder precision int8-smooth (auto runs int8-smooth on cpu: " in err
 
+
+
+def test_fused_vit_keeps_its_tokens_contiguous_and_equals_exact_with_padded_windows(tmp_path):
+    """The fast paths' layout work (the int8-smooth profile: copies of the residual stream and of the
+    attention bias): every block's LayerNorms and Linears get contiguous tokens, so none copies them, and
+    the windowed blocks project only the image's tokens, not the windows' padding; the fp32 result stays
+    that of the official operations (``exact``) on a grid the windows do not divide (10 = 3 x 4 - 2)."""
+    from dataclasses import replace
+
+    from helpers.checkpoints import write_official_checkpoint
+
+    config = replace(SMALL_VIT, name="small_vit_padded", image_size=160)
+    checkpoint = write_official_checkpoint(config, tmp_path / "padded.pth", seed=0)
+    image = _input(config)
+    exact = load_ours(config, checkpoint).set_precision("exact")
+    fused = load_ours(config, checkpoint)
+    layouts = []
+
+    def record(module, args):
+        layouts.append((type(module).__name__, args[0].is_contiguous()))
+
+    for block in fused.image_encoder.blocks:
+        for module in (block.norm1, block.norm2, block.attn.qkv, block.attn.proj, block.mlp.lin1, block.mlp.lin2):
+            module.register_forward_pre_hook(record)
+    with torch.no_grad():
+        expected = exact.image_encoder(exact.preprocess(image))
+        got = fused.image_encoder(fused.preprocess(image))
+    assert len(layouts) == 6 * config.depth
+    assert all(contiguous for _, contiguous in layouts), layouts
+    assert (got - expected).abs().max().item() <= 1e-5 * max(expected.abs().max().item(), 1.0)
