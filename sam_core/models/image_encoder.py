@@ -159,15 +159,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.norm1(x)
-        if self.window_size > 0 and self.attn.fused:
-            # the projection runs on the image's tokens only, not on the windows' zero padding
+        if self.window_size > 0:
             h, w = x.shape[1], x.shape[2]
             x, padded = window_partition(x, self.window_size)
-            x = self.attn.proj(window_unpartition(self.attn.attend(x), self.window_size, padded, (h, w)))
-        elif self.window_size > 0:
-            h, w = x.shape[1], x.shape[2]
-            x, padded = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(x), self.window_size, padded, (h, w))
+            if self.attn.fused:  # the projection runs on the image's tokens only, not on the windows' padding
+                x = self.attn.proj(window_unpartition(self.attn.attend(x), self.window_size, padded, (h, w)))
+            else:
+                x = window_unpartition(self.attn(x), self.window_size, padded, (h, w))
         else:
             x = self.attn(x)
         x = shortcut + x
