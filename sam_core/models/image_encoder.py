@@ -175,10 +175,12 @@ class Block(nn.Module):
 class ImageEncoderViT(nn.Module):
     """SAM's ViT encoder for a :class:`SamConfig` with ``encoder == "vit"``.
 
-    ``compute_dtype`` (None for fp32) is the autocast dtype; the output is always float32.
+    ``compute_dtype`` (None for fp32) is the autocast dtype; the output is always float32. ``fused``
+    (all precisions but ``exact``) keeps the token grid contiguous; ``exact`` keeps the official layout.
     """
 
     compute_dtype: torch.dtype | None = None
+    fused: bool = True
 
     def __init__(self, config: SamConfig) -> None:
         super().__init__()
@@ -200,9 +202,12 @@ class ImageEncoderViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(x.device.type, self.compute_dtype):
-            # the patch embedding is a channels-last view of a convolution's output: made contiguous once
-            # here, the residual stream stays contiguous and no LayerNorm or Linear copies it again
-            x = self.patch_embed(x).contiguous() + self.pos_embed
+            x = self.patch_embed(x)
+            if self.fused:
+                # the patch embedding is a channels-last view of a convolution's output: made contiguous
+                # once here, the residual stream stays contiguous and no LayerNorm or Linear copies it again
+                x = x.contiguous()
+            x = x + self.pos_embed
             for block in self.blocks:
                 x = block(x)
             x = self.neck(x.permute(0, 3, 1, 2))
