@@ -1,7 +1,9 @@
 """The ``demo-concepts`` training (SAM 3 at a small size, issue 18 item 7): its generated scenes of
-named shapes, the DETR set losses (Hungarian matching, box L1 + GIoU), the concept quality counts, and
-a tiny seeded training run whose checkpoint loads through the public concept API. (The bundled model
-itself is not shipped yet: the first CPU run missed the quality targets by far, see RESULTS.md.)"""
+named shapes, the training queries (every word a scene shows and two it does not) and the shape
+classes of the word-tied probe, the DETR set losses (Hungarian matching, box L1 + GIoU), the concept
+quality counts, the batched query path the training uses, and a tiny seeded training run whose
+checkpoint loads through the public concept API. (The bundled model itself is not shipped yet: the
+CPU runs missed the quality targets, see benchmarks/RESULTS.md.)"""
 
 from __future__ import annotations
 
@@ -88,6 +90,43 @@ TINY = DEMO_CONCEPTS.replace(
 )
 
 
+def test_every_scene_asks_for_the_words_it_shows_and_two_it_does_not():
+    from sam_core.train.train_demo_concepts import _queries, shape_classes
+
+    scene = generate_concept_scene((0, 0, 0))
+    rng = np.random.default_rng(0)
+    queries = _queries(scene, rng, exemplar=1.0)
+    text = [(phrase, ids) for phrase, boxes, ids in queries if not boxes]
+    shown = sorted(set(scene.words))
+    assert [p for p, _ in text[:len(shown)]] == shown and all(ids == scene.instances(p) for p, ids in text)
+    assert len(text) == len(shown) + 2 and all(not ids for _, ids in text[len(shown):])  # absent: no target
+    phrase, boxes, ids = queries[-1]
+    assert len(boxes) == 1 and ids and all(scene.words[i - 1] == scene.words[ids[0] - 1] for i in ids)
+    classes = shape_classes(scene, 16)
+    assert classes.shape == (len(VOCABULARY) + 1, 16, 16) and np.allclose(classes.sum(0), 1)
+    covered = {VOCABULARY[k - 1] for k in range(1, len(VOCABULARY) + 1) if classes[k].any()}
+    assert covered == set(scene.words)
+
+
+def test_find_batch_equals_one_query_at_a_time():
+    from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
+    from sam_core.models.sam3.tokenizer import ClipTokenizer
+
+    torch.manual_seed(0)
+    model = Sam3(TINY).eval()
+    torch.nn.init.normal_(model.backbone.language_backbone.encoder.positional_embedding, std=0.1)
+    with torch.no_grad():
+        image = model.encode_image(torch.randn(2, 3, 64, 64))
+        text = model.encode_text(ClipTokenizer()(["circle", "red square", "star"], context_length=TINY.context_length))
+        at = torch.tensor([0, 1, 1])
+        batched = model.find_batch(ImageFeatures([f[at] for f in image.levels], [p[at] for p in image.positions]), text)
+        for j, b in enumerate(at.tolist()):
+            one = model.find(ImageFeatures([f[b:b + 1] for f in image.levels], [p[b:b + 1] for p in image.positions]),
+                             TextFeatures(text.features[:, j:j + 1], text.padding[j:j + 1]))
+            for field in ("scores", "boxes", "mask_logits", "logits", "presence_logit", "semantic_logits"):
+                torch.testing.assert_close(getattr(batched[j], field), getattr(one, field), rtol=1e-4, atol=1e-5)
+
+
 def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     first, second = tmp_path / "a.pt", tmp_path / "b.pt"
     for out in (first, second):
@@ -100,3 +139,4 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     predictor = ConceptPredictor(model)
     found = predictor.find(predictor.encode(generate_concept_scene(1, size=64).image), text="circle", threshold=0.0)
     assert len(found) == 4 and found.masks.shape == (4, 64, 64)
+
