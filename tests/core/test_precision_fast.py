@@ -134,3 +134,26 @@ def test_fused_vit_keeps_its_tokens_contiguous_and_equals_exact_with_padded_wind
     assert len(layouts) == 6 * config.depth
     assert all(contiguous for _, contiguous in layouts), layouts
     assert (got - expected).abs().max().item() <= 1e-5 * max(expected.abs().max().item(), 1.0)
+
+
+def test_fused_tiny_vit_runs_its_convolutions_channels_last(small_tiny_vit_checkpoint):
+    """vit_t's fp32 speed-up (issue 21 item 3): in the fused forms the TinyViT's convolutional stage gets
+    channels-last maps (oneDNN's faster layout), the result within float rounding of ``exact``, which
+    keeps the official layout."""
+    image = _input(SMALL_TINY_VIT)
+    layouts = {}
+
+    def record(name):
+        def hook(module, args):
+            layouts[name] = args[0].is_contiguous(memory_format=torch.channels_last)
+        return hook
+
+    results = {}
+    for name in ("exact", "fp32"):
+        model = load_ours(SMALL_TINY_VIT, small_tiny_vit_checkpoint).set_precision(name)
+        model.image_encoder.layers[0].blocks[0].conv1.register_forward_pre_hook(record(name))
+        with torch.no_grad():
+            results[name] = model.image_encoder(model.preprocess(image))
+    assert layouts == {"exact": False, "fp32": True}
+    expected = results["exact"]
+    assert (results["fp32"] - expected).abs().max().item() <= 1e-5 * max(expected.abs().max().item(), 1.0)
