@@ -401,7 +401,7 @@ def test_precision_choices(small_vit_checkpoint):
     assert back.image_encoder.compute_dtype is None and back.precision == "fp32"
     encoder = [m.fused for m in back.image_encoder.modules() if hasattr(m, "fused")]
     decoder = [m.fused for m in back.mask_decoder.modules() if hasattr(m, "fused")]
-    assert len(encoder) == SMALL_VIT.depth and all(encoder)
+    assert len(encoder) == 1 + SMALL_VIT.depth and all(encoder)  # the encoder's token layout, each block's attention
     # the mask decoder, its transformer and each of its attentions (three per block and the final one)
     assert len(decoder) == 2 + 3 * back.mask_decoder.transformer.depth + 1 and all(decoder)
     assert not any(getattr(m, "fused", False) for m in back.set_precision("exact").modules())
