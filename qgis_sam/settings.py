@@ -18,7 +18,7 @@ MODEL_NAMES = ("demo", "vit_t", "vit_b", "vit_l", "vit_h",
                "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large", "demo2")
 # The models that find objects by name (SAM 3 concepts): sam_core.concepts.concept_models(), which the engine
 # answers to "concept_models" (a test keeps the two equal); new names go at the end
-CONCEPT_MODEL_NAMES = ("sam3",)
+CONCEPT_MODEL_NAMES = ("sam3", "demo-concepts")
 
 _PREFIX = "qgis_sam/"
 DEFAULTS: dict[str, Any] = {

@@ -166,6 +166,20 @@ MODELS["demo2"] = ModelInfo(
     family="sam2",
 )
 
+MODELS["demo-concepts"] = ModelInfo(
+    name="demo-concepts",
+    config_name="demo-concepts",
+    url=None,
+    size=None,
+    sha256=None,
+    description="small SAM 3 trained by this project on generated shapes (circle, square, triangle, star, ring, "
+                "cross), for trying 'find' and for tests (not for real data; no points and boxes; misses its "
+                "quality targets, see benchmarks/RESULTS.md)",
+    filename="demo_concepts.pt",
+    bundled=_DATA / "demo_concepts.pt",
+    family="sam3",
+)
+
 
 def model_info(name: str) -> ModelInfo:
     """The zoo entry for ``name``; an unknown name raises :class:`SamError` listing the known ones."""
