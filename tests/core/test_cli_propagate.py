@@ -1,6 +1,7 @@
 """``python -m sam_core propagate``: the label stack equals Meta's ``SAM2VideoPredictor`` masks on a
-JPEG folder (forward then reverse, small random checkpoint); multi-page TIFF input; bad input gives
-one ``error:`` line, exit code 2 and no output file.
+JPEG folder (forward then reverse; a small random checkpoint, and the full-size ``sam2.1_hiera_tiny``
+once on 8 frames); multi-page TIFF input; bad input gives one ``error:`` line, exit code 2 and no
+output file.
 
 A checkpoint file does not hold the input size or Hiera's attention windows; for the small test
 configuration the command reads those from SMALL_SAM2 (``small_config`` below) instead of the
@@ -8,6 +9,7 @@ official sizes it assumes for a SAM 2.1 file given without ``--model``."""
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -23,13 +25,13 @@ FRAMES, HEIGHT, WIDTH = 6, 48, 64
 MARGIN = 1e-3
 
 
-def _movie() -> np.ndarray:
+def _movie(count: int = FRAMES) -> np.ndarray:
     """(T, H, W, 3) uint8: a bright disc moving right on a textured background."""
     rng = np.random.default_rng(1)
     background = rng.integers(0, 120, size=(HEIGHT, WIDTH, 3)).astype(np.uint8)
     yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    frames = np.repeat(background[None], FRAMES, axis=0)
-    for t in range(FRAMES):
+    frames = np.repeat(background[None], count, axis=0)
+    for t in range(count):
         frames[t][(yy - 24) ** 2 + (xx - 12 - 7 * t) ** 2 < 80] = (230, 200, 60)
     return frames
 
@@ -63,8 +65,8 @@ PROMPTS = ["--frame", 1, "--point", "19,24", "--point", "60,5,0", "--object", 2,
            "--frame", 3, "--object", 1, "--point", "33,24"]
 
 
-def _official_labels(checkpoint, folder):
-    predictor = official_video_predictor(SMALL_SAM2, checkpoint)
+def _official_labels(checkpoint, folder, config=SMALL_SAM2):
+    predictor = official_video_predictor(config, checkpoint)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # hole filling skipped without sam2's CUDA extension
         state = predictor.init_state(str(folder))
@@ -79,6 +81,17 @@ def _official_labels(checkpoint, folder):
     return logits
 
 
+def _assert_labels_equal_official(labels, official, count):
+    """The label stack (T, H, W) equals the official logits' labels wherever they are decided."""
+    assert sorted(official) == list(range(count))
+    for t in range(count):
+        logits = official[t]
+        top = np.sort(logits, axis=0)
+        expected = np.where(logits.max(axis=0) > 0, logits.argmax(axis=0) + 1, 0)
+        decided = (np.abs(logits) > MARGIN).all(axis=0) & (top[-1] - top[-2] > MARGIN)
+        np.testing.assert_array_equal(labels[t][decided], expected[decided], err_msg=f"frame {t}")
+
+
 def test_propagate_equals_official_video_predictor(checkpoint, jpeg_folder, tmp_path, capsys):
     out = tmp_path / "labels.tif"
     code, stdout, err = run_cli(["propagate", jpeg_folder, *PROMPTS, "--out", out, "--checkpoint", checkpoint], capsys)
@@ -86,14 +99,30 @@ def test_propagate_equals_official_video_predictor(checkpoint, jpeg_folder, tmp_
     assert "object 1: present on" in stdout
     labels = tifffile.imread(out)
     assert labels.shape == (FRAMES, HEIGHT, WIDTH) and labels.dtype == np.uint16
-    official = _official_labels(checkpoint, jpeg_folder)
-    assert sorted(official) == list(range(FRAMES))
-    for t in range(FRAMES):
-        logits = official[t]
-        top = np.sort(logits, axis=0)
-        expected = np.where(logits.max(axis=0) > 0, logits.argmax(axis=0) + 1, 0)
-        decided = (np.abs(logits) > MARGIN).all(axis=0) & (top[-1] - top[-2] > MARGIN)
-        np.testing.assert_array_equal(labels[t][decided], expected[decided], err_msg=f"frame {t}")
+    _assert_labels_equal_official(labels, _official_labels(checkpoint, jpeg_folder), FRAMES)
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_propagate_with_full_size_sam2_1_hiera_tiny_equals_official(sam2_tiny_checkpoint, tmp_path, capsys):
+    """Issue 17 item 9: the full-size ``sam2.1_hiera_tiny`` (random weights, its object-score head
+    spread so that objects are found) through the command line on 8 JPEG frames, forward then
+    backward, against ``SAM2VideoPredictor`` on the same folder."""
+    from sam_core.models.sam2 import SAM2_CONFIGS
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t, frame in enumerate(_movie(8)):
+        Image.fromarray(frame).save(folder / f"{t:05d}.jpg", quality=90)
+    checkpoint = spread_object_scores(shutil.copy(sam2_tiny_checkpoint, tmp_path / "sam2.1_hiera_tiny.pt"))
+    out = tmp_path / "labels.tif"
+    code, stdout, err = run_cli(["propagate", folder, *PROMPTS, "--out", out, "--model", "sam2.1_hiera_tiny",
+                                 "--checkpoint", checkpoint], capsys)
+    assert code == 0, err
+    labels = tifffile.imread(out)
+    assert labels.shape == (8, HEIGHT, WIDTH)
+    assert "object 1: present on 8 of the 8 frames" in stdout and "object 2: present on 8 of the 8 frames" in stdout
+    _assert_labels_equal_official(labels, _official_labels(checkpoint, folder, SAM2_CONFIGS["sam2.1_hiera_tiny"]), 8)
     assert set(np.unique(labels)) == {0, 1, 2}
 
 
