@@ -107,11 +107,11 @@ class Attention(nn.Module):
         for start in range(0, heads, chunk):
             qc, kc, vc = (t[:, start : start + chunk] for t in (q, k, v))
             rel_h, rel_w = decomposed_rel_pos(qc.reshape(-1, n, c), self.rel_pos_h, self.rel_pos_w, (h, w))
-            # einsum's outputs are strided views: adding into a contiguous buffer avoids a copy of the bias
-            bias = torch.empty((rel_h.shape[0], h, w, h, w), dtype=qc.dtype, device=qc.device)
-            torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=bias)
-            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias.view(b, qc.shape[1], n, n),
-                                                       scale=self.scale))
+            # einsum's outputs are strided views; made contiguous (small), their broadcast sum comes out
+            # contiguous, so the (n, n) bias needs no second copy (an out= buffer would not export or compile)
+            rel_h, rel_w = rel_h.contiguous(), rel_w.contiguous()
+            bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b, qc.shape[1], n, n)
+            outs.append(F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias.to(qc.dtype), scale=self.scale))
         out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
         return out.view(b, heads, h, w, c).permute(0, 2, 3, 1, 4).reshape(b, h, w, heads * c)
 
