@@ -148,7 +148,6 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     assert len(found) == 4 and found.masks.shape == (4, 64, 64)
 
 
-
 # --- the bundled model --------------------------------------------------------------------------------
 
 HELD_OUT_SEED = 2000  # benchmarks/quality_concepts.py's; the training draws its scenes from seed 0
