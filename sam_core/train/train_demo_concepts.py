@@ -20,7 +20,9 @@ with each word's text features, so that image and text learn one space (what SAM
 encoders bring). AdamW, linear warm-up and cosine decay over ``--steps``; ``--stop-after`` ends the run
 earlier on that schedule. The weights are written atomically every ``--save-every`` steps as a plain
 state dict (the keys of the official detector without ``detector.``); ``OUT.state`` holds the
-optimizer state and the step for ``--resume``.
+optimizer state and the step for ``--resume``. The loaders read that file as it is; the shipped
+``demo_concepts.pt`` holds the same tensors in the official ``sam3.pt`` layout (``{"model":
+{"detector.<key>": ...}}``), re-saved once after training.
 
 Status: shipped as ``demo-concepts`` although it misses the quality targets. The shipped weights
 (``benchmarks/RESULTS.md``): this recipe, 840 steps on the 1200-step schedule, resumed on an 1800-step
