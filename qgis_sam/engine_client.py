@@ -152,7 +152,8 @@ class _EngineProcess:
         return not self.finished.is_set() and self.popen.poll() is None
 
     def _log_position(self) -> int:
-        """Lines logged so far, after the reader took in what the engine already wrote (up to 0.2 s)."""
+        """Lines logged so far, after the reader took in what the engine already wrote (up to 0.2 s): the
+        pipe is empty and the reader's count has settled (a line it has read may still be in its hands)."""
         if os.name == "posix":
             import select
             import time
@@ -162,9 +163,10 @@ class _EngineProcess:
                     pending, _, _ = select.select([self.popen.stderr], [], [], 0)
                 except (OSError, ValueError):
                     break
-                if not pending:
-                    break
+                counted = self.stderr_lines
                 time.sleep(0.01)
+                if not pending and self.stderr_lines == counted:
+                    break
         return self.stderr_lines
 
     def send(self, request: dict, job: Optional[Job]) -> None:
@@ -222,6 +224,8 @@ class _EngineProcess:
                 return
             self.ready.set()
             return
+        if self.engine_version is not None:
+            return  # an engine of another version: nothing it answers is used (its jobs fail at its end)
         with self.lock:
             job = self.pending.get(str(event.get("id")))
             if job is not None and kind in ("result", "error"):
