@@ -8,8 +8,9 @@ random-weight checkpoint, same 1024 x 1024 input.
 Each row runs in its own fresh process: the official package (fp32, as users run it), sam_core in the
 precisions ``fp32``, ``int8`` and ``int8-smooth``, and the attempts that are not precisions (built
 with :mod:`sam_core.models.quantize`): ``qkv+mlp`` (dynamic int8 of qkv and the MLPs without
-smoothing) and ``smooth-all`` (smoothing, then every Linear of the blocks, the attention output
-projection included). Times: median wall seconds and process CPU seconds (``os.times``, user + system,
+smoothing), ``smooth+mlp`` (smoothing, then qkv and every MLP layer: ``int8-smooth`` without the
+TinyViT layers it keeps in fp32) and ``smooth-all`` (smoothing, then every Linear of the blocks, the
+attention output projection included). Times: median wall seconds and process CPU seconds (``os.times``, user + system,
 all threads) per encoder call over ``--repeats`` after one warm-up; the speed-up is the official CPU
 time over ours. The load average is printed before and after: on a shared machine compare rows of one
 run only. ``--demo-scenes N`` also prints the IoU of ``demo``'s click and box masks in ``int8`` and
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import common
 
-ATTEMPTS = ("fp32", "int8", "qkv+mlp", "int8-smooth", "smooth-all")
+ATTEMPTS = ("fp32", "int8", "qkv+mlp", "int8-smooth", "smooth+mlp", "smooth-all")
 
 
 def _ours(name: str, path: str, attempt: str):
@@ -35,6 +36,10 @@ def _ours(name: str, path: str, attempt: str):
 
     model = load_checkpoint(build_sam(get_config(name)), path)
     if attempt == "qkv+mlp":
+        quantize_linears(model.image_encoder, lambda n: ".mlp." in f".{n}" or n.endswith("attn.qkv"))
+        return model.set_precision("fp32")
+    if attempt == "smooth+mlp":
+        smooth_into_norms(model.image_encoder)
         quantize_linears(model.image_encoder, lambda n: ".mlp." in f".{n}" or n.endswith("attn.qkv"))
         return model.set_precision("fp32")
     if attempt == "smooth-all":

@@ -192,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         for side in (int(v) for v in args.sizes.split(",")):
             rows.append(_run_case(app, args.model, side, Path(tmp), args))
     print(common.machine(), f"model {args.model}, median of {args.repeats} clicks after a warm-up")
-    print(f"{'image':11}{'path':40}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}")
+    print(f"{'image':17}{'path':40}{'wall s':>9}{'CPU s':>9}{'peak MB':>9}")
     for row in rows:
         label = f"{row['image']}{' tiled' if row['tiled'] else ''}"
         c = row["click_to_preview"]
-        print(f"{label:11}{'napari click -> drawn preview':40}{c['median_s']:9.3f}{c['cpu_s']:9.3f}{c['peak_above_mb']:9.0f}")
+        print(f"{label:17}{'napari click -> drawn preview':40}{c['median_s']:9.3f}{c['cpu_s']:9.3f}{c['peak_above_mb']:9.0f}")
         for name, timing in row["baselines"].items():
-            print(f"{'':11}{name + ' (no GUI)':40}{timing['median_s']:9.3f}{common.cpu_s(timing):9.3f}")
-        print(f"{'':11}(encoding before the clicks, Compute embeddings: {row['encode_all_s']:.1f} s)")
+            print(f"{'':17}{name + ' (no GUI)':40}{timing['median_s']:9.3f}{common.cpu_s(timing):9.3f}")
+        print(f"{'':17}(encoding before the clicks, Compute embeddings: {row['encode_all_s']:.1f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

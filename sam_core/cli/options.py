@@ -80,11 +80,10 @@ def _describe_run(spec: ModelSpec, predictor: Predictor) -> None:
     model = predictor.model
     device = next(model.parameters()).device
     precision = getattr(model, "precision", "fp32")
-    encoder = getattr(getattr(model, "config", None), "encoder", None)
     if spec.precision == "auto":
-        how = describe_auto(device, encoder)
+        how = describe_auto(device)
     elif spec.precision is None:
-        how = f"the default; {describe_auto(device, encoder)}"
+        how = f"the default; {describe_auto(device)}"
     else:
         how = "as asked"
     print(f"model {spec.label} on {device}, encoder precision {precision} ({how})", file=sys.stderr)

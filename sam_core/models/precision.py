@@ -11,14 +11,15 @@
   channel, activations quantized per batch) with fused fp32 attention; CPU only.
 - ``int8-smooth``: the guarded fast path for CPUs without bf16: per-channel smoothing folded into the
   LayerNorms, then dynamic int8 of the MLPs and the attention's ``qkv`` projection (the output
-  projection, softmax and attention products stay fp32; see :mod:`sam_core.models.quantize`); CPU
-  only. It passes the guard below (tests/core/test_models.py, test_demo_quality.py).
+  projection, softmax and attention products stay fp32, and in a TinyViT the first MLP layer of its
+  deepest stage; see :mod:`sam_core.models.quantize`); CPU only. It passes the guard below
+  (tests/core/test_models.py, test_demo_quality.py).
 - ``auto``: ``bf16`` where the device runs it natively, ``fp16`` on GPUs without bf16, ``int8-smooth``
-  for ViT encoders on CPUs without bf16, else ``fp32`` (:func:`describe_auto` says which, and why, in
-  one line).
+  on CPUs without bf16, ``fp32`` on other devices (:func:`describe_auto` says which, and why, in one
+  line).
 
-The guard for what ``auto`` may pick: vit_b's embedding within cosine 0.999 of fp32 (random weights)
-and ``demo``'s masks at a mean IoU of at least 0.98 with those of fp32.
+The guard for what ``auto`` may pick: the embeddings of vit_b and vit_t within cosine 0.999 of fp32
+(random weights) and ``demo``'s masks at a mean IoU of at least 0.98 with those of fp32.
 
 The prompt encoder and the mask decoder always run in fp32; the embedding is returned as float32.
 Every precision but ``exact`` also runs the mask decoder's fused forms (regrouped attention between
@@ -58,14 +59,10 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str, device: torch.device | str, encoder: str = "vit") -> str:
-    """The concrete precision (any of :data:`PRECISIONS` but ``auto``) for ``precision`` on ``device``
-    for an image encoder of kind ``encoder`` (``SamConfig.encoder``: ``"vit"`` or ``"tiny_vit"``).
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """The concrete precision (any of :data:`PRECISIONS` but ``auto``) for ``precision`` on ``device``.
 
-    ``auto`` on a CPU without bf16 runs ``int8-smooth`` for ViT encoders only: on TinyViT (vit_t,
-    ``demo``) it gains little and vit_t's embedding misses cosine 0.999 (benchmarks/RESULTS.md), so
-    ``auto`` keeps fp32 there. Raises :class:`SamError` for an unknown name or a precision the device
-    cannot run.
+    Raises :class:`SamError` for an unknown name or a precision the device cannot run.
     """
     if precision not in PRECISIONS:
         raise SamError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -76,7 +73,7 @@ def resolve_precision(precision: str, device: torch.device | str, encoder: str =
         if kind == "cpu":
             if cpu_has_bf16():
                 return "bf16"
-            return "int8-smooth" if encoder == "vit" else "fp32"
+            return "int8-smooth"
         return "fp32"
     if precision == "fp16" and kind == "cpu":
         raise SamError("precision fp16 needs a GPU; on the CPU use bf16, int8-smooth, int8 or fp32")
@@ -92,35 +89,26 @@ def autocast(device_type: str, dtype: torch.dtype | None):
     return torch.autocast(device_type, dtype=dtype)
 
 
-def describe_auto(device: torch.device | str = "cpu", encoder: str | None = None) -> str:
+def describe_auto(device: torch.device | str = "cpu") -> str:
     """One line saying which precision ``auto`` runs on ``device`` and why, for the command line
     (``models``, ``--verbose``) and the napari and QGIS panels, e.g.
     ``"auto runs bf16 on cpu: this CPU multiplies bf16 natively (AVX512-BF16 or AMX)"``.
 
-    ``encoder`` (``SamConfig.encoder``) narrows the line to one kind of image encoder; None describes
-    every SAM 1 model. ``auto`` picks the fastest precision that passes the guard (vit_b's embedding
+    ``auto`` picks the fastest precision that passes the guard (the embeddings of vit_b and vit_t
     within cosine 0.999 of fp32, ``demo``'s masks at a mean IoU of at least 0.98 with fp32's): bf16
-    where the device multiplies it natively, else ``int8-smooth`` for ViT encoders on the CPU; plain
-    ``int8`` stays opt-in.
+    where the device multiplies it natively, else ``int8-smooth`` on the CPU; plain ``int8`` stays
+    opt-in.
     """
     torch_device = torch.device(device)
     kind = torch_device.type
-    chosen = resolve_precision("auto", torch_device, encoder or "vit")
+    chosen = resolve_precision("auto", torch_device)
     if kind == "cuda":
         why = "this GPU runs bf16" if chosen == "bf16" else "this GPU has no bf16, so float16"
     elif kind == "cpu" and chosen == "bf16":
         why = "this CPU multiplies bf16 natively (AVX512-BF16 or AMX)"
     elif kind == "cpu":
-        fast = ("this CPU has no native bf16, so the guarded fast path for ViT encoders: smoothed int8 of the "
-                "encoder's MLPs and qkv (vit_b embedding cosine >= 0.999 to fp32)")
-        tiny = ("TinyViT encoders (vit_t, demo) have no guarded faster path here (int8-smooth: vit_t cosine "
-                "0.9989, little gain), so fp32; --precision int8-smooth is opt-in")
-        if encoder is None:
-            why = f"{fast}; {tiny}"
-        elif chosen == "int8-smooth":
-            why = fast
-        else:
-            why = tiny
+        why = ("this CPU has no native bf16, so the guarded fast path: smoothed int8 of the encoder's MLPs "
+               "and qkv (vit_b and vit_t embeddings within cosine 0.999 of fp32)")
     else:
         why = f"no reduced precision is checked on {kind}"
     return f"auto runs {chosen} on {kind}: {why}"

@@ -73,7 +73,7 @@ class Sam(nn.Module):
         place (:mod:`sam_core.models.quantize`) and cannot be undone (build a new model for another
         precision); move the model to its device before choosing a precision.
         """
-        resolved = resolve_precision(precision, self.device, self.config.encoder)
+        resolved = resolve_precision(precision, self.device)
         if self.precision in QUANTIZED and resolved != self.precision:
             raise SamError(f"this model's encoder is quantized ({self.precision}); "
                            "build a new model for another precision")

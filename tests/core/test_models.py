@@ -368,6 +368,19 @@ def test_vit_b_precision_keeps_embeddings(precision, vit_b_checkpoint, vit_b_enc
     assert _cosine(embedding, reference) >= 0.999
 
 
+@pytest.mark.slow
+def test_vit_t_int8_smooth_keeps_embeddings(vit_t_checkpoint):
+    """The guard for what ``auto`` picks on a CPU without bf16 holds for TinyViT at full size too."""
+    config = get_config("vit_t")
+    image = _wide_image(config)
+    reference_model = load_ours(config, vit_t_checkpoint)
+    model = load_ours(config, vit_t_checkpoint).set_precision("int8-smooth")
+    with torch.no_grad():
+        reference = reference_model.image_encoder(reference_model.preprocess(image))
+        embedding = model.image_encoder(model.preprocess(image))
+    assert _cosine(embedding, reference) >= 0.999
+
+
 @pytest.mark.parametrize("config", [SMALL_VIT, SMALL_TINY_VIT], ids=lambda c: c.name)
 def test_small_precisions(config, request, monkeypatch):
     checkpoint = request.getfixturevalue(f"{config.name}_checkpoint")

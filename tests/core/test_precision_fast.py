@@ -1,6 +1,6 @@
 """The guarded fast encoder for CPUs without bf16 (issue 21 items 3 and 4): ``int8-smooth`` (smoothing
 folded into the LayerNorms, dynamic int8 of qkv and the MLPs), ``auto`` choosing it on a CPU without
-bf16 for ViT encoders, and the command line's ``--precision int8-smooth``.
+bf16, and the command line's ``--precision int8-smooth``.
 
 The accuracy guards sit beside those of the other precisions: vit_b's embedding within cosine 0.999 of
 fp32 (tests/core/test_models.py::test_vit_b_precision_keeps_embeddings, slow; the small ViT and TinyViT
@@ -18,7 +18,7 @@ from torch import nn
 from helpers.checkpoints import SMALL_TINY_VIT, SMALL_VIT, load_ours
 from helpers.cli import run_cli, write_cells_png
 from sam_core.errors import SamError
-from sam_core.models import build_sam, precision
+from sam_core.models import build_sam, precision, quantize
 from sam_core.models.quantize import smooth_into_norms
 
 
@@ -63,27 +63,28 @@ def test_int8_smooth_quantizes_qkv_and_the_mlps_only(small_vit_checkpoint):
         precision.resolve_precision("int8-smooth", "cuda")
 
 
-def test_auto_on_a_cpu_without_bf16_picks_int8_smooth_for_vit_encoders(no_bf16):
+def test_auto_on_a_cpu_without_bf16_picks_int8_smooth(no_bf16):
     assert precision.resolve_precision("auto", "cpu") == "int8-smooth"
     assert build_sam(SMALL_VIT, precision="auto").precision == "int8-smooth"
-    # TinyViT (vit_t, demo): no guarded gain, so auto stays fp32
-    assert precision.resolve_precision("auto", "cpu", "tiny_vit") == "fp32"
-    assert build_sam(SMALL_TINY_VIT, precision="auto").precision == "fp32"
+    tiny = build_sam(SMALL_TINY_VIT, precision="auto")  # TinyViT (vit_t, demo) too
+    assert tiny.precision == "int8-smooth"
+    kept = quantize.tinyvit_fp32_layers(tiny.image_encoder)
+    assert kept and all(".mlp.fc1" in name for name in kept)
+    for name, module in tiny.image_encoder.named_modules():
+        if name in kept:
+            assert type(module) is nn.Linear
+        elif name.endswith(("attn.qkv", "mlp.fc1", "mlp.fc2")):
+            assert isinstance(module, torch.ao.nn.quantized.dynamic.Linear), name
 
-    vit = precision.describe_auto("cpu", "vit")
-    assert vit.startswith("auto runs int8-smooth on cpu: this CPU has no native bf16, so the guarded fast path")
-    assert "cosine >= 0.999" in vit
-    tiny = precision.describe_auto("cpu", "tiny_vit")
-    assert tiny.startswith("auto runs fp32 on cpu: TinyViT encoders") and "opt-in" in tiny
-    every = precision.describe_auto("cpu")  # panels and `models`: one line for every SAM 1 model
-    assert every.startswith("auto runs int8-smooth on cpu: ") and "TinyViT" in every
+    line = precision.describe_auto("cpu")
+    assert line.startswith("auto runs int8-smooth on cpu: this CPU has no native bf16, so the guarded fast path")
+    assert "vit_b and vit_t embeddings within cosine 0.999" in line
 
 
 def test_auto_on_a_cpu_with_bf16_keeps_bf16(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    for encoder in ("vit", "tiny_vit"):
-        assert precision.resolve_precision("auto", "cpu", encoder) == "bf16"
-        assert precision.describe_auto("cpu", encoder).startswith("auto runs bf16 on cpu: ")
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    assert precision.describe_auto("cpu").startswith("auto runs bf16 on cpu: ")
 
 
 def test_cli_precision_int8_smooth(tmp_path, small_vit_checkpoint, capsys):
