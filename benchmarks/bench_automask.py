@@ -46,17 +46,42 @@ def scene(h: int, w: int, n: int, seed: int) -> np.ndarray:
     return image
 
 
+def _point(record: dict) -> tuple:
+    return tuple(tuple(float(v) for v in point) for point in record["point_coords"])
+
+
 def agreement(ours: list, official: list) -> tuple[bool, str, float]:
-    """Whether two mask lists agree (same count and order, lowest IoU), a sentence saying how, and that IoU."""
+    """Whether two mask lists hold the same masks (a sentence saying how, and the lowest IoU).
+
+    Masks are paired by their prompt point and the closest predicted IoU, not by their place in the
+    list: two masks whose scores differ only by float rounding can come out in either order.
+    """
     if len(ours) != len(official):
         return False, f"different counts ({len(ours)} vs {len(official)})", 0.0
-    worst, identical = 1.0, 0
-    for a, b in zip(ours, official):
+    by_point: dict[tuple, list[int]] = {}
+    for index, record in enumerate(official):
+        by_point.setdefault(_point(record), []).append(index)
+    worst, worst_pair, identical, moved, gap = 1.0, "", 0, 0, 0.0
+    for index, a in enumerate(ours):
+        candidates = by_point.get(_point(a))
+        if not candidates:
+            return False, f"mask {index}'s point {_point(a)} has no official mask", 0.0
+        match = min(candidates, key=lambda j: abs(official[j]["predicted_iou"] - a["predicted_iou"]))
+        candidates.remove(match)
+        b = official[match]
+        if match != index:
+            moved += 1
+            gap = max(gap, abs(float(official[index]["predicted_iou"]) - float(a["predicted_iou"])))
         ma, mb = a["segmentation"], b["segmentation"]
         union = (ma | mb).sum()
-        worst = min(worst, float((ma & mb).sum() / union) if union else 1.0)
+        iou = float((ma & mb).sum() / union) if union else 1.0
+        if iou < worst:
+            worst, worst_pair = iou, (f" (mask {index}: {int(ma.sum())} px against {int(mb.sum())} px, "
+                                      f"{int((ma ^ mb).sum())} px differ)")
         identical += int(np.array_equal(ma, mb))
-    return True, f"same count ({len(ours)}), {identical} identical, lowest IoU {worst:.4f}", worst
+    order = (f"; {moved} at another place in the list (neighbours whose scores differ by at most {gap:.1e})"
+             if moved else "; same order")
+    return True, f"same count ({len(ours)}), {identical} identical, lowest IoU {worst:.4f}{worst_pair}{order}", worst
 
 
 def _timed(fn):
