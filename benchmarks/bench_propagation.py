@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -164,10 +165,13 @@ def _sam1_worker(side: str, name: str, path: str, folder: str, slices: int) -> d
         predictor = Predictor(name, checkpoint=path)
 
         def run():
-            done = []
-            propagate(predictor, volume, 0, start, direction="forward", stop_iou=-1.0, stop_stability=-1.0,
-                      min_overlap=0.0, progress=lambda n, total, message="": done.append(n))
-            return {"frames": max(done)}
+            # every stop off but the empty mask, as on the official side (random weights predict IoUs
+            # below -1); frames = the slices decoded, from the progress messages
+            decoded = []
+            propagate(predictor, volume, 0, start, direction="forward", stop_iou=-math.inf, stop_stability=-math.inf,
+                      min_overlap=0.0,
+                      progress=lambda n, total, message="": decoded.append(n) if message.startswith("slice") else None)
+            return {"frames": len(decoded)}
 
     return {"side": side, "family": "sam1", "model": name, **_loaded(run), "machine": common.machine()}
 
