@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -46,7 +47,8 @@ def finetune(session: "SamSession", output: str, epochs: int = 5,
         from sam_core.train.finetune import finetune as train
 
         images = [prepare_image(access.plane(idx), preparation)[0] for idx in planes]
-        model = spec.load_model(progress=progress, cancel=cancel)  # a fresh copy, not the pool's
+        # a fresh copy, not the pool's, in fp32 (the plugin's auto precision may quantize the encoder)
+        model = replace(spec, precision=None).load_model(progress=progress, cancel=cancel)
         train(model, images, labels, epochs=epochs, val_fraction=0.0, checkpoint_path=output,
               resume=False, progress=progress, cancel=cancel)
         return output

@@ -40,6 +40,7 @@ from napari_sam.preview import PreviewScheduler
 from napari_sam.prompts import Prompts, prompted_slices, read_prompts, toggle_label
 from napari_sam.workers import Job, as_sentence
 from sam_core.errors import SamError
+from sam_core.models.precision import PLUGIN_PRECISION
 from sam_core.pool import ModelSpec, PredictorPool
 from sam_core.volume import STOP_IOU
 
@@ -89,8 +90,9 @@ class Settings:
     tile_overlap: int = 128
 
     def spec(self) -> ModelSpec:
-        """The chosen model, device and embedding cache as a ``sam_core`` :class:`ModelSpec`."""
-        return ModelSpec.of(self.model.name, self.model.checkpoint, device=self.device,
+        """The chosen model, device and embedding cache as a ``sam_core`` :class:`ModelSpec`, at the
+        plugins' precision (``auto``: the panel says which it runs)."""
+        return ModelSpec.of(self.model.name, self.model.checkpoint, device=self.device, precision=PLUGIN_PRECISION,
                             cache_dir=self.cache_dir, cache_memory_bytes=self.cache_memory_bytes)
 
 

@@ -375,12 +375,14 @@ class Engine:
     # -- state ----------------------------------------------------------------------------------
     def spec(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
              cache_dir: Optional[str] = None) -> Any:
-        """The :class:`~sam_core.pool.ModelSpec` of a request, with this engine's on-disk embedding cache."""
+        """The :class:`~sam_core.pool.ModelSpec` of a request, with this engine's on-disk embedding cache, at
+        the plugins' precision (``auto``)."""
+        from sam_core.models.precision import PLUGIN_PRECISION
         from sam_core.pool import ModelSpec
         from sam_core.weights import home_dir
 
         directory = str(cache_dir or self.cache_dir or home_dir() / "embeddings")
-        return ModelSpec.of(model, checkpoint, device=device, cache_dir=directory)
+        return ModelSpec.of(model, checkpoint, device=device, precision=PLUGIN_PRECISION, cache_dir=directory)
 
     def predictor(self, model: Optional[str], checkpoint: Optional[str], device: Optional[str],
                   cache_dir: Optional[str] = None) -> Any:

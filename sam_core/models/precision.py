@@ -38,6 +38,10 @@ from sam_core.errors import SamError
 
 PRECISIONS = ("auto", "fp32", "exact", "bf16", "fp16", "int8", "int8-smooth")
 
+PLUGIN_PRECISION = "auto"
+"""The precision the napari and QGIS plugins run (the command line and the library default to fp32):
+the fastest guarded path of the machine; their panels say which (:func:`describe_auto`)."""
+
 QUANTIZED = ("int8", "int8-smooth")
 """Precisions that quantize the encoder in place (CPU only; a model cannot leave them)."""
 

@@ -12,6 +12,7 @@ from napari_util import click, click_canvas, drag_box, iou, needs_demo, wait_for
 from napari_sam.image_access import ImageAccess
 from napari_sam.samples import make_cells_2d, make_volume_3d
 from napari_sam.session import OBJECTS_NAME, POINTS_NAME, PREVIEW_NAME
+from sam_core.models.precision import PLUGIN_PRECISION
 
 
 def _centre(mask):
@@ -46,7 +47,7 @@ def test_100_points_commit_as_100_objects_equal_to_one_by_one_decoding(make_widg
     assert set(np.unique(objects)) == set(range(101))  # 100 ids in one step
     assert "Committed 100 objects (ids 1 to 100)." in [message for _, message in notes]
 
-    predictor = Predictor("demo")
+    predictor = Predictor("demo", precision=PLUGIN_PRECISION)  # the plugin's precision
     embedding = predictor.encode(image, preparation=ImageAccess(viewer.layers["image"]).preparation())
     one_by_one = np.stack([predictor.predict(embedding, p[None]).masks[0] for p in points])
     np.testing.assert_array_equal(objects, paint(one_by_one))

@@ -19,11 +19,13 @@ from napari_sam.session import BOXES_NAME, OBJECTS_NAME, POINTS_NAME, PREVIEW_NA
 
 
 def _predict_directly(viewer, checkpoint, points=None, labels=None, box=None, model=None):
-    """What sam_core predicts for these prompts on the layer ``image`` as the plugin prepares it."""
+    """What sam_core predicts for these prompts on the layer ``image`` as the plugin prepares it (at the
+    plugin's precision, ``auto``)."""
+    from sam_core.models.precision import PLUGIN_PRECISION
     from sam_core.predictor import Predictor
 
     layer = viewer.layers["image"]
-    predictor = Predictor(model, checkpoint=None if checkpoint is None else str(checkpoint))
+    predictor = Predictor(model, checkpoint=None if checkpoint is None else str(checkpoint), precision=PLUGIN_PRECISION)
     embedding = predictor.encode(np.asarray(layer.data), preparation=ImageAccess(layer).preparation())
     return predictor.predict(embedding, points, labels, box)
 
