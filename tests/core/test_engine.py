@@ -241,6 +241,21 @@ def test_clicks_after_the_first_reuse_the_embedding(small_vit_checkpoint, engine
     assert all(on_disk.get(path.stem).model_id == predictor.model_id for path in files)
 
 
+def test_the_engine_runs_the_precision_the_qgis_panel_names(small_vit_checkpoint, engine_home):
+    """The QGIS plugin's engine runs ``auto``, the precision its settings dialog describes."""
+    from sam_core.engine import Engine
+    from sam_core.models import precision
+    from sam_core.progress import CancelToken
+
+    engine = Engine()
+    engine.run("segment_at", {"raster": RGB, "points": [[230000.0, 2720000.0]], "labels": [1],
+                              "checkpoint": str(small_vit_checkpoint), "tile_size": 256, "overlap": 32},
+               lambda *a: None, CancelToken())
+    running = engine.predictor(None, str(small_vit_checkpoint), None).model.precision
+    assert running == precision.resolve_precision("auto", "cpu")
+    assert precision.describe_auto("cpu").startswith(f"auto runs {running} on cpu: ")
+
+
 def test_automask_and_clicks_share_the_engines_model(small_vit_checkpoint, engine_home, tmp_path):
     """One pool per engine: an automatic-mask run uses the model the clicks loaded (no second load), and
     its tiles stay out of the on-disk embedding cache."""

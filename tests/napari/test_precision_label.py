@@ -19,3 +19,18 @@ def test_panel_says_what_auto_runs_on_the_chosen_device(make_napari_viewer, monk
     assert "on cuda" in widget.precision_label.text()
     widget.device_combo.setCurrentText("cpu")
     assert widget.precision_label.text() == sam_core.describe_auto("cpu")
+
+
+def test_the_plugin_runs_the_precision_its_panel_names(make_widget, qtbot):
+    """After "Compute embeddings" the model in use is at the precision the panel's line names."""
+    from napari_util import click, wait_for
+
+    from napari_sam.samples import make_cells_2d
+    from sam_core.models import precision
+
+    viewer, widget = make_widget(make_cells_2d((96, 96), count=3, seed=0)[0])
+    click(qtbot, widget.compute_button)
+    wait_for(qtbot, widget)
+    running = widget.session.predictor().model.precision
+    assert running == precision.resolve_precision("auto", "cpu")
+    assert widget.precision_label.text().startswith(f"auto runs {running} on cpu: ")
