@@ -3,6 +3,7 @@
     python benchmarks/demo2_trunk_ab.py --net demo2 --steps 800     # Hiera trunk + SAM 2 heads (demo2's size)
     python benchmarks/demo2_trunk_ab.py --net demo --steps 800      # SAM 1 `demo`'s architecture (TinyViT)
     python benchmarks/demo2_trunk_ab.py --net hybrid --steps 800    # SAM 2 heads on `demo`'s TinyViT encoder
+    python benchmarks/demo2_trunk_ab.py --net demo2 --skip-scale 0 --steps 2500   # demo2 without its high-res skips
 
 Every step draws two fresh scenes from :mod:`sam_core.train.synthetic` (seed (7, step, i), 256 px)
 and prompts up to six objects of each with one positive click at a random pixel inside it; the
@@ -11,7 +12,8 @@ counts (SAM's rule for an ambiguous prompt). Random initialisation (seed 0), Ada
 torch thread. Printed every 25 steps: the mean IoU of the best candidate over the last 25 steps
 (64 x 64 pixels). ``hybrid`` is SAM 2's prompt encoder and mask decoder at width 96 on a 32 x 32 grid
 (``demo2``'s configuration at 512 px, clicks scaled to it) fed by ``demo``'s TinyViT encoder and neck,
-its high-resolution skips zero: it separates the SAM 2 heads from the Hiera trunk. Results are in
+its high-resolution skips zero; ``--skip-scale 0`` gives ``demo2`` the same zero skips on its own Hiera
+trunk, which separates the trunk from the skips. Results are in
 ``benchmarks/RESULTS.md`` ("Why demo2 does not localise a click").
 """
 
@@ -37,8 +39,11 @@ SIZE = 256
 LOSS_SIZE = 64
 
 
-def _network(name: str):
-    """(parameters to train, decode(images, clicks per image) -> [(low-res logits (K, 3, l, l))])."""
+def _network(name: str, skip_scale: float = 1.0):
+    """(parameters to train, decode(images, clicks per image) -> [(low-res logits (K, 3, l, l))]).
+
+    ``skip_scale`` multiplies ``demo2``'s high-resolution skips (its stride-4 and stride-8 levels after
+    ``conv_s0`` / ``conv_s1``) before the decoder: 0 leaves them out, as the ``hybrid`` does."""
     if name == "demo":
         sam = build_sam(CONFIGS["demo"]).train()
 
@@ -54,7 +59,7 @@ def _network(name: str):
             levels = model.backbone(model.preprocess(x))
             embed = levels[-1] + model.no_mem_embed.view(1, -1, 1, 1)
             return [model.forward_heads(embed[b: b + 1].expand(len(c), -1, -1, -1),
-                                        tuple(h[b: b + 1].expand(len(c), -1, -1, -1) for h in levels[:2]),
+                                        tuple(skip_scale * h[b: b + 1].expand(len(c), -1, -1, -1) for h in levels[:2]),
                                         c, torch.ones(len(c), 1, dtype=torch.int32), None, multimask=True).decoded
                     for b, c in enumerate(clicks)]
         return list(model.parameters()), run
@@ -83,10 +88,12 @@ def main() -> None:
     parser.add_argument("--net", default="demo2", choices=("demo2", "demo", "hybrid"))
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--skip-scale", type=float, default=1.0,
+                        help="demo2 only: factor on the decoder's high-resolution skips (0 leaves them out)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    params, run = _network(args.net)
+    params, run = _network(args.net, args.skip_scale)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     history, started = [], time.process_time()
     for step in range(args.steps):
