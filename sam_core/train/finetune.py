@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from sam_core.errors import SamError
 from sam_core.fileio import atomic_write
+from sam_core.models.precision import QUANTIZED
 from sam_core.progress import CancelToken, ProgressFn, check, report
 from sam_core.train.interactive import simulate
 
@@ -300,6 +301,9 @@ def finetune(
     predictor = Predictor(model, cache=cache)
     model = predictor.model
     refuse_sam2(model, "fine-tuning")
+    if getattr(model, "precision", "fp32") in QUANTIZED:
+        raise SamError(f"this model's encoder is quantized ({model.precision}), and fine-tuning writes an "
+                       "official-format checkpoint of every weight: load the model without a precision (fp32)")
     device = predictor.device
     total = len(images) + epochs * len(train_idx)
     done = 0

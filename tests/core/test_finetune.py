@@ -63,6 +63,8 @@ def test_bad_input_is_refused_before_training(demo, tmp_path):
         finetune(demo(), images, [labels[0], np.zeros_like(labels[1])], epochs=1, progress=progress)
     with pytest.raises(SamError, match="2 images but 1 label"):
         finetune(demo(), images, labels[:1], epochs=1)
+    with pytest.raises(SamError, match=r"quantized \(int8-smooth\).*without a precision"):
+        finetune(demo().set_precision("int8-smooth"), images, labels, epochs=1, progress=progress)
     assert calls == []  # nothing ran
 
     (tmp_path / "img").mkdir()
