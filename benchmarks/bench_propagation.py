@@ -167,11 +167,10 @@ def _sam1_worker(side: str, name: str, path: str, folder: str, slices: int) -> d
         def run():
             # every stop off but the empty mask, as on the official side (random weights predict IoUs
             # below -1); frames = the slices decoded, from the progress messages
-            decoded = []
+            messages = []
             propagate(predictor, volume, 0, start, direction="forward", stop_iou=-math.inf, stop_stability=-math.inf,
-                      min_overlap=0.0,
-                      progress=lambda n, total, message="": decoded.append(n) if message.startswith("slice") else None)
-            return {"frames": len(decoded)}
+                      min_overlap=0.0, progress=lambda n, total, message="": messages.append(message))
+            return {"frames": sum(message.startswith("slice") for message in messages)}
 
     return {"side": side, "family": "sam1", "model": name, **_loaded(run), "machine": common.machine()}
 
