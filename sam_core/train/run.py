@@ -42,10 +42,13 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str, steps: int, lr: f
     parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
 
 
-def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a ``--stop-after`` outside the schedule, and set the torch threads."""
-    if args.stop_after is not None and not 0 < args.stop_after <= args.steps:
-        parser.error(f"--stop-after must be between 1 and --steps ({args.steps})")
+def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, total: Optional[int] = None,
+                   what: str = "--steps") -> None:
+    """Refuse a ``--stop-after`` outside the run (``total`` steps, default ``--steps``, named ``what`` in
+    the message), and set the torch threads."""
+    total = args.steps if total is None else total
+    if args.stop_after is not None and not 0 < args.stop_after <= total:
+        parser.error(f"--stop-after must be between 1 and {what} ({total})")
     torch.set_num_threads(args.threads)
 
 

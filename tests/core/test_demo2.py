@@ -44,8 +44,9 @@ def test_demo2_is_bundled_loads_strictly_and_is_small():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped demo2 (300 steps on the loaded CPU) misses issue 17's targets: "
-                   "it does not localise a click yet (benchmarks/RESULTS.md, README 'Volumes and movies')")
+@pytest.mark.xfail(strict=True, reason="demo2 misses issue 17's targets: held-out mean IoU 0.46 on moving objects and "
+                   "0.62 through 3D blobs (targets 0.8), 79% of absent frames reported absent (target 90%); "
+                   "benchmarks/RESULTS.md, README 'Volumes and movies'")
 @pytest.mark.usefixtures("single_thread")
 def test_demo2_tracks_held_out_movies_volumes_and_leaving_objects(demo2):
     moving = propagation_quality(demo2, [generate_sequence((HELD_OUT_SEED, 1, i), kind="movie") for i in range(3)])
@@ -116,17 +117,20 @@ def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outs = [tmp_path / f"run{i}" / "demo2.pt" for i in range(2)]
-        for out in outs:
+        outs = [tmp_path / f"run{i}" / "demo2.pt" for i in range(3)]
+        for out, stop in zip(outs, (2, 2, 1)):
             out.parent.mkdir()
-            train_demo2.train(out, steps=4, stop_after=1, frames=2, objects=1, prompted=1, scenes=0, warmup=1,
-                              workers=0, loss_size=32, log_every=100)
+            train_demo2.train(out, image_steps=1, steps=4, stop_after=stop, frames=2, objects=1, prompted=1,
+                              scenes=1, warmup=1, workers=0, loss_size=32, log_every=100)
     finally:
         torch.set_num_threads(threads)
-    first, second = (read_state_dict(out) for out in outs)
+    first, second, image_stage = (read_state_dict(out) for out in outs)
     assert all(torch.equal(first[k], second[k]) for k in first)  # same seed, same weights
-    assert torch.load(outs[0].with_name("demo2.pt.state"), weights_only=True)["step"] == 1
+    assert torch.load(outs[0].with_name("demo2.pt.state"), weights_only=True)["step"] == 2  # both stages ran
     model = zoo.load_model(None, outs[0])  # strict loading, configuration recognised from the weights
     assert model.config == SAM2_CONFIGS["demo2"]
+    skips = [k for k in first if k.startswith(("sam_mask_decoder.conv_s0.", "sam_mask_decoder.conv_s1."))]
+    assert len(skips) == 4 and all(not image_stage[k].any() for k in skips)  # held at zero in the image stage
+    assert all(first[k].any() for k in skips)  # and trained in the second
     with pytest.raises(ValueError, match="stop_after"):
-        train_demo2.train(outs[0], steps=2, stop_after=3)
+        train_demo2.train(outs[0], image_steps=1, steps=2, stop_after=4)

@@ -254,9 +254,12 @@ DEMO2_CLIPS = {"movie": (1000, 1, 0), "volume": (1000, 2, 0)}  # held-out seeds 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the shipped demo2 (300 steps on the loaded CPU) misses issue 17's targets "
-                   "(held-out IoU 0.07 moving, 0.09 blobs: benchmarks/RESULTS.md); the mechanics are the tests above")
-@pytest.mark.parametrize("kind", sorted(DEMO2_CLIPS))
+@pytest.mark.parametrize("kind", [
+    "movie",
+    pytest.param("volume", marks=pytest.mark.xfail(
+        strict=True, reason="demo2 misses issue 17's target through 3D blobs (this blob: mean IoU 0.64; all held-out "
+                            "volumes: 0.62, target 0.8; benchmarks/RESULTS.md)")),
+])
 def test_demo2_follows_an_object_from_one_click(make_widget, qtbot, kind):
     """Behaviour with the trained ``demo2``: a generated movie (moving, turning, deforming objects) or
     slices through 3D blobs, never trained on; one click in the largest object of frame 0, Propagate;
