@@ -17,20 +17,21 @@ L1 + GIoU and mask cross-entropy + Dice for the matched queries, plus cross-entr
 segmentation head's semantic map against all the instances meant, plus a training-only probe
 (:func:`_word_probe`): which shape covers each cell of the 1x feature map, scored by the dot product
 with each word's text features, so that image and text learn one space (what SAM 3's pretrained
-encoders bring). AdamW, linear warm-up and cosine decay over ``--steps``; ``--stop-after`` ends the run
-earlier on that schedule. The weights are written atomically every ``--save-every`` steps as a plain
+encoders bring). Two stages, each with AdamW, a linear warm-up and a cosine decay: ``--probe-steps``
+steps of the image and text encoders on that probe alone (a start for the backbone), then ``--steps``
+steps of the whole detector; ``--stop-after`` ends the run earlier (steps count over both). The weights are written atomically every ``--save-every`` steps as a plain
 state dict (the keys of the official detector without ``detector.``); ``OUT.state`` holds the
 optimizer state and the step for ``--resume``. The loaders read that file as it is; the shipped
 ``demo_concepts.pt`` holds the same tensors in the official ``sam3.pt`` layout (``{"model":
 {"detector.<key>": ...}}``), re-saved once after training.
 
-Status: shipped as ``demo-concepts`` although it misses the quality targets. The shipped weights
-(``benchmarks/RESULTS.md``): this recipe, 840 steps on the 1200-step schedule, resumed on an 1800-step
-one to step 1800, then on a 3400-step one to step 3400; about 42 minutes CPU in all on the project's
-2-core machine (1 thread). On 100 held-out scenes at threshold 0.5 (``benchmarks/quality_concepts.py``) a
-word finds 24% of its instances at 54% precision, one exemplar box 34% (targets: 80%), still rising
-when the run ended. The earlier recipe (one word per scene, no semantic map, no probe) never made the
-scores depend on the word.
+Status: shipped as ``demo-concepts`` although it misses the quality targets. The shipped weights are
+this recipe's defaults (6000 probe steps, then 3000 of the whole detector; seed 0, one torch thread):
+about 42 minutes on the project's idle 2-core machine. On 100 held-out scenes at threshold 0.5
+(``benchmarks/quality_concepts.py``) a word finds 47% of its instances at 68% precision, one exemplar
+box 53% (targets: 80%; ``benchmarks/RESULTS.md``). The weights shipped before, without the probe
+stage (3400 steps of the whole detector over three resumed schedules), found 24% and 34%; the earlier recipe (one word per scene, no semantic map, no probe) never made the scores
+depend on the word.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ from sam_core.train.run import add_run_args, check_run_args, learning_rate, resu
 from sam_core.train.train_demo import _as_is
 
 TRAIN_SEED = 0
-DEFAULT_STEPS = 1200
+DEFAULT_STEPS = 3000
+DEFAULT_PROBE_STEPS = 6000
+DEFAULT_PROBE_LR = 1e-3
 
 DEMO_CONCEPTS = Sam3Config(
     name="demo-concepts",
@@ -231,6 +234,8 @@ def _cxcywh(boxes: list, size: int) -> np.ndarray:
 def train(
     out: Path,
     steps: int = DEFAULT_STEPS,
+    probe_steps: int = DEFAULT_PROBE_STEPS,
+    probe_lr: float = DEFAULT_PROBE_LR,
     batch: int = 4,
     lr: float = 5e-4,
     warmup: int = 80,
@@ -247,14 +252,19 @@ def train(
 ) -> Sam3:
     """Train ``demo-concepts`` and write it to ``out``; returns the trained model (train mode).
 
+    Two stages, each with its own warm-up and cosine schedule: ``probe_steps`` steps that train the
+    image and text encoders on the word-tied probe alone (:func:`_word_probe`, peak ``probe_lr``: a
+    start for the backbone, which SAM 3 gets from pretrained encoders), then ``steps`` steps of the
+    whole detector (peak ``lr``); ``stop_after`` counts over both.
     ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``; ``exemplar``
     is the probability of an exemplar query per scene; ``workers`` processes draw the scenes ahead of
     the training; ``stop_after`` ends the run at that step of the ``steps``-long schedule; ``config``
     other sizes (tests train a tinier network).
     """
-    last = steps if stop_after is None else stop_after
-    if not 0 < last <= steps:
-        raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
+    total = probe_steps + steps
+    last = total if stop_after is None else stop_after
+    if not 0 < last <= total:
+        raise ValueError(f"stop_after must be between 1 and probe_steps + steps ({total}), not {stop_after}")
     model = build_demo_concepts(seed, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     # a training-only background vector (not saved; it restarts on --resume) for the word-tied probe
@@ -271,17 +281,19 @@ def train(
     started, cpu_started = time.time(), time.process_time()
     window: dict[str, list[float]] = {}
     for step, (images, queries, classes) in zip(range(first, last), batches):
+        probing = step < probe_steps
         for group in [*optimizer.param_groups, *probe_optimizer.param_groups]:
-            group["lr"] = learning_rate(step, steps, lr, warmup)
+            group["lr"] = (learning_rate(step, probe_steps, probe_lr, warmup) if probing
+                           else learning_rate(step - probe_steps, steps, lr, warmup))
         x = sam3_input(torch.from_numpy(images).permute(0, 3, 1, 2), size).to(device)
         image = model.encode_image(x)
-        ids = tokenizer([q[1] for q in queries], context_length=config.context_length).to(device)
-        text = model.encode_text(ids)
+        text = None if probing else model.encode_text(
+            tokenizer([q[1] for q in queries], context_length=config.context_length).to(device))
         shapes = F.cross_entropy(_word_probe(model, image, tokenizer(list(VOCABULARY), context_length=config.context_length)
                                              .to(device), background), torch.from_numpy(classes).to(device))
         window.setdefault("shapes", []).append(shapes.item())
         loss = SHAPES_WEIGHT * shapes
-        for j, found in _find_all(model, image, text, queries, device):
+        for j, found in () if probing else _find_all(model, image, text, queries, device):
             boxes, masks = queries[j][3], queries[j][4]
             part = set_loss(found, torch.from_numpy(boxes).to(device), torch.from_numpy(masks).to(device))
             loss = loss + part.total / len(queries)
@@ -310,11 +322,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_args(parser, out="sam_core/data/demo_concepts.pt", steps=DEFAULT_STEPS, lr=5e-4, warmup=80,
                  seed=TRAIN_SEED, save_every=100, threads=1)
+    parser.add_argument("--probe-steps", type=int, default=DEFAULT_PROBE_STEPS,
+                        help="steps of the first stage, the encoders on the word-tied probe alone (then --steps)")
+    parser.add_argument("--probe-lr", type=float, default=DEFAULT_PROBE_LR, help="peak learning rate of the first stage")
     parser.add_argument("--batch", type=int, default=4, help="scenes per step")
     parser.add_argument("--exemplar", type=float, default=1.0, help="probability of an exemplar query per scene")
     args = parser.parse_args(argv)
-    check_run_args(parser, args)
-    train(args.out, steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+    check_run_args(parser, args, total=args.probe_steps + args.steps, what="--probe-steps + --steps")
+    train(args.out, steps=args.steps, probe_steps=args.probe_steps, probe_lr=args.probe_lr, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
           exemplar=args.exemplar, save_every=args.save_every, resume=args.resume, device=args.device,
           log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
     return 0
