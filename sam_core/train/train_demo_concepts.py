@@ -19,9 +19,10 @@ segmentation head's semantic map against all the instances meant, plus a trainin
 with each word's text features, so that image and text learn one space (what SAM 3's pretrained
 encoders bring). Two stages, each with AdamW, a linear warm-up and a cosine decay: ``--probe-steps``
 steps of the image and text encoders on that probe alone (a start for the backbone), then ``--steps``
-steps of the whole detector; ``--stop-after`` ends the run earlier (steps count over both). The weights are written atomically every ``--save-every`` steps as a plain
-state dict (the keys of the official detector without ``detector.``); ``OUT.state`` holds the
-optimizer state and the step for ``--resume``. The loaders read that file as it is; the shipped
+steps of the whole detector; ``--stop-after`` ends the run earlier (steps count over both). The
+weights are written atomically every ``--save-every`` steps as a plain state dict (the keys of the
+official detector without ``detector.``); ``OUT.state`` holds the optimizer state and the step for
+``--resume``. The loaders read that file as it is; the shipped
 ``demo_concepts.pt`` holds the same tensors in the official ``sam3.pt`` layout (``{"model":
 {"detector.<key>": ...}}``), re-saved once after training.
 
@@ -30,8 +31,8 @@ this recipe's defaults (6000 probe steps, then 3000 of the whole detector; seed 
 about 42 minutes on the project's idle 2-core machine. On 100 held-out scenes at threshold 0.5
 (``benchmarks/quality_concepts.py``) a word finds 47% of its instances at 68% precision, one exemplar
 box 53% (targets: 80%; ``benchmarks/RESULTS.md``). The weights shipped before, without the probe
-stage (3400 steps of the whole detector over three resumed schedules), found 24% and 34%; the earlier recipe (one word per scene, no semantic map, no probe) never made the scores
-depend on the word.
+stage (3400 steps of the whole detector over three resumed schedules), found 24% and 34%; the earlier
+recipe (one word per scene, no semantic map, no probe) never made the scores depend on the word.
 """
 
 from __future__ import annotations
@@ -329,9 +330,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--exemplar", type=float, default=1.0, help="probability of an exemplar query per scene")
     args = parser.parse_args(argv)
     check_run_args(parser, args, total=args.probe_steps + args.steps, what="--probe-steps + --steps")
-    train(args.out, steps=args.steps, probe_steps=args.probe_steps, probe_lr=args.probe_lr, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
-          exemplar=args.exemplar, save_every=args.save_every, resume=args.resume, device=args.device,
-          log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
+    train(args.out, steps=args.steps, probe_steps=args.probe_steps, probe_lr=args.probe_lr, batch=args.batch,
+          lr=args.lr, warmup=args.warmup, seed=args.seed, exemplar=args.exemplar, save_every=args.save_every,
+          resume=args.resume, device=args.device, log_every=args.log_every, state_path=args.state,
+          workers=args.workers, stop_after=args.stop_after)
     return 0
 
 
