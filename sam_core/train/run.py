@@ -17,7 +17,8 @@ import torch
 
 from sam_core.fileio import atomic_write
 
-__all__ = ["add_run_args", "check_run_args", "learning_rate", "resume_run", "save_run", "state_path_for"]
+__all__ = ["add_run_args", "check_run_args", "last_step", "learning_rate", "resume_run", "save_run",
+           "stage_learning_rate", "state_path_for"]
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, out: str, steps: int, lr: float, warmup: int, seed: int,
@@ -58,6 +59,23 @@ def learning_rate(step: int, steps: int, base: float, warmup: int) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(steps - warmup, 1)
     return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def stage_learning_rate(step: int, first_steps: int, first_lr: float, steps: int, lr: float, warmup: int) -> float:
+    """The learning rate of a run in two stages, each with its own :func:`learning_rate` schedule:
+    ``first_steps`` steps peaking at ``first_lr``, then ``steps`` steps peaking at ``lr``."""
+    if step < first_steps:
+        return learning_rate(step, first_steps, first_lr, warmup)
+    return learning_rate(step - first_steps, steps, lr, warmup)
+
+
+def last_step(total: int, stop_after: Optional[int], what: str = "steps") -> int:
+    """Where a run of ``total`` steps ends: ``stop_after`` when given (checked to lie in 1..``total``,
+    ``what`` naming the total in the error), else ``total``."""
+    last = total if stop_after is None else stop_after
+    if not 0 < last <= total:
+        raise ValueError(f"stop_after must be between 1 and {what} ({total}), not {stop_after}")
+    return last
 
 
 def state_path_for(out: Path, state_path: Optional[Path] = None) -> Path:

@@ -38,7 +38,8 @@ from sam_core.models.build import build_sam
 from sam_core.models.config import CONFIGS
 from sam_core.train.interactive import simulate
 from sam_core.train.losses import balanced_bce_dice_loss
-from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
+from sam_core.train.run import (add_run_args, check_run_args, last_step, learning_rate, resume_run, save_run,
+                                 state_path_for)
 from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
@@ -109,9 +110,7 @@ def train(
     The cross-entropy is class-balanced at first, fading linearly to
     plain cross-entropy at ``balance_until`` of the steps (see ``balanced_bce_dice_loss``).
     """
-    last = steps if stop_after is None else stop_after
-    if not 0 < last <= steps:
-        raise ValueError(f"stop_after must be between 1 and steps ({steps}), not {stop_after}")
+    last = last_step(steps, stop_after)
     torch.manual_seed(seed)
     config = CONFIGS["demo"]
     model = build_sam(config).to(device).train()

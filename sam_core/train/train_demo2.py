@@ -60,7 +60,8 @@ from sam_core.models.sam2 import SAM2_CONFIGS, Sam2, build_sam2
 from sam_core.models.sam2.tracking import FrameFeatures, FrameState, condition_on_memory, frame_features
 from sam_core.train.losses import balanced_bce_dice_loss, iou_loss, mask_iou
 from sam_core.train.prompts import corrective_click, jittered_box, random_point_inside
-from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
+from sam_core.train.run import (add_run_args, check_run_args, last_step, resume_run, save_run, stage_learning_rate,
+                                 state_path_for)
 from sam_core.train.sequences import generate_sequence
 from sam_core.train.synthetic import _min_area, generate_scene
 
@@ -343,10 +344,7 @@ def train(
     the optimizer and step for ``resume``. The decoder's high-resolution skips start at zero and join
     the training in the second stage (:func:`start_without_skips`).
     """
-    total = image_steps + steps
-    last = total if stop_after is None else stop_after
-    if not 0 < last <= total:
-        raise ValueError(f"stop_after must be between 1 and image_steps + steps ({total}), not {stop_after}")
+    last = last_step(image_steps + steps, stop_after, "image_steps + steps")
     torch.manual_seed(seed)
     config = SAM2_CONFIGS[config_name]
     model = build_sam2(config).to(device).train()
@@ -366,11 +364,10 @@ def train(
     for step, batch in zip(range(first, last), batches):
         rng = np.random.default_rng((seed, step, 4_000_000))
         for group in optimizer.param_groups:
-            group["lr"] = (learning_rate(step, image_steps, image_lr, warmup) if step < image_steps
-                           else learning_rate(step - image_steps, steps, lr, warmup))
+            group["lr"] = stage_learning_rate(step, image_steps, image_lr, steps, lr, warmup)
         losses = _Loss(loss_size, balance=max(0.0, 1.0 - step / fade))
         train_skips(model, step >= image_steps)
-        for c in range(clips if step >= image_steps else 0):
+        for c in range(0 if batch["clips"] is None else len(batch["clips"])):  # none in the image stage
             _clip_step(model, batch["clips"][c], batch["clip_labels"][c], batch["exits"][c], rng, losses, objects,
                        device, prompted)
         if scenes:

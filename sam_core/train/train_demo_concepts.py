@@ -56,7 +56,8 @@ from sam_core.models.sam3.vision import sam3_input
 from sam_core.train.concept_scenes import VOCABULARY, ConceptScene, generate_concept_scene
 from sam_core.train.detection import set_loss
 from sam_core.train.prompts import mask_box
-from sam_core.train.run import add_run_args, check_run_args, learning_rate, resume_run, save_run, state_path_for
+from sam_core.train.run import (add_run_args, check_run_args, last_step, resume_run, save_run, stage_learning_rate,
+                                 state_path_for)
 from sam_core.train.train_demo import _as_is
 
 TRAIN_SEED = 0
@@ -262,10 +263,7 @@ def train(
     the training; ``stop_after`` ends the run at that step of the ``steps``-long schedule; ``config``
     other sizes (tests train a tinier network).
     """
-    total = probe_steps + steps
-    last = total if stop_after is None else stop_after
-    if not 0 < last <= total:
-        raise ValueError(f"stop_after must be between 1 and probe_steps + steps ({total}), not {stop_after}")
+    last = last_step(probe_steps + steps, stop_after, "probe_steps + steps")
     model = build_demo_concepts(seed, config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     # a training-only background vector (not saved; it restarts on --resume) for the word-tied probe
@@ -284,8 +282,7 @@ def train(
     for step, (images, queries, classes) in zip(range(first, last), batches):
         probing = step < probe_steps
         for group in [*optimizer.param_groups, *probe_optimizer.param_groups]:
-            group["lr"] = (learning_rate(step, probe_steps, probe_lr, warmup) if probing
-                           else learning_rate(step - probe_steps, steps, lr, warmup))
+            group["lr"] = stage_learning_rate(step, probe_steps, probe_lr, steps, lr, warmup)
         x = sam3_input(torch.from_numpy(images).permute(0, 3, 1, 2), size).to(device)
         image = model.encode_image(x)
         text = None if probing else model.encode_text(
