@@ -17,7 +17,7 @@ import torch
 
 from sam_core.fileio import atomic_write
 
-__all__ = ["add_run_args", "check_run_args", "last_step", "learning_rate", "resume_run", "save_run",
+__all__ = ["add_run_args", "balance_at", "check_run_args", "last_step", "learning_rate", "resume_run", "save_run",
            "stage_learning_rate", "state_path_for"]
 
 
@@ -25,7 +25,7 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str, steps: int, lr: f
                  save_every: int, threads: int = 1) -> None:
     """The options every training script takes (``--out``, ``--steps``, ``--stop-after``, ``--lr``,
     ``--warmup``, ``--seed``, ``--save-every``, ``--log-every``, ``--threads``, ``--device``, ``--workers``,
-    ``--state``, ``--resume``), with the script's defaults."""
+    ``--state``, ``--resume``, ``--init``), with the script's defaults."""
     parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument("--steps", type=int, default=steps, help="length of the learning-rate schedule")
     parser.add_argument("--stop-after", type=int, default=None, help="end the run at this step of the schedule")
@@ -41,6 +41,9 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str, steps: int, lr: f
     parser.add_argument("--workers", type=int, default=1, help="processes drawing the data ahead of the training")
     parser.add_argument("--state", type=Path, default=None, help="optimizer state for --resume (default OUT.state)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT and its state file")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from the weights of this file (a finished run, or the shipped model) with a fresh "
+                             "optimizer and schedule: how a longer recipe continues the default one")
 
 
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, total: Optional[int] = None,
@@ -67,6 +70,15 @@ def stage_learning_rate(step: int, first_steps: int, first_lr: float, steps: int
     if step < first_steps:
         return learning_rate(step, first_steps, first_lr, warmup)
     return learning_rate(step - first_steps, steps, lr, warmup)
+
+
+def balance_at(step: int, fade_steps: float, continuing: bool = False) -> float:
+    """The class balance of the mask cross-entropy at ``step`` (``balanced_bce_dice_loss``): 1 at the
+    start, fading linearly to 0 at ``fade_steps``; 0 throughout when the run ``continuing`` starts from
+    trained weights (``--init``)."""
+    if continuing or fade_steps <= 0:
+        return 0.0
+    return max(0.0, 1.0 - step / fade_steps)
 
 
 def last_step(total: int, stop_after: Optional[int], what: str = "steps") -> int:

@@ -34,12 +34,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from sam_core.models.build import build_sam
+from sam_core.models.build import build_sam, load_checkpoint, read_state_dict
 from sam_core.models.config import CONFIGS
 from sam_core.train.interactive import simulate
 from sam_core.train.losses import balanced_bce_dice_loss
-from sam_core.train.run import (add_run_args, check_run_args, last_step, learning_rate, resume_run, save_run,
-                                 state_path_for)
+from sam_core.train.run import (add_run_args, balance_at, check_run_args, last_step, learning_rate, resume_run,
+                                 save_run, state_path_for)
 from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
@@ -100,6 +100,7 @@ def train(
     balance_until: float = 0.6,
     workers: int = 1,
     stop_after: Optional[int] = None,
+    init: Optional[Path] = None,
 ) -> torch.nn.Module:
     """Train ``demo`` and write it to ``out``; returns the trained model (train mode).
 
@@ -108,12 +109,16 @@ def train(
     ``loss_size`` pixels per side; ``workers`` processes draw the scenes ahead of the training;
     ``stop_after`` ends the run at that step of the ``steps``-long learning-rate schedule.
     The cross-entropy is class-balanced at first, fading linearly to
-    plain cross-entropy at ``balance_until`` of the steps (see ``balanced_bce_dice_loss``).
+    plain cross-entropy at ``balance_until`` of the steps (see ``balanced_bce_dice_loss``). ``init``
+    starts from the weights of that file (a longer recipe continuing the default one, without the class
+    balance).
     """
     last = last_step(steps, stop_after)
     torch.manual_seed(seed)
     config = CONFIGS["demo"]
     model = build_sam(config).to(device).train()
+    if init is not None:
+        load_checkpoint(model, read_state_dict(init))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     state_path = state_path_for(out, state_path)
     first = resume_run(model, optimizer, out, state_path, device) if resume else 0
@@ -132,7 +137,7 @@ def train(
         embeddings = _encode(model, images, device)
         result = simulate(model, embeddings, index, targets, rng, rounds=int(rng.choice(rounds)),
                           background=backgrounds, loss_size=loss_size, loss_fn=partial(balanced_bce_dice_loss,
-                          balance=max(0.0, 1.0 - step / (balance_until * steps))))
+                          balance=balance_at(step, balance_until * steps, continuing=init is not None)))
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -191,7 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     check_run_args(parser, args)
     train(args.out, steps=args.steps, batch=args.batch, objects=args.objects, lr=args.lr, warmup=args.warmup,
           seed=args.seed, save_every=args.save_every, resume=args.resume, device=args.device,
-          log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after)
+          log_every=args.log_every, state_path=args.state, workers=args.workers, stop_after=args.stop_after,
+          init=args.init)
     return 0
 
 

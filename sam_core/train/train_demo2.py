@@ -60,8 +60,9 @@ from sam_core.models.sam2 import SAM2_CONFIGS, Sam2, build_sam2
 from sam_core.models.sam2.tracking import FrameFeatures, FrameState, condition_on_memory, frame_features
 from sam_core.train.losses import balanced_bce_dice_loss, iou_loss, mask_iou
 from sam_core.train.prompts import corrective_click, jittered_box, random_point_inside
-from sam_core.train.run import (add_run_args, check_run_args, last_step, resume_run, save_run, stage_learning_rate,
-                                 state_path_for)
+from sam_core.models.build import load_checkpoint, read_state_dict
+from sam_core.train.run import (add_run_args, balance_at, check_run_args, last_step, resume_run, save_run,
+                                 stage_learning_rate, state_path_for)
 from sam_core.train.sequences import generate_sequence
 from sam_core.train.synthetic import _min_area, generate_scene
 
@@ -331,6 +332,7 @@ def train(
     workers: int = 1,
     stop_after: Optional[int] = None,
     config_name: str = CONFIG_NAME,
+    init: Optional[Path] = None,
 ) -> Sam2:
     """Train ``demo2`` and write it to ``out``; returns the trained model (train mode).
 
@@ -342,13 +344,16 @@ def train(
     ``balance_until`` of the first stage); ``workers`` processes draw the data ahead; ``stop_after``
     ends the run at that step (counted over both stages); ``state_path`` (default ``OUT.state``) holds
     the optimizer and step for ``resume``. The decoder's high-resolution skips start at zero and join
-    the training in the second stage (:func:`start_without_skips`).
+    the training in the second stage (:func:`start_without_skips`). ``init`` starts from the weights
+    of that file instead (a longer recipe continuing the default one, without the class balance).
     """
     last = last_step(image_steps + steps, stop_after, "image_steps + steps")
     torch.manual_seed(seed)
     config = SAM2_CONFIGS[config_name]
     model = build_sam2(config).to(device).train()
     start_without_skips(model)
+    if init is not None:
+        load_checkpoint(model, read_state_dict(init))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     state_path = state_path_for(out, state_path)
     first = resume_run(model, optimizer, out, state_path, device, key='model') if resume else 0
@@ -365,7 +370,7 @@ def train(
         rng = np.random.default_rng((seed, step, 4_000_000))
         for group in optimizer.param_groups:
             group["lr"] = stage_learning_rate(step, image_steps, image_lr, steps, lr, warmup)
-        losses = _Loss(loss_size, balance=max(0.0, 1.0 - step / fade))
+        losses = _Loss(loss_size, balance=balance_at(step, fade, continuing=init is not None))
         train_skips(model, step >= image_steps)
         for c in range(0 if batch["clips"] is None else len(batch["clips"])):  # none in the image stage
             _clip_step(model, batch["clips"][c], batch["clip_labels"][c], batch["exits"][c], rng, losses, objects,
@@ -413,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           scenes=args.scenes, frames=args.frames, objects=args.objects, prompted=args.prompted,
           loss_size=args.loss_size, lr=args.lr, warmup=args.warmup, seed=args.seed, save_every=args.save_every,
           resume=args.resume, device=args.device, log_every=args.log_every, state_path=args.state,
-          workers=args.workers, stop_after=args.stop_after)
+          workers=args.workers, stop_after=args.stop_after, init=args.init)
     return 0
 
 

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from sam_core.concepts import VISUAL_PHRASE
+from sam_core.models.sam3.build import load_sam3_state, read_sam3_state_dict
 from sam_core.models.sam3.config import Sam3Config
 from sam_core.models.sam3.decoder import inverse_sigmoid
 from sam_core.models.sam3.model import ImageFeatures, Sam3, TextFeatures
@@ -251,6 +252,7 @@ def train(
     workers: int = 1,
     stop_after: Optional[int] = None,
     config: Sam3Config = DEMO_CONCEPTS,
+    init: Optional[Path] = None,
 ) -> Sam3:
     """Train ``demo-concepts`` and write it to ``out``; returns the trained model (train mode).
 
@@ -261,10 +263,13 @@ def train(
     ``state_path`` (default ``OUT.state``) holds the optimizer and step for ``resume``; ``exemplar``
     is the probability of an exemplar query per scene; ``workers`` processes draw the scenes ahead of
     the training; ``stop_after`` ends the run at that step of the ``steps``-long schedule; ``config``
-    other sizes (tests train a tinier network).
+    other sizes (tests train a tinier network); ``init`` starts from the weights of that file (a
+    training run's output or the shipped layout: a longer recipe continuing the default one).
     """
     last = last_step(probe_steps + steps, stop_after, "probe_steps + steps")
     model = build_demo_concepts(seed, config).to(device)
+    if init is not None:
+        load_sam3_state(model, read_sam3_state_dict(init))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     # a training-only background vector (not saved; it restarts on --resume) for the word-tied probe
     background = torch.nn.Parameter(torch.zeros(config.d_model, device=device))
@@ -330,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train(args.out, steps=args.steps, probe_steps=args.probe_steps, probe_lr=args.probe_lr, batch=args.batch,
           lr=args.lr, warmup=args.warmup, seed=args.seed, exemplar=args.exemplar, save_every=args.save_every,
           resume=args.resume, device=args.device, log_every=args.log_every, state_path=args.state,
-          workers=args.workers, stop_after=args.stop_after)
+          workers=args.workers, stop_after=args.stop_after, init=args.init)
     return 0
 
 

@@ -134,3 +134,10 @@ def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
     assert all(first[k].any() for k in skips)  # and trained in the second
     with pytest.raises(ValueError, match="stop_after"):
         train_demo2.train(outs[0], image_steps=1, steps=2, stop_after=4)
+    # a longer recipe continues from weights (here with a zero learning rate: they come out unchanged)
+    continued = tmp_path / "continued.pt"
+    train_demo2.main(["--init", str(outs[0]), "--out", str(continued), "--image-steps", "0", "--steps", "1",
+                      "--lr", "0", "--frames", "2", "--objects", "1", "--prompted", "1", "--scenes", "1",
+                      "--workers", "0", "--loss-size", "32"])
+    again = read_state_dict(continued)
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -141,6 +141,11 @@ def test_smoke_training_writes_a_loadable_seeded_checkpoint(tmp_path):
     a, b = read_sam3_state_dict(first), read_sam3_state_dict(second)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # seeded: the same weights
     assert (tmp_path / "a.pt.state").is_file()
+    continued = tmp_path / "c.pt"  # a longer recipe continues from weights (zero learning rate: unchanged)
+    train(continued, probe_steps=0, steps=1, lr=0.0, batch=2, warmup=1, workers=0, log_every=1, config=TINY,
+          init=first)
+    c = read_sam3_state_dict(continued)
+    assert all(torch.equal(a[k], c[k]) for k in a)
     model = load_concept_model(checkpoint=str(first))
     assert model.config.image_size == 64 and model.config.num_queries == 4
     predictor = ConceptPredictor(model)

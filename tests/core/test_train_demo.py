@@ -1,5 +1,5 @@
 """The demo training: the BatchNorm recalibration changes only statistics; a run can stop early on its
-learning-rate schedule (how the shipped weights were made)."""
+learning-rate schedule (how the shipped weights were made) or continue from weights (``--init``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from sam_core.models.build import build_sam
 from sam_core.models.config import CONFIGS
 from sam_core.train import train_demo
+from sam_core.train.run import balance_at
 from sam_core.train.train_demo import recalibrate_batchnorm
 
 
@@ -44,3 +45,14 @@ def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         train_demo.main(["--out", str(out), "--steps", "2", "--stop-after", "3"])
     assert "--stop-after must be between 1 and --steps (2)" in capsys.readouterr().err
+    continued = tmp_path / "continued.pt"  # a longer recipe continues from weights (zero learning rate)
+    train_demo.main(["--init", str(out), "--out", str(continued), "--steps", "1", "--lr", "0", "--batch", "1",
+                     "--objects", "1", "--workers", "0"])
+    before, after = torch.load(out, weights_only=True), torch.load(continued, weights_only=True)
+    statistics = ("running_mean", "running_var", "num_batches_tracked")  # moved by forward passes in training
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(statistics))
+
+
+def test_class_balance_fades_and_is_off_when_continuing():
+    assert [balance_at(step, 4) for step in (0, 2, 4, 8)] == [1.0, 0.5, 0.0, 0.0]
+    assert balance_at(0, 4, continuing=True) == 0.0 and balance_at(0, 0) == 0.0
