@@ -1,12 +1,15 @@
 """Train the bundled ``demo2`` model (SAM 2.1 at a small size) from scratch on generated clips (seeded).
 
-    python -m sam_core.train.train_demo2 --out sam_core/data/demo2.pt       # the shipped weights
+    python -m sam_core.train.train_demo2 --out demo2.pt                       # the CPU recipe
+    python -m sam_core.train.train_demo2 --init demo2.pt --out longer.pt --image-steps 0 --steps 4000 \
+        --lr 2.5e-4 --seed 1                                                  # a continuation
 
-The shipped weights are the default recipe (seed 0, one torch thread): 3000 steps of the image stage,
-then 3000 of the full recipe, about 45 minutes on the project's idle 2-core machine (0.24 s an image
-step, 0.66 s a full step). They
-still miss issue 17's held-out targets (``benchmarks/quality_demo2.py``; figures in
-``benchmarks/RESULTS.md``).
+The defaults are the CPU recipe (seed 0, one torch thread): 3000 steps of the image stage, then 3000
+of the full recipe, about 45 minutes on the project's idle 2-core machine (0.24 s an image step, 0.66 s
+a full step). The shipped weights come from the longer recipe: the CPU recipe, then three
+continuations of the full stage with ``--init`` (4000, 3000 and 2000 steps, seeds 1, 2, 3; commands and
+figures in ``benchmarks/RESULTS.md``). They still miss issue 17's held-out targets
+(``benchmarks/quality_demo2.py``).
 
 The network is ``SAM2_CONFIGS["demo2"]`` built by :func:`sam_core.models.sam2.build_sam2` (the same
 code as the official models): a Hiera trunk of width 32 (stages 1, 2, 3, 1) at 256 px input (a 16 x 16

@@ -26,13 +26,13 @@ official detector without ``detector.``); ``OUT.state`` holds the optimizer stat
 ``demo_concepts.pt`` holds the same tensors in the official ``sam3.pt`` layout (``{"model":
 {"detector.<key>": ...}}``), re-saved once after training.
 
-Status: shipped as ``demo-concepts`` although it misses the quality targets. The shipped weights are
-this recipe's defaults (6000 probe steps, then 3000 of the whole detector; seed 0, one torch thread):
-about 42 minutes on the project's idle 2-core machine. On 100 held-out scenes at threshold 0.5
-(``benchmarks/quality_concepts.py``) a word finds 47% of its instances at 68% precision, one exemplar
-box 53% (targets: 80%; ``benchmarks/RESULTS.md``). The weights shipped before, without the probe
-stage (3400 steps of the whole detector over three resumed schedules), found 24% and 34%; the earlier
-recipe (one word per scene, no semantic map, no probe) never made the scores depend on the word.
+Status: shipped as ``demo-concepts`` although it misses the quality targets. This recipe's defaults
+(6000 probe steps, then 3000 of the whole detector; seed 0, one torch thread) are the CPU recipe, about
+42 minutes on the project's idle 2-core machine. The shipped weights come from the longer recipe: the
+CPU recipe, then three continuations of the whole detector with ``--init`` (``--probe-steps 0``, 4000,
+3000 and 2000 steps, seeds 1, 2, 3; commands and figures in ``benchmarks/RESULTS.md``, measured with
+``benchmarks/quality_concepts.py``). The earlier recipe without the probe stage stayed below 35%, and
+one word per scene, no semantic map and no probe never made the scores depend on the word.
 """
 
 from __future__ import annotations

@@ -44,8 +44,8 @@ def test_demo2_is_bundled_loads_strictly_and_is_small():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="demo2 misses issue 17's targets: held-out mean IoU 0.46 on moving objects and "
-                   "0.62 through 3D blobs (targets 0.8), 79% of absent frames reported absent (target 90%); "
+@pytest.mark.xfail(strict=True, reason="demo2 misses issue 17's IoU targets: held-out mean IoU 0.61 on moving objects "
+                   "and 0.71 through 3D blobs (targets 0.8; 96% of absent frames reported absent, target 90%); "
                    "benchmarks/RESULTS.md, README 'Volumes and movies'")
 @pytest.mark.usefixtures("single_thread")
 def test_demo2_tracks_held_out_movies_volumes_and_leaving_objects(demo2):
