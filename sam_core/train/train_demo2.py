@@ -59,11 +59,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_core.models.build import load_checkpoint, read_state_dict
 from sam_core.models.sam2 import SAM2_CONFIGS, Sam2, build_sam2
 from sam_core.models.sam2.tracking import FrameFeatures, FrameState, condition_on_memory, frame_features
 from sam_core.train.losses import balanced_bce_dice_loss, iou_loss, mask_iou
 from sam_core.train.prompts import corrective_click, jittered_box, random_point_inside
-from sam_core.models.build import load_checkpoint, read_state_dict
 from sam_core.train.run import (add_run_args, balance_at, check_run_args, last_step, resume_run, save_run,
                                  stage_learning_rate, state_path_for)
 from sam_core.train.sequences import generate_sequence

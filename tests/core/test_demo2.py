@@ -138,6 +138,6 @@ def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
     continued = tmp_path / "continued.pt"
     train_demo2.main(["--init", str(outs[0]), "--out", str(continued), "--image-steps", "0", "--steps", "1",
                       "--lr", "0", "--frames", "2", "--objects", "1", "--prompted", "1", "--scenes", "1",
-                      "--workers", "0", "--loss-size", "32"])
+                      "--workers", "0", "--loss-size", "32", "--threads", str(torch.get_num_threads())])
     again = read_state_dict(continued)
     assert all(torch.equal(first[k], again[k]) for k in first)

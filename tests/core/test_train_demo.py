@@ -47,7 +47,7 @@ def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, c
     assert "--stop-after must be between 1 and --steps (2)" in capsys.readouterr().err
     continued = tmp_path / "continued.pt"  # a longer recipe continues from weights (zero learning rate)
     train_demo.main(["--init", str(out), "--out", str(continued), "--steps", "1", "--lr", "0", "--batch", "1",
-                     "--objects", "1", "--workers", "0"])
+                     "--objects", "1", "--workers", "0", "--threads", str(torch.get_num_threads())])
     before, after = torch.load(out, weights_only=True), torch.load(continued, weights_only=True)
     statistics = ("running_mean", "running_var", "num_batches_tracked")  # moved by forward passes in training
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(statistics))
