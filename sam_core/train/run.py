@@ -49,10 +49,12 @@ def add_run_args(parser: argparse.ArgumentParser, *, out: str, steps: int, lr: f
 def check_run_args(parser: argparse.ArgumentParser, args: argparse.Namespace, total: Optional[int] = None,
                    what: str = "--steps") -> None:
     """Refuse a ``--stop-after`` outside the run (``total`` steps, default ``--steps``, named ``what`` in
-    the message), and set the torch threads."""
+    the message) and an ``--init`` file that does not exist, and set the torch threads."""
     total = args.steps if total is None else total
     if args.stop_after is not None and not 0 < args.stop_after <= total:
         parser.error(f"--stop-after must be between 1 and {what} ({total})")
+    if args.init is not None and not args.init.is_file():
+        parser.error(f"--init {args.init}: no such file; give the weights of a finished run or a shipped model")
     torch.set_num_threads(args.threads)
 
 

@@ -51,6 +51,9 @@ def test_stop_after_ends_the_run_on_the_longer_schedule(tmp_path, monkeypatch, c
     before, after = torch.load(out, weights_only=True), torch.load(continued, weights_only=True)
     statistics = ("running_mean", "running_var", "num_batches_tracked")  # moved by forward passes in training
     assert all(torch.equal(before[k], after[k]) for k in before if not k.endswith(statistics))
+    with pytest.raises(SystemExit):
+        train_demo.main(["--init", str(tmp_path / "missing.pt"), "--out", str(continued)])
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_class_balance_fades_and_is_off_when_continuing():
