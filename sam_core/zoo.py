@@ -173,8 +173,8 @@ MODELS["demo-concepts"] = ModelInfo(
     size=None,
     sha256=None,
     description="small SAM 3 trained by this project on generated shapes (circle, square, triangle, star, ring, "
-                "cross), for trying 'find' and for tests (not for real data; no points and boxes; misses its "
-                "quality targets, see benchmarks/RESULTS.md)",
+                "cross), for trying 'find' and for tests (not for real data; no points and boxes; its held-out "
+                "figures are in benchmarks/RESULTS.md)",
     filename="demo_concepts.pt",
     bundled=_DATA / "demo_concepts.pt",
     family="sam3",

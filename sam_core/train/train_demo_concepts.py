@@ -26,11 +26,11 @@ official detector without ``detector.``); ``OUT.state`` holds the optimizer stat
 ``demo_concepts.pt`` holds the same tensors in the official ``sam3.pt`` layout (``{"model":
 {"detector.<key>": ...}}``), re-saved once after training.
 
-Status: shipped as ``demo-concepts``; a word meets its target, one exemplar box misses it narrowly
+Status: shipped as ``demo-concepts``; a word and one exemplar box both meet their held-out targets
 (``benchmarks/RESULTS.md``). This recipe's defaults (6000 probe steps, then 3000 of the whole detector;
 seed 0, one torch thread) are the CPU recipe, about 42 minutes on the project's idle 2-core machine. The
-shipped weights come from the longer recipe: the CPU recipe, then three continuations of the whole
-detector with ``--init`` (``--probe-steps 0``, 4000, 3000 and 2000 steps, seeds 1, 2, 3; commands and
+shipped weights come from the longer recipe: the CPU recipe, then four continuations of the whole
+detector with ``--init`` (``--probe-steps 0``, 4000, 3000, 2000 and 2000 steps, seeds 1 to 4; commands and
 figures in ``benchmarks/RESULTS.md``, measured with ``benchmarks/quality_concepts.py``). The earlier
 recipe without the probe stage stayed below 35%, and one word per scene, no semantic map and no probe
 never made the scores depend on the word.
