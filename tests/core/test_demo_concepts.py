@@ -200,6 +200,7 @@ def test_find_command_with_demo_concepts(tmp_path, capsys):
     from PIL import Image
 
     from sam_core.automask import masks_to_labels
+    from sam_core.io import read_image
 
     predictor = ConceptPredictor(load_concept_model("demo-concepts"))
     counts = {"text": MatchCount(), "exemplar": MatchCount()}
@@ -207,7 +208,7 @@ def test_find_command_with_demo_concepts(tmp_path, capsys):
     for n, scene in enumerate(scenes):
         image, targets = tmp_path / f"scene{n}.png", [scene.labels == i for i in scene.instances("circle")]
         Image.fromarray(scene.image).save(image)
-        embedding = predictor.encode(np.asarray(Image.open(image).convert("RGB")))
+        embedding = predictor.encode(read_image(image))  # what the command reads
         x0, y0, x1, y1 = mask_box(targets[0])
         box = (x0, y0, x1 + 1, y1 + 1)
         for kind, prompt, query in (("text", ["--text", "circle"], {"text": "circle"}),
