@@ -76,6 +76,8 @@ def _sprite(rng: np.random.Generator, size: int, radius: float, background: np.n
     half = int(1.8 * radius + 6)
     side = 2 * half + 1
     mask = _local_shape(rng, str(rng.choice(SHAPES)), 0, side, 0, side, half, half, radius)
+    while not mask.any():  # a degenerate draw (a polygon of nearly collinear corners): draw again
+        mask = _local_shape(rng, str(rng.choice(SHAPES)), 0, side, 0, side, half, half, radius)
     colour = _contrasting_colour(rng, background, grey, min_dist=rng.uniform(60, 150))
     fill = _fill(rng, (side, side), colour, rng.uniform(5, 25))
     if rng.random() < 0.3:

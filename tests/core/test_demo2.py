@@ -113,6 +113,13 @@ def test_sequences_are_seeded_and_objects_move_leave_and_end():
         generate_sequence(0, kind="film")
 
 
+def test_a_degenerate_shape_draw_is_drawn_again():
+    # this seed draws a polygon of nearly collinear corners (no pixels) for the object that leaves;
+    # it used to stop a training run with a bare ValueError in the data worker
+    sequence = generate_sequence((6, 457, 1), frames=4, kind="movie", exits=True)
+    assert sequence.present(1)[0] and not sequence.present(1)[-1]
+
+
 def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
