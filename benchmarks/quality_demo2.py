@@ -33,8 +33,7 @@ from sam_core import Predictor, zoo
 from sam_core.masks import mask_iou
 from sam_core.train.quality import propagation_quality
 from sam_core.train.prompts import interior_point
-from sam_core.train.sequences import generate_sequence
-from sam_core.train.synthetic import _min_area
+from sam_core.train.sequences import generate_sequence, prompted_objects
 
 HELD_OUT_SEED = 1000
 TARGETS = {"moving_iou": 0.8, "blobs_iou": 0.8, "absent_found": 0.9}
@@ -75,10 +74,8 @@ def clicked_frame(predictor: Predictor, seed: int = HELD_OUT_SEED, clips: int = 
         for sequence in sets[name]:
             labels = sequence.labels[0]
             embedding = predictor.encode(sequence.frames[0])
-            for obj in sequence.object_ids:
+            for obj in prompted_objects(labels):
                 target = labels == obj
-                if target.sum() < 2 * _min_area(labels.shape[-1]):
-                    continue
                 ring = ndimage.binary_dilation(target, iterations=2)
                 group = "touching" if ((labels[ring] > 0) & (labels[ring] != obj)).any() else "apart"
                 x, y = interior_point(target)

@@ -23,7 +23,8 @@ import numpy as np
 from sam_core.masks import mask_iou
 from sam_core.progress import CancelToken, ProgressFn, check, report
 from sam_core.train.prompts import interior_point, mask_box
-from sam_core.train.synthetic import Scene, _min_area
+from sam_core.train.sequences import prompted_objects
+from sam_core.train.synthetic import Scene
 
 
 @dataclass
@@ -222,9 +223,7 @@ def propagation_quality(
     found = absent = 0
     for n, sequence in enumerate(sequences):
         check(cancel)
-        size = sequence.labels.shape[-1]
-        ids = list(object_ids[n]) if object_ids is not None else [
-            i for i in sequence.object_ids if (sequence.labels[0] == i).sum() >= 2 * _min_area(size)]
+        ids = list(object_ids[n]) if object_ids is not None else prompted_objects(sequence.labels[0])
         if not ids:
             continue
         session = VideoSession(model, open_frames(sequence.frames))

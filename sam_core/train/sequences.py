@@ -216,6 +216,14 @@ def _volume(rng: np.random.Generator, size: int, frames: int, count: int) -> tup
     return images, labels
 
 
+def prompted_objects(labels: np.ndarray) -> list[int]:
+    """Ids (ascending) of the objects of one frame's ``labels`` (H, W) large enough to prompt: a
+    visible part of at least twice the generator's smallest object. The objects that training and the
+    quality measures click on frame 0."""
+    size = labels.shape[-1]
+    return [int(i) for i in np.unique(labels) if i > 0 and (labels == i).sum() >= 2 * _min_area(size)]
+
+
 def generate_sequence(seed: Seed, frames: int = 8, size: int = 256, kind: Optional[str] = None,
                       n_objects: Optional[int] = None, exits: bool = False) -> Sequence:
     """One clip of ``frames`` frames of ``size`` x ``size`` pixels, reproducible from ``seed``.

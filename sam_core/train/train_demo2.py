@@ -66,8 +66,8 @@ from sam_core.train.losses import balanced_bce_dice_loss, iou_loss, mask_iou
 from sam_core.train.prompts import corrective_click, jittered_box, random_point_inside
 from sam_core.train.run import (add_run_args, balance_at, check_run_args, last_step, resume_run, save_run,
                                  stage_learning_rate, state_path_for)
-from sam_core.train.sequences import generate_sequence
-from sam_core.train.synthetic import _min_area, generate_scene
+from sam_core.train.sequences import generate_sequence, prompted_objects
+from sam_core.train.synthetic import generate_scene
 
 TRAIN_SEED = 0
 DEFAULT_IMAGE_STEPS = 3000
@@ -264,7 +264,7 @@ def _clip_step(model: Sam2, frames: np.ndarray, labels: np.ndarray, exits: bool,
     ``max_objects`` of them through the clip (see the module docstring)."""
     size = model.image_size
     count = len(frames)
-    ids = [i for i in np.unique(labels[0]) if i > 0 and (labels[0] == i).sum() >= 2 * _min_area(size)]
+    ids = prompted_objects(labels[0])
     if not ids:
         return
     ids = [int(i) for i in rng.permutation(ids)]
